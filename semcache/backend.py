@@ -1,0 +1,69 @@
+"""The backend interface: what :class:`~semcache.cache.SemanticCache` needs of a store.
+
+The embedded :class:`~semcache.kv.SemanticKV` and the cluster client
+:class:`~semcache.client.DistributedSemanticKV` both satisfy it, so the cache,
+and the LangChain and OpenAI adapters above it, run unchanged on either.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+
+from .embeddings import BaseEmbedding
+
+
+class SearchResult(NamedTuple):
+    """One semantic-search hit; unpacks as ``key, value, similarity, node`` as in the seed."""
+
+    key: str
+    value: bytes
+    similarity: float
+    node: str
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A semantic key-value store partitioned into scopes.
+
+    ``scope`` names a hard partition: each scope has its own vector index, so a
+    search in one scope cannot see another's vectors.  ``vector`` lets a caller
+    that has already embedded the text pass the vector instead of the text.
+    """
+
+    @property
+    def embedding(self) -> BaseEmbedding: ...
+
+    def put(
+        self,
+        key: str,
+        value: bytes | str,
+        ttl_ms: int = 0,
+        text: str | None = None,
+        *,
+        scope: str | None = None,
+        vector: np.ndarray | None = None,
+    ) -> bool: ...
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def delete(self, key: str) -> bool: ...
+
+    def search(
+        self,
+        query: str | None,
+        top_k: int = 5,
+        threshold: float | None = None,
+        *,
+        scope: str | None = None,
+        vector: np.ndarray | None = None,
+    ) -> list[SearchResult]: ...
+
+    def clear_scope(self, scope_prefix: str) -> int: ...
+
+    def clear_all(self) -> int: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...

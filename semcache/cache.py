@@ -1,0 +1,385 @@
+"""``SemanticCache``: the LLM-cache layer over any :class:`~semcache.backend.Backend`.
+
+>>> from semcache import SemanticCache, SemanticKV
+>>> from semcache.embeddings import HashEmbedding
+>>> cache = SemanticCache(SemanticKV(embedding=HashEmbedding()), threshold=0.8)
+>>> key = cache.store("What is the capital of France?", "Paris", scope={"model": "gpt-4o"})
+>>> cache.lookup("What is the capital of  France? ", scope={"model": "gpt-4o"}).exact
+True
+>>> cache.lookup("What is the capital of France?", scope={"model": "gpt-3.5"}) is None
+True
+
+How a lookup decides:
+
+1. **Scope.** The scope (a str or any JSON-like mapping: tenant, model,
+   parameters, system prompt) is canonicalised and hashed; the hash names a
+   separate vector index, so another scope's entries are never even seen.
+2. **Exact path.** The normalised prompt (NFKC, whitespace collapsed) hashes
+   to a key; a stored entry under that key is an exact hit, found without
+   computing an embedding.
+3. **Semantic path.** Otherwise the prompt is embedded and the nearest
+   entries in the scope at or above the threshold are checked by the hit
+   guard (:mod:`semcache.guard`); the first that passes is a semantic hit.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backend import Backend
+from .embeddings import BaseEmbedding
+from .errors import ConfigurationError, InvalidInputError
+from .guard import conflict
+
+log = logging.getLogger("semcache")
+
+# Chosen on ../shared/data/gptcache_mock_data.json with all-MiniLM-L6-v2: the
+# lowest threshold with at most 1 % wrong hits (see README, "Choosing the threshold").
+DEFAULT_THRESHOLD = 0.80
+DEFAULT_NAMESPACE = "semcache"
+SEMANTIC_CANDIDATES = 3  # nearest entries checked by the guard before declaring a miss
+
+Scope = str | Mapping[str, Any] | None
+
+
+class _AllScopes:
+    """The default of :meth:`SemanticCache.clear`: every scope of the namespace."""
+
+    def __repr__(self) -> str:
+        return "ALL_SCOPES"
+
+
+ALL_SCOPES = _AllScopes()
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    """A cached answer and why it was served."""
+
+    response: Any
+    similarity: float
+    cached_prompt: str
+    key: str
+    metadata: dict[str, Any]
+    exact: bool
+
+
+@dataclass
+class CacheStats:
+    """Counters since the cache was created."""
+
+    lookups: int = 0
+    exact_hits: int = 0
+    semantic_hits: int = 0
+    misses: int = 0
+    guard_vetoes: int = 0
+    stores: int = 0
+    computes: int = 0
+    single_flight_waits: int = 0
+    vetoes_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def hits(self) -> int:
+        return self.exact_hits + self.semantic_hits
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+
+def normalize_prompt(prompt: str) -> str:
+    """The form prompts are compared in: NFKC, whitespace collapsed, ends stripped."""
+    return " ".join(unicodedata.normalize("NFKC", prompt).split())
+
+
+def canonical_scope(scope: Scope) -> str:
+    """A canonical JSON text for ``scope``; equal scopes give equal texts.
+
+    Raises:
+        InvalidInputError: the scope is not a str, None, or a JSON-serialisable mapping.
+    """
+    if scope is not None and not isinstance(scope, str | Mapping):
+        raise InvalidInputError(f"scope must be a str, a mapping or None, got {type(scope).__name__}")
+    try:
+        return json.dumps(scope, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"scope is not JSON-serialisable: {exc}") from exc
+
+
+def _check_ttl(ttl: float | None) -> int:
+    """Seconds (float) to whole milliseconds; None or 0 means no expiry."""
+    if ttl is None:
+        return 0
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or math.isnan(ttl) or ttl < 0:
+        raise InvalidInputError(f"ttl must be a number of seconds >= 0 or None, got {ttl!r}")
+    return max(1, math.ceil(ttl * 1000)) if ttl else 0
+
+
+def _encode_response(response: Any) -> tuple[str, Any]:
+    if isinstance(response, str):
+        return "str", response
+    if isinstance(response, bytes | bytearray):
+        return "bytes", base64.b64encode(bytes(response)).decode("ascii")
+    return "json", response
+
+
+def _decode_response(kind: str, payload: Any) -> Any:
+    if kind == "bytes":
+        return base64.b64decode(payload)
+    return payload
+
+
+class SemanticCache:
+    """A semantic cache for LLM responses.
+
+    Args:
+        backend: where entries live; default an in-memory :class:`~semcache.kv.SemanticKV`.
+        embedding: the embedder (default: the backend's; with no backend, the
+            packaged all-MiniLM-L6-v2).  It must match the backend's model.
+        threshold: the lowest cosine similarity served as a semantic hit.
+        ttl: default time to live in seconds (None: no expiry).
+        namespace: prefix of this cache's keys and scopes; ``clear()`` drops only these.
+        guard: veto semantic hits that the hit guard flags (see :mod:`semcache.guard`).
+    """
+
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        embedding: Any = None,
+        threshold: float | None = None,
+        ttl: float | None = None,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        guard: bool = True,
+    ) -> None:
+        if backend is None:
+            from .kv import SemanticKV
+
+            backend = SemanticKV(embedding=embedding)
+        elif embedding is not None:
+            from .embeddings import as_embedding
+
+            mine = as_embedding(embedding)
+            if (mine.model_id, mine.dim) != (backend.embedding.model_id, backend.embedding.dim):
+                raise ConfigurationError(
+                    f"embedding {mine.model_id} (dim {mine.dim}) does not match the backend's "
+                    f"{backend.embedding.model_id} (dim {backend.embedding.dim})"
+                )
+        if not isinstance(namespace, str) or not namespace or "/" in namespace:
+            raise ConfigurationError(f"namespace must be a non-empty str without '/', got {namespace!r}")
+        self.backend = backend
+        self.threshold = self._check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
+        self.default_ttl_ms = _check_ttl(ttl)
+        self.namespace = namespace
+        self.guard = guard
+        self.stats = CacheStats()
+        self._stats_lock = threading.Lock()
+        self._inflight: dict[str, Future[Any]] = {}
+        self._inflight_lock = threading.Lock()
+
+    @property
+    def embedding(self) -> BaseEmbedding:
+        return self.backend.embedding
+
+    @staticmethod
+    def _check_threshold(threshold: object) -> float:
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or math.isnan(threshold)
+            or not 0.0 <= threshold <= 1.0
+        ):
+            raise InvalidInputError(f"threshold must be a number in [0, 1], got {threshold!r}")
+        return float(threshold)
+
+    def _count(self, name: str, reason: str | None = None) -> None:
+        with self._stats_lock:
+            setattr(self.stats, name, getattr(self.stats, name) + 1)
+            if reason:
+                self.stats.vetoes_by_reason[reason] = self.stats.vetoes_by_reason.get(reason, 0) + 1
+
+    # --------------------------------------------------------------- naming
+    def scope_id(self, scope: Scope) -> str:
+        """The backend scope (index partition) that ``scope`` maps to."""
+        digest = hashlib.sha256(canonical_scope(scope).encode("utf-8")).hexdigest()[:32]
+        return f"{self.namespace}/{digest}"
+
+    def key_for(self, prompt: str, scope: Scope = None) -> str:
+        """The backend key of ``prompt`` in ``scope`` (its exact-match address)."""
+        normalized = normalize_prompt(self._check_prompt(prompt))
+        return self._key(self.scope_id(scope), normalized)
+
+    @staticmethod
+    def _key(scope_id: str, normalized: str) -> str:
+        return f"{scope_id}/{hashlib.sha256(normalized.encode('utf-8')).hexdigest()[:32]}"
+
+    @staticmethod
+    def _check_prompt(prompt: object) -> str:
+        if not isinstance(prompt, str):
+            raise InvalidInputError(f"prompt must be str, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise InvalidInputError("prompt must not be empty")
+        return prompt
+
+    # ------------------------------------------------------------------ API
+    def lookup(self, prompt: str, *, scope: Scope = None, threshold: float | None = None) -> CacheHit | None:
+        """The cached answer for ``prompt`` in ``scope``, or None on a miss.
+
+        Args:
+            threshold: overrides the cache's threshold for this call.
+        """
+        normalized = normalize_prompt(self._check_prompt(prompt))
+        scope_id = self.scope_id(scope)
+        limit = self.threshold if threshold is None else self._check_threshold(threshold)
+        self._count("lookups")
+        key = self._key(scope_id, normalized)
+        record = self._read(key, self.backend.get(key))
+        if record is not None and normalize_prompt(record["prompt"]) == normalized:
+            self._count("exact_hits")
+            return self._hit(key, record, 1.0, exact=True)
+        vector = self.embedding.embed_one(normalized)
+        results = self.backend.search(None, SEMANTIC_CANDIDATES, limit, scope=scope_id, vector=vector)
+        for result in results:
+            record = self._read(result.key, result.value)
+            if record is None:
+                continue
+            reason = conflict(record["prompt"], prompt) if self.guard else None
+            if reason:
+                self._count("guard_vetoes", reason)
+                continue
+            self._count("semantic_hits")
+            return self._hit(result.key, record, result.similarity, exact=False)
+        self._count("misses")
+        return None
+
+    def store(
+        self,
+        prompt: str,
+        response: Any,
+        *,
+        scope: Scope = None,
+        ttl: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Cache ``response`` (str, bytes or JSON-serialisable) for ``prompt``; returns the key.
+
+        Raises:
+            InvalidInputError: the prompt, scope, TTL, response or metadata is invalid.
+        """
+        normalized = normalize_prompt(self._check_prompt(prompt))
+        scope_id = self.scope_id(scope)
+        ttl_ms = self.default_ttl_ms if ttl is None else _check_ttl(ttl)
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidInputError(f"metadata must be a mapping, got {type(metadata).__name__}")
+        kind, payload = _encode_response(response)
+        record = {
+            "prompt": prompt,
+            "kind": kind,
+            "response": payload,
+            "metadata": dict(metadata or {}),
+            "stored_at": time.time(),
+        }
+        try:
+            value = json.dumps(record, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"response or metadata is not JSON-serialisable: {exc}") from exc
+        key = self._key(scope_id, normalized)
+        vector = self.embedding.embed_one(normalized)
+        self.backend.put(key, value, ttl_ms, scope=scope_id, vector=vector)
+        self._count("stores")
+        return key
+
+    def get_or_compute(
+        self,
+        prompt: str,
+        fn: Callable[[], Any],
+        *,
+        scope: Scope = None,
+        ttl: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """The cached answer, or ``fn()`` stored and returned on a miss.
+
+        Concurrent misses on the same prompt and scope call ``fn`` once; the
+        others wait for its result (or its exception, which is not cached).
+        """
+        hit = self.lookup(prompt, scope=scope)
+        if hit is not None:
+            return hit.response
+        flight = self.key_for(prompt, scope)
+        with self._inflight_lock:
+            future = self._inflight.get(flight)
+            leader = future is None
+            if future is None:
+                future = self._inflight[flight] = Future()
+        if not leader:
+            self._count("single_flight_waits")
+            return future.result()
+        try:
+            self._count("computes")
+            response = fn()
+            self.store(prompt, response, scope=scope, ttl=ttl, metadata=metadata)
+            future.set_result(response)
+            return response
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            with self._inflight_lock:
+                del self._inflight[flight]
+
+    def delete(self, prompt: str, *, scope: Scope = None) -> bool:
+        """Drop the entry stored for exactly ``prompt`` in ``scope``."""
+        return self.backend.delete(self.key_for(prompt, scope))
+
+    def clear(self, scope: Scope | _AllScopes = ALL_SCOPES) -> int:
+        """Drop this cache's entries: all of them, or only ``scope``'s when given.
+
+        ``clear()`` leaves other namespaces sharing the backend untouched;
+        ``clear(scope=None)`` drops the default scope only.
+        """
+        prefix = f"{self.namespace}/" if isinstance(scope, _AllScopes) else self.scope_id(scope) + "/"
+        return self.backend.clear_scope(prefix)
+
+    # -------------------------------------------------------------- helpers
+    def _read(self, key: str, value: bytes | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        try:
+            record = json.loads(value)
+            if not isinstance(record, dict) or "prompt" not in record or "kind" not in record:
+                raise ValueError("not a cache record")
+            return record
+        except ValueError:
+            log.warning("semcache: entry %s is not a cache record; ignoring it", key)
+            return None
+
+    def _hit(self, key: str, record: dict[str, Any], similarity: float, *, exact: bool) -> CacheHit:
+        return CacheHit(
+            response=_decode_response(record["kind"], record["response"]),
+            similarity=similarity,
+            cached_prompt=record["prompt"],
+            key=key,
+            metadata=record.get("metadata") or {},
+            exact=exact,
+        )
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> SemanticCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,94 @@
+"""The exceptions semcache raises, all below one root.
+
+::
+
+    SemcacheError
+    ├── InvalidInputError (also ValueError)     bad argument: type, size, NaN, dimension...
+    │   ├── LimitExceededError                  a documented size limit was crossed
+    │   └── UnknownScopeError                   a scope that holds no index
+    ├── EmbeddingMismatchError (also ValueError) data built with another embedder
+    ├── ConfigurationError (also ValueError)    settings that contradict each other
+    ├── ClosedError                             use after close()
+    └── ClusterError                            an operational failure of the cluster
+        ├── NotLeaderError                      this replica cannot take writes (carries leader_hint)
+        ├── NoQuorumError                       the shard cannot commit: a majority is down
+        ├── ShardUnavailableError               no replica of a shard answered
+        └── AuthenticationError                 the RPC token was missing or wrong
+
+Misuse (the first four) is never retryable; ``ClusterError.retryable`` says
+whether trying again later may succeed.
+"""
+
+from __future__ import annotations
+
+
+class SemcacheError(Exception):
+    """Root of every error semcache raises on purpose."""
+
+    retryable: bool = False
+
+
+class InvalidInputError(SemcacheError, ValueError):
+    """An argument has the wrong type, size, shape or value."""
+
+
+class LimitExceededError(InvalidInputError):
+    """A documented size limit was crossed.
+
+    Attributes:
+        limit: the limit in force.
+        actual: the size that was offered.
+    """
+
+    def __init__(self, what: str, actual: int, limit: int) -> None:
+        super().__init__(f"{what} is {actual} bytes, over the limit of {limit} bytes")
+        self.limit = limit
+        self.actual = actual
+
+
+class UnknownScopeError(InvalidInputError):
+    """A scope was named that does not exist."""
+
+
+class EmbeddingMismatchError(SemcacheError, ValueError):
+    """Stored vectors were made by another embedding model or dimension."""
+
+
+class ConfigurationError(SemcacheError, ValueError):
+    """Settings that are invalid alone or contradict each other."""
+
+
+class ClosedError(SemcacheError, RuntimeError):
+    """The object was used after ``close()``."""
+
+
+class ClusterError(SemcacheError):
+    """An operational failure talking to, or inside, a cluster."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, shard_id: str | None = None) -> None:
+        super().__init__(message)
+        self.shard_id = shard_id
+
+
+class NotLeaderError(ClusterError):
+    """The replica asked is not the leader; ``leader_hint`` names the one it believes is."""
+
+    def __init__(self, message: str, *, shard_id: str | None = None, leader_hint: str | None = None) -> None:
+        super().__init__(message, shard_id=shard_id)
+        self.leader_hint = leader_hint
+
+
+class NoQuorumError(ClusterError):
+    """The shard could not commit the write within the timeout: no majority answered."""
+
+
+class ShardUnavailableError(ClusterError):
+    """No replica of the shard could be reached."""
+
+
+class AuthenticationError(ClusterError):
+    """The RPC token was missing or wrong."""
+
+    retryable = False

@@ -1,0 +1,162 @@
+"""One HNSW vector index (hnswlib, cosine), made deterministic.
+
+hnswlib builds identical graphs on every replica only when it inserts on one
+thread with a fixed seed, so :class:`VectorIndex` pins ``num_threads=1`` and
+``random_seed``.  It also chooses labels itself, deterministically: a deleted
+label goes on a free list and the smallest free label is reused first.  Adding
+a vector under a label that hnswlib has marked deleted overwrites that slot in
+place, so freed slots are reused without hnswlib's replace-deleted mode (whose
+slot choice depends on an unordered set and so on history).
+
+>>> import numpy as np
+>>> idx = VectorIndex(dim=2, max_entries=2)
+>>> a = idx.add(np.array([1.0, 0.0], dtype=np.float32))
+>>> b = idx.add(np.array([0.0, 1.0], dtype=np.float32))
+>>> [(label, round(sim, 3)) for label, sim in idx.search(np.array([1.0, 0.1], dtype=np.float32), 1)]
+[(0, 0.995)]
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+from .errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """HNSW parameters, as in the seed (``max_entries`` is the initial capacity; the index grows)."""
+
+    max_entries: int = 100_000
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 200
+    ef_search: int = 64
+    random_seed: int = 100
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "random_seed" else 1):
+                raise ConfigurationError(f"index setting {name} must be a positive int, got {value!r}")
+        if self.hnsw_m < 2:
+            raise ConfigurationError(f"hnsw_m must be at least 2, got {self.hnsw_m}")
+
+
+class VectorIndex:
+    """An HNSW index over unit vectors with deterministic label reuse and growth."""
+
+    # A fresh index reserves at most this many slots; it doubles as it fills,
+    # so a small scope does not pay for max_entries slots up front.
+    INITIAL_SLOTS = 1024
+
+    def __init__(self, dim: int, settings: IndexSettings | None = None, **overrides: int) -> None:
+        self.dim = dim
+        self.settings = settings or IndexSettings(**overrides)
+        self._free: list[int] = []  # heap of deleted labels, smallest reused first
+        self._next_label = 0
+        self._index = self._new_hnsw(min(self.settings.max_entries, self.INITIAL_SLOTS))
+
+    def _new_hnsw(self, slots: int) -> hnswlib.Index:
+        index = hnswlib.Index(space="cosine", dim=self.dim)
+        index.init_index(
+            max_elements=max(slots, 1),
+            ef_construction=self.settings.hnsw_ef_construction,
+            M=self.settings.hnsw_m,
+            random_seed=self.settings.random_seed,
+        )
+        self._configure(index)
+        return index
+
+    def _configure(self, index: hnswlib.Index) -> None:
+        index.set_num_threads(1)
+        index.set_ef(self.settings.ef_search)
+
+    def __len__(self) -> int:
+        """Number of live (not deleted) vectors."""
+        return self._next_label - len(self._free)
+
+    @property
+    def slots(self) -> int:
+        """Slots currently reserved (grows by doubling)."""
+        return int(self._index.get_max_elements())
+
+    def add(self, vector: np.ndarray) -> int:
+        """Insert one unit vector and return its label."""
+        if self._free:
+            label = heapq.heappop(self._free)
+            # hnswlib overwrites a deleted label's slot in place and un-deletes it.
+        else:
+            label = self._next_label
+            if label >= self.slots:
+                self._index.resize_index(self.slots * 2)
+            self._next_label += 1
+        self._index.add_items(vector.reshape(1, -1), np.array([label], dtype=np.int64))
+        return label
+
+    def remove(self, label: int) -> None:
+        """Delete a label; its slot is reused by a later :meth:`add`."""
+        self._index.mark_deleted(label)
+        heapq.heappush(self._free, label)
+
+    def vector(self, label: int) -> np.ndarray:
+        """The stored (normalised) vector of a live label."""
+        return np.asarray(self._index.get_items([label])[0], dtype=np.float32)
+
+    def search(
+        self, vector: np.ndarray, k: int, accept: Callable[[int], bool] | None = None
+    ) -> list[tuple[int, float]]:
+        """The ``k`` nearest accepted labels as ``(label, cosine similarity)``, best first.
+
+        ``accept`` filters labels (for example, expired entries); when it rejects
+        some, the search widens until it has ``k`` or has seen every vector.
+        """
+        live = len(self)
+        want = min(k, live)
+        while want > 0:
+            self._index.set_ef(max(self.settings.ef_search, want))
+            try:
+                labels, distances = self._index.knn_query(vector.reshape(1, -1), k=want)
+            except RuntimeError:
+                # hnswlib could not gather `want` neighbours (many deletions); ask for fewer.
+                want //= 2
+                continue
+            finally:
+                self._index.set_ef(self.settings.ef_search)
+            hits = [
+                (int(label), float(1.0 - distance))
+                for label, distance in zip(labels[0], distances[0], strict=True)
+                if accept is None or accept(int(label))
+            ]
+            if len(hits) >= k or want >= live:
+                return hits[:k]
+            want = min(live, want * 2)
+        return []
+
+    def save(self, path: Path) -> dict[str, object]:
+        """Write the graph to ``path`` (hnswlib format); return the metadata :meth:`load` needs."""
+        self._index.save_index(str(path))
+        return {"next_label": self._next_label, "free": sorted(self._free), "slots": self.slots}
+
+    @classmethod
+    def load(cls, path: Path, dim: int, settings: IndexSettings, meta: dict[str, object]) -> VectorIndex:
+        """Read an index written by :meth:`save`."""
+        index = cls.__new__(cls)
+        index.dim = dim
+        index.settings = settings
+        free = meta["free"]
+        next_label = meta["next_label"]
+        slots = meta["slots"]
+        assert isinstance(free, list) and isinstance(next_label, int) and isinstance(slots, int)
+        index._free = [int(label) for label in free]
+        heapq.heapify(index._free)
+        index._next_label = next_label
+        hnsw = hnswlib.Index(space="cosine", dim=dim)
+        hnsw.load_index(str(path), max_elements=slots)
+        index._configure(hnsw)
+        index._index = hnsw
+        return index

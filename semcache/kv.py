@@ -1,0 +1,438 @@
+"""``SemanticKV``: the embedded semantic key-value store (the seed's API, in-process).
+
+>>> from semcache import SemanticKV
+>>> from semcache.embeddings import HashEmbedding
+>>> with SemanticKV(embedding=HashEmbedding()) as kv:
+...     kv.put("doc:api", b"REST API endpoints and authentication")
+...     kv.get("doc:api")
+...     [r.key for r in kv.search("API authentication", top_k=1)]
+True
+b'REST API endpoints and authentication'
+['doc:api']
+
+Every mutation becomes a command (:mod:`semcache.commands`) applied to a
+:class:`~semcache.state.ShardState`; with ``path=`` each command is first
+appended to a write-ahead log (:mod:`semcache.storage`).  Embedding happens
+before the command is made, outside the lock, so threads embed in parallel and
+their single-text calls are micro-batched.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backend import SearchResult
+from .commands import Clear, Command, Delete, Evict, Expire, Put
+from .embeddings import BaseEmbedding, as_embedding, validate_vectors
+from .errors import ClosedError, ConfigurationError, InvalidInputError
+from .eviction import AccessLog, check_policy, choose_victims
+from .index import IndexSettings
+from .state import DEFAULT_SCOPE, Limits, ShardState, check_key
+from .storage import DurableLog
+
+DEFAULT_CHECKPOINT_BYTES = 64 << 20
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def coerce_value(value: object) -> bytes:
+    """Values are bytes; str is stored as UTF-8."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise InvalidInputError(f"value must be bytes or str, got {type(value).__name__}")
+
+
+def check_ttl_ms(ttl_ms: object) -> int:
+    if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or ttl_ms < 0:
+        raise InvalidInputError(f"ttl_ms must be an int >= 0 (0 = no expiry), got {ttl_ms!r}")
+    return ttl_ms
+
+
+def check_search_args(top_k: object, threshold: object) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InvalidInputError(f"top_k must be an int >= 1, got {top_k!r}")
+    if threshold is not None and (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or math.isnan(threshold)
+        or not -1.0 <= threshold <= 1.0
+    ):
+        raise InvalidInputError(f"threshold must be a number in [-1, 1] or None, got {threshold!r}")
+
+
+def check_scope(scope: object) -> str:
+    if scope is None:
+        return DEFAULT_SCOPE
+    if not isinstance(scope, str):
+        raise InvalidInputError(f"scope must be str or None, got {type(scope).__name__}")
+    return scope
+
+
+def text_to_embed(value: bytes, text: str | None) -> str | None:
+    """What a put embeds: ``text`` if given, else the value as UTF-8, else nothing."""
+    if text is not None:
+        if not isinstance(text, str):
+            raise InvalidInputError(f"text must be str, got {type(text).__name__}")
+        return text
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None  # binary values are stored but not searchable
+
+
+class KVHelpers:
+    """String and JSON conveniences shared by every store with ``put``/``get``."""
+
+    def put(self, key: str, value: bytes | str, ttl_ms: int = 0, text: str | None = None) -> bool:
+        raise NotImplementedError
+
+    def get(self, key: str) -> bytes | None:
+        raise NotImplementedError
+
+    def put_string(self, key: str, value: str, ttl_ms: int = 0) -> bool:
+        """Store a str (UTF-8)."""
+        if not isinstance(value, str):
+            raise InvalidInputError(f"put_string needs a str value, got {type(value).__name__}")
+        return self.put(key, value.encode("utf-8"), ttl_ms)
+
+    def get_string(self, key: str) -> str | None:
+        value = self.get(key)
+        return None if value is None else value.decode("utf-8")
+
+    def put_json(self, key: str, value: Any, ttl_ms: int = 0) -> bool:
+        """Store any JSON-serialisable value; its JSON text is what gets embedded."""
+        try:
+            text = json.dumps(value, ensure_ascii=False, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"value is not JSON-serialisable: {exc}") from exc
+        return self.put(key, text.encode("utf-8"), ttl_ms)
+
+    def get_json(self, key: str) -> Any:
+        value = self.get(key)
+        return None if value is None else json.loads(value)
+
+
+class SemanticKV(KVHelpers):
+    """An in-process semantic key-value store.
+
+    Args:
+        path: data directory; None keeps everything in memory.
+        embedding: an embedder, model name or callable (default: packaged all-MiniLM-L6-v2).
+        max_entries, hnsw_m, hnsw_ef_construction, ef_search: HNSW settings
+            (``max_entries`` is the initial index size; it grows as needed).
+        capacity: most entries kept; beyond it, ``eviction`` chooses victims.
+        eviction: ``"lru"`` (default), ``"lfu"`` or ``"ttl"``.
+        limits: key, value and scope size limits.
+        fsync: fsync every write (power-loss durability) instead of only flushing.
+        checkpoint_bytes: write a snapshot once the log grows past this size.
+        purge_interval: seconds between background purges of expired entries.
+        clock: milliseconds since the epoch; injectable for tests.
+        node_id: the name reported in search results.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        embedding: Any = None,
+        max_entries: int = 100_000,
+        hnsw_m: int = 16,
+        hnsw_ef_construction: int = 200,
+        ef_search: int = 64,
+        capacity: int | None = None,
+        eviction: str = "lru",
+        limits: Limits | None = None,
+        fsync: bool = False,
+        checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES,
+        purge_interval: float = 1.0,
+        clock: Callable[[], int] = wall_clock_ms,
+        node_id: str = "embedded",
+    ) -> None:
+        if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
+            raise ConfigurationError(f"capacity must be a positive int or None, got {capacity!r}")
+        if purge_interval <= 0:
+            raise ConfigurationError(f"purge_interval must be > 0 seconds, got {purge_interval!r}")
+        self._embedding = as_embedding(embedding)
+        self._settings = IndexSettings(max_entries, hnsw_m, hnsw_ef_construction, ef_search)
+        self._eviction = check_policy(eviction)
+        self._capacity = capacity
+        self._clock = clock
+        self._checkpoint_bytes = checkpoint_bytes
+        self.node_id = node_id
+        self._lock = threading.RLock()
+        self._access = AccessLog()
+        self._expiries: list[tuple[int, str]] = []  # heap; may hold stale rows, checked on use
+        self._counters = dict.fromkeys(
+            ("puts", "gets", "get_hits", "deletes", "searches", "search_hits", "expired", "evicted"), 0
+        )
+
+        def new_state() -> ShardState:
+            return ShardState(self._embedding.dim, self._embedding.model_id, self._settings, limits)
+
+        self._log = DurableLog(Path(path), fsync=fsync) if path is not None else None
+        if self._log is not None:
+            self._state = self._log.recover(
+                new_state, model_id=self._embedding.model_id, dim=self._embedding.dim
+            )
+        else:
+            self._state = new_state()
+        for key, entry in self._state.entries.items():
+            if entry.expires_at_ms:
+                self._expiries.append((entry.expires_at_ms, key))
+        heapq.heapify(self._expiries)
+        self._closed = threading.Event()
+        self._purger = threading.Thread(
+            target=self._purge_loop, args=(purge_interval,), name="semcache-purge", daemon=True
+        )
+        self._purger.start()
+
+    # ------------------------------------------------------------- plumbing
+    @property
+    def embedding(self) -> BaseEmbedding:
+        return self._embedding
+
+    @property
+    def model_id(self) -> str:
+        return self._embedding.model_id
+
+    @property
+    def limits(self) -> Limits:
+        return self._state.limits
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise ClosedError("this SemanticKV is closed")
+
+    def _submit(self, command: Command) -> int:
+        """Validate, log, then apply one command.  Nothing is logged if validation fails."""
+        with self._lock:
+            self._check_open()
+            self._state.validate(command)
+            if self._log is not None:
+                self._log.append(self._state.applied + 1, command)
+            result = self._state.apply(command)
+            if self._log is not None and self._log.wal_bytes >= self._checkpoint_bytes:
+                self._log.checkpoint(self._state)
+            return result
+
+    def _vector_for(self, value: bytes, text: str | None, vector: Any) -> bytes | None:
+        if vector is not None:
+            return validate_vectors(vector, self._embedding.dim, what="vector")[0].tobytes()
+        to_embed = text_to_embed(value, text)
+        if to_embed is None:
+            return None
+        return self._embedding.embed_one(to_embed).tobytes()
+
+    # ----------------------------------------------------------------- API
+    def put(
+        self,
+        key: str,
+        value: bytes | str,
+        ttl_ms: int = 0,
+        text: str | None = None,
+        *,
+        scope: str | None = None,
+        vector: np.ndarray | None = None,
+    ) -> bool:
+        """Store ``value`` under ``key``, searchable by ``text`` (default: the value as UTF-8).
+
+        Args:
+            ttl_ms: time to live in milliseconds; 0 keeps it until deleted or evicted.
+            scope: the index partition to search it in (default: the shared one).
+            vector: a precomputed embedding, used instead of embedding ``text``.
+
+        Raises:
+            InvalidInputError: bad key, value, TTL, text or vector (nothing is stored).
+        """
+        self._check_open()
+        check_key(key, self._state.limits)
+        data = coerce_value(value)
+        ttl_ms = check_ttl_ms(ttl_ms)
+        scope = check_scope(scope)
+        if len(data) > self._state.limits.max_value_bytes:
+            self._state.validate(Put(key, data, scope, None, 0, 0))  # raises the size error before embedding
+        vector_bytes = self._vector_for(data, text, vector)
+        now = self._clock()
+        expires = now + ttl_ms if ttl_ms else 0
+        self._submit(Put(key, data, scope, vector_bytes, now, expires))
+        with self._lock:
+            self._counters["puts"] += 1
+            self._access.touch(key, now)
+            if expires:
+                heapq.heappush(self._expiries, (expires, key))
+            self._evict_if_over_capacity()
+        return True
+
+    def get(self, key: str) -> bytes | None:
+        """The value of ``key``, or None if absent or expired."""
+        self._check_open()
+        check_key(key, self._state.limits)
+        now = self._clock()
+        with self._lock:
+            entry = self._state.get(key, now)
+            self._counters["gets"] += 1
+            if entry is None:
+                return None
+            self._counters["get_hits"] += 1
+            self._access.touch(key, now)
+            return entry.value
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; True if it was there."""
+        check_key(key, self._state.limits)
+        removed = bool(self._submit(Delete(key)))
+        self._access.forget(key)
+        self._counters["deletes"] += 1
+        return removed
+
+    def exists(self, key: str) -> bool:
+        self._check_open()
+        check_key(key, self._state.limits)
+        with self._lock:
+            return self._state.get(key, self._clock()) is not None
+
+    def scan(self, prefix: str = "", limit: int = 100) -> list[str]:
+        """Keys starting with ``prefix``, sorted, at most ``limit``."""
+        self._check_open()
+        if not isinstance(prefix, str):
+            raise InvalidInputError(f"prefix must be str, got {type(prefix).__name__}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidInputError(f"limit must be an int >= 0, got {limit!r}")
+        with self._lock:
+            return self._state.scan(prefix, limit, self._clock())
+
+    def search(
+        self,
+        query: str | None,
+        top_k: int = 5,
+        threshold: float | None = None,
+        *,
+        scope: str | None = None,
+        vector: np.ndarray | None = None,
+    ) -> list[SearchResult]:
+        """Entries whose text is nearest to ``query`` (cosine similarity), best first.
+
+        Returns:
+            ``SearchResult(key, value, similarity, node)`` tuples.
+        """
+        self._check_open()
+        check_search_args(top_k, threshold)
+        scope = check_scope(scope)
+        if vector is not None:
+            query_vector = validate_vectors(vector, self._embedding.dim, what="vector")[0]
+        elif isinstance(query, str):
+            query_vector = self._embedding.embed_one(query)
+        else:
+            raise InvalidInputError(f"query must be str, got {type(query).__name__}")
+        now = self._clock()
+        with self._lock:
+            self._check_open()
+            matches = self._state.search(query_vector, scope, top_k, threshold, now)
+            self._counters["searches"] += 1
+            self._counters["search_hits"] += bool(matches)
+            for match in matches:
+                self._access.touch(match.key, now)
+            return [SearchResult(m.key, m.entry.value, m.similarity, self.node_id) for m in matches]
+
+    def clear_scope(self, scope_prefix: str) -> int:
+        """Remove every entry in scopes starting with ``scope_prefix``; returns how many."""
+        if not isinstance(scope_prefix, str) or not scope_prefix:
+            raise InvalidInputError("scope_prefix must be a non-empty str (use clear_all() for everything)")
+        return self._submit(Clear(scope_prefix))
+
+    def clear_all(self) -> int:
+        """Remove everything; returns how many entries were removed."""
+        return self._submit(Clear(""))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, sizes and settings."""
+        with self._lock:
+            return {
+                "node": self.node_id,
+                **self._state.stats(),
+                **self._counters,
+                "capacity": self._capacity,
+                "eviction": self._eviction,
+                "path": str(self._log.path) if self._log else None,
+                "wal_bytes": self._log.wal_bytes if self._log else 0,
+                "embedding_model_calls": self._embedding.model_calls,
+                "embedding_memo_hits": self._embedding.memo_hits,
+            }
+
+    def checkpoint(self) -> None:
+        """Write a snapshot now and truncate the log (no-op in memory)."""
+        with self._lock:
+            self._check_open()
+            if self._log is not None:
+                self._log.checkpoint(self._state)
+
+    def close(self) -> None:
+        """Stop the purger, checkpoint (with ``path``) and release the directory."""
+        with self._lock:
+            if self._closed.is_set():
+                return
+            if self._log is not None:
+                self._log.checkpoint(self._state)
+                self._log.close()
+            self._closed.set()
+        self._purger.join(timeout=5)
+
+    def __enter__(self) -> SemanticKV:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._state.entries)
+
+    def __repr__(self) -> str:
+        where = self._log.path if self._log else "memory"
+        return f"SemanticKV({where}, entries={len(self._state.entries)}, model={self.model_id})"
+
+    # ------------------------------------------------- expiry and eviction
+    def purge_expired(self) -> int:
+        """Remove expired entries now (the background thread does this every ``purge_interval``)."""
+        now = self._clock()
+        with self._lock:
+            if not self._expiries or self._expiries[0][0] > now:
+                return 0
+            while self._expiries and self._expiries[0][0] <= now:
+                heapq.heappop(self._expiries)
+            removed = self._submit(Expire(now))
+            self._counters["expired"] += removed
+            return removed
+
+    def _purge_loop(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            try:
+                self.purge_expired()
+            except ClosedError:
+                return
+
+    def _evict_if_over_capacity(self) -> None:
+        # Evict 1 % below capacity at once, so choosing victims (a pass over all
+        # entries) is paid once per many puts rather than on every put.
+        if self._capacity is None or len(self._state.entries) <= self._capacity:
+            return
+        target = self._capacity - self._capacity // 100
+        victims = choose_victims(self._eviction, self._state.entries, self._access, len(self._state.entries) - target)
+        removed = self._submit(Evict(tuple(victims)))
+        for key in victims:
+            self._access.forget(key)
+        self._counters["evicted"] += removed

@@ -1,0 +1,329 @@
+"""Shard state: the deterministic state machine every replica runs.
+
+A :class:`ShardState` holds a key-value map and one HNSW index per scope.  It
+changes only through :meth:`ShardState.apply` of a command
+(:mod:`semcache.commands`); reads (:meth:`get`, :meth:`search`, :meth:`scan`)
+take the caller's clock to hide expired entries but never mutate anything.
+Applying the same commands in the same order gives byte-identical snapshots.
+
+>>> import numpy as np
+>>> from semcache.commands import Put
+>>> state = ShardState(dim=2, model_id="demo")
+>>> vec = np.array([1.0, 0.0], dtype=np.float32).tobytes()
+>>> state.apply(Put("k", b"v", "", vec, created_at_ms=0, expires_at_ms=0))
+True
+>>> state.get("k", now_ms=1).value
+b'v'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .commands import Clear, Command, Delete, Evict, Expire, Put
+from .errors import EmbeddingMismatchError, InvalidInputError, LimitExceededError
+from .index import IndexSettings, VectorIndex
+
+SNAPSHOT_FORMAT = 1
+DEFAULT_SCOPE = ""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits enforced on every write (bytes, UTF-8 for text)."""
+
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 1 << 20
+    max_scope_bytes: int = 512
+
+
+@dataclass(slots=True)
+class Entry:
+    """One stored value.  ``label`` is its slot in the scope's index, None when not searchable."""
+
+    value: bytes
+    scope: str
+    label: int | None
+    created_at_ms: int
+    expires_at_ms: int  # 0 means never
+
+    def expired(self, now_ms: int) -> bool:
+        return 0 < self.expires_at_ms <= now_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A search result inside one shard."""
+
+    key: str
+    entry: Entry
+    similarity: float
+
+
+def check_key(key: object, limits: Limits) -> str:
+    """Validate a key: a non-empty str of at most ``limits.max_key_bytes`` UTF-8 bytes."""
+    if not isinstance(key, str):
+        raise InvalidInputError(f"key must be str, got {type(key).__name__}")
+    if not key:
+        raise InvalidInputError("key must not be empty")
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > limits.max_key_bytes:
+        raise LimitExceededError("key", size, limits.max_key_bytes)
+    return key
+
+
+class ShardState:
+    """Key-value entries plus one HNSW index per scope, changed only by commands."""
+
+    def __init__(
+        self,
+        dim: int,
+        model_id: str,
+        settings: IndexSettings | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.dim = dim
+        self.model_id = model_id
+        self.settings = settings or IndexSettings()
+        self.limits = limits or Limits()
+        self.entries: dict[str, Entry] = {}
+        self.indexes: dict[str, VectorIndex] = {}
+        # Derived from entries (rebuilt on restore): which key holds each label, per scope.
+        self._key_of_label: dict[str, dict[int, str]] = {}
+        self.applied = 0  # commands applied so far: the position in the command stream
+
+    # ----------------------------------------------------------------- writes
+    def validate(self, command: Command) -> None:
+        """Raise :class:`InvalidInputError` if ``command`` must not be applied.
+
+        Issuers call this before logging a command, so :meth:`apply` of a
+        logged command never fails halfway.
+        """
+        match command:
+            case Put():
+                check_key(command.key, self.limits)
+                if not isinstance(command.value, bytes):
+                    raise InvalidInputError(f"value must be bytes, got {type(command.value).__name__}")
+                if len(command.value) > self.limits.max_value_bytes:
+                    raise LimitExceededError("value", len(command.value), self.limits.max_value_bytes)
+                scope_size = len(command.scope.encode("utf-8"))
+                if scope_size > self.limits.max_scope_bytes:
+                    raise LimitExceededError("scope", scope_size, self.limits.max_scope_bytes)
+                if command.vector is not None and len(command.vector) != self.dim * 4:
+                    raise EmbeddingMismatchError(
+                        f"vector has {len(command.vector) // 4} float32 values, this store holds dimension {self.dim}"
+                    )
+                if command.expires_at_ms < 0 or command.created_at_ms < 0:
+                    raise InvalidInputError("timestamps must not be negative")
+            case Delete():
+                check_key(command.key, self.limits)
+            case Evict():
+                for key in command.keys:
+                    check_key(key, self.limits)
+
+    def apply(self, command: Command) -> int:
+        """Apply one command; returns True for a put, whether a delete found its key,
+        and the number of entries removed for clear, expire and evict."""
+        self.applied += 1
+        match command:
+            case Put():
+                self._remove(command.key)
+                label = None
+                if command.vector is not None:
+                    index = self._index_for(command.scope)
+                    label = index.add(np.frombuffer(command.vector, dtype=np.float32))
+                    self._key_of_label[command.scope][label] = command.key
+                self.entries[command.key] = Entry(
+                    command.value, command.scope, label, command.created_at_ms, command.expires_at_ms
+                )
+                return True
+            case Delete():
+                return self._remove(command.key)
+            case Clear():
+                return self._clear(command.scope_prefix)
+            case Expire():
+                doomed = [key for key, entry in self.entries.items() if entry.expired(command.now_ms)]
+                return sum(self._remove(key) for key in doomed)
+            case Evict():
+                return sum(self._remove(key) for key in command.keys)
+        raise InvalidInputError(f"not a command: {command!r}")
+
+    def _index_for(self, scope: str) -> VectorIndex:
+        index = self.indexes.get(scope)
+        if index is None:
+            index = self.indexes[scope] = VectorIndex(self.dim, self.settings)
+            self._key_of_label[scope] = {}
+        return index
+
+    def _remove(self, key: str) -> bool:
+        entry = self.entries.pop(key, None)
+        if entry is None:
+            return False
+        if entry.label is not None:
+            self.indexes[entry.scope].remove(entry.label)
+            del self._key_of_label[entry.scope][entry.label]
+        return True
+
+    def _clear(self, scope_prefix: str) -> int:
+        doomed = [key for key, entry in self.entries.items() if entry.scope.startswith(scope_prefix)]
+        for key in doomed:
+            del self.entries[key]
+        for scope in [scope for scope in self.indexes if scope.startswith(scope_prefix)]:
+            del self.indexes[scope]
+            del self._key_of_label[scope]
+        return len(doomed)
+
+    # ------------------------------------------------------------------ reads
+    def get(self, key: str, now_ms: int) -> Entry | None:
+        entry = self.entries.get(key)
+        if entry is None or entry.expired(now_ms):
+            return None
+        return entry
+
+    def scan(self, prefix: str, limit: int, now_ms: int) -> list[str]:
+        keys = sorted(k for k, e in self.entries.items() if k.startswith(prefix) and not e.expired(now_ms))
+        return keys[:limit]
+
+    def search(
+        self, vector: np.ndarray, scope: str, top_k: int, threshold: float | None, now_ms: int
+    ) -> list[Match]:
+        """The ``top_k`` live entries of ``scope`` nearest to ``vector``, at or above ``threshold``."""
+        index = self.indexes.get(scope)
+        if index is None or top_k <= 0:
+            return []
+        key_of = self._key_of_label[scope]
+
+        def live(label: int) -> bool:
+            key = key_of.get(label)
+            return key is not None and not self.entries[key].expired(now_ms)
+
+        matches = [
+            Match(key_of[label], self.entries[key_of[label]], similarity)
+            for label, similarity in index.search(vector, top_k, live)
+        ]
+        if threshold is not None:
+            matches = [m for m in matches if m.similarity >= threshold]
+        return matches
+
+    def expired_keys(self, now_ms: int) -> list[str]:
+        return [key for key, entry in self.entries.items() if entry.expired(now_ms)]
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "entries": len(self.entries),
+            "searchable": sum(len(index) for index in self.indexes.values()),
+            "scopes": len(self.indexes),
+            "index_slots": sum(index.slots for index in self.indexes.values()),
+            "applied": self.applied,
+            "model_id": self.model_id,
+            "dim": self.dim,
+            "value_bytes": sum(len(entry.value) for entry in self.entries.values()),
+        }
+
+    # -------------------------------------------------------------- snapshots
+    def snapshot(self, directory: Path) -> None:
+        """Write the whole state into the (empty or new) ``directory``.
+
+        Layout: ``state.json`` (settings, stamps, per-scope index metadata),
+        ``entries.bin`` (the KV map, sorted by key) and one hnswlib
+        ``index-N.bin`` per scope.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        scopes = []
+        for number, scope in enumerate(sorted(self.indexes)):
+            file = f"index-{number}.bin"
+            meta = self.indexes[scope].save(directory / file)
+            scopes.append({"scope": scope, "file": file, "meta": meta})
+        (directory / "entries.bin").write_bytes(_encode_entries(self.entries))
+        header = {
+            "format": SNAPSHOT_FORMAT,
+            "model_id": self.model_id,
+            "dim": self.dim,
+            "settings": asdict(self.settings),
+            "limits": asdict(self.limits),
+            "applied": self.applied,
+            "scopes": scopes,
+        }
+        (directory / "state.json").write_text(json.dumps(header, sort_keys=True, indent=1))
+
+    @classmethod
+    def restore(
+        cls, directory: Path, *, model_id: str | None = None, dim: int | None = None
+    ) -> ShardState:
+        """Read a snapshot written by :meth:`snapshot`.
+
+        Raises:
+            EmbeddingMismatchError: the snapshot was built with another model or dimension.
+        """
+        header = json.loads((directory / "state.json").read_text())
+        if header.get("format") != SNAPSHOT_FORMAT:
+            raise InvalidInputError(f"unknown snapshot format {header.get('format')!r} in {directory}")
+        if (model_id is not None and header["model_id"] != model_id) or (dim is not None and header["dim"] != dim):
+            raise EmbeddingMismatchError(
+                f"{directory} was built with {header['model_id']} (dim {header['dim']}); "
+                f"it cannot be opened with {model_id} (dim {dim})"
+            )
+        settings = IndexSettings(**header["settings"])
+        state = cls(header["dim"], header["model_id"], settings, Limits(**header["limits"]))
+        state.applied = header["applied"]
+        state.entries = _decode_entries((directory / "entries.bin").read_bytes())
+        for scope in header["scopes"]:
+            state.indexes[scope["scope"]] = VectorIndex.load(
+                directory / scope["file"], state.dim, settings, scope["meta"]
+            )
+            state._key_of_label[scope["scope"]] = {}
+        for key, entry in state.entries.items():
+            if entry.label is not None:
+                state._key_of_label[entry.scope][entry.label] = key
+        return state
+
+    def digest(self) -> str:
+        """SHA-256 over the snapshot bytes: equal digests mean identical replicas."""
+        with tempfile.TemporaryDirectory(prefix="semcache-digest-") as tmp:
+            self.snapshot(Path(tmp))
+            sha = hashlib.sha256()
+            for file in sorted(Path(tmp).iterdir()):
+                sha.update(file.name.encode())
+                sha.update(file.read_bytes())
+            return sha.hexdigest()
+
+
+_ENTRY_HEAD = struct.Struct("<IIIqqq")  # key, value, scope lengths; label (-1 none), created, expires
+
+
+def _encode_entries(entries: dict[str, Entry]) -> bytes:
+    parts = []
+    for key in sorted(entries):
+        entry = entries[key]
+        key_b, scope_b = key.encode("utf-8", "surrogatepass"), entry.scope.encode("utf-8")
+        label = -1 if entry.label is None else entry.label
+        parts.append(
+            _ENTRY_HEAD.pack(
+                len(key_b), len(entry.value), len(scope_b), label, entry.created_at_ms, entry.expires_at_ms
+            )
+        )
+        parts += [key_b, entry.value, scope_b]
+    return b"".join(parts)
+
+
+def _decode_entries(data: bytes) -> dict[str, Entry]:
+    entries: dict[str, Entry] = {}
+    view, pos = memoryview(data), 0
+    while pos < len(view):
+        key_len, value_len, scope_len, label, created, expires = _ENTRY_HEAD.unpack_from(view, pos)
+        pos += _ENTRY_HEAD.size
+        key = bytes(view[pos : pos + key_len]).decode("utf-8", "surrogatepass")
+        pos += key_len
+        value = bytes(view[pos : pos + value_len])
+        pos += value_len
+        scope = bytes(view[pos : pos + scope_len]).decode("utf-8")
+        pos += scope_len
+        entries[key] = Entry(value, scope, None if label < 0 else label, created, expires)
+    return entries

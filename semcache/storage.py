@@ -1,0 +1,156 @@
+"""Durable storage for an embedded store: an atomic snapshot plus a write-ahead log.
+
+Layout of a data directory::
+
+    LOCK           held (flock) by the one process that has the store open
+    snapshot/      the last checkpoint, a ShardState snapshot
+    wal.log        commands applied since then, one framed record each
+
+A record is ``[u32 length][u32 crc32][u64 seq][command bytes]``.  A command is
+appended (and flushed to the OS) before it is applied, so once ``put`` returns,
+a kill -9 cannot lose it; ``fsync=True`` extends that to power loss.  Recovery
+loads the snapshot, replays records with a higher ``seq`` and stops at the
+first torn or corrupt record, which only an unacknowledged write can leave.
+
+A checkpoint writes ``snapshot.new/``, swaps it in with renames (the previous
+one survives as ``snapshot.old/`` until the swap is complete) and then starts an
+empty log.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .commands import Command as CommandT
+from .commands import decode_command, encode_command
+from .errors import ConfigurationError
+from .state import ShardState
+
+_RECORD = struct.Struct("<IIQ")
+
+
+class DurableLog:
+    """Write-ahead log and checkpoints for one :class:`ShardState` in ``path``."""
+
+    def __init__(self, path: Path, *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        self._lock_file = open(self.path / "LOCK", "a+b")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lock_file.close()
+            raise ConfigurationError(f"{self.path} is already open in another process") from exc
+        self._wal: BinaryIO | None = None
+        self.wal_bytes = 0
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.path / "snapshot"
+
+    def recover(self, new_state: Callable[[], ShardState], *, model_id: str, dim: int) -> ShardState:
+        """Load the last checkpoint and replay the log after it."""
+        for stale in ("snapshot.new",):
+            shutil.rmtree(self.path / stale, ignore_errors=True)
+        old = self.path / "snapshot.old"
+        if old.exists() and not self.snapshot_dir.exists():
+            old.rename(self.snapshot_dir)  # a checkpoint died between its two renames
+        shutil.rmtree(old, ignore_errors=True)
+        if (self.snapshot_dir / "state.json").exists():
+            state = ShardState.restore(self.snapshot_dir, model_id=model_id, dim=dim)
+        else:
+            state = new_state()
+        good_bytes = 0
+        wal_path = self.path / "wal.log"
+        if wal_path.exists():
+            data = wal_path.read_bytes()
+            for end, seq, command in _read_records(data):
+                if seq > state.applied:
+                    state.apply(command)
+                good_bytes = end
+            if good_bytes < len(data):
+                # Drop the torn tail so new records follow the last good one.
+                with open(wal_path, "r+b") as wal:
+                    wal.truncate(good_bytes)
+        self._wal = open(wal_path, "ab")  # noqa: SIM115 - held until close()
+        self.wal_bytes = good_bytes
+        return state
+
+    def append(self, seq: int, command: CommandT) -> None:
+        """Append one command (to be applied as number ``seq``) and flush it to the OS."""
+        if self._wal is None:
+            raise ConfigurationError("recover() must run before append()")
+        payload = encode_command(command)
+        head = _RECORD.pack(len(payload), 0, seq)
+        crc = zlib.crc32(head[8:] + payload)
+        record = _RECORD.pack(len(payload), crc, seq) + payload
+        self._wal.write(record)
+        self._wal.flush()
+        if self._fsync:
+            os.fsync(self._wal.fileno())
+        self.wal_bytes += len(record)
+
+    def checkpoint(self, state: ShardState) -> None:
+        """Write ``state`` as the new snapshot and start an empty log."""
+        new = self.path / "snapshot.new"
+        shutil.rmtree(new, ignore_errors=True)
+        state.snapshot(new)
+        _fsync_tree(new)
+        old = self.path / "snapshot.old"
+        if self.snapshot_dir.exists():
+            self.snapshot_dir.rename(old)
+        new.rename(self.snapshot_dir)
+        _fsync_dir(self.path)
+        # Replay skips records at or below state.applied, so a crash before this
+        # truncation is harmless.
+        if self._wal is not None:
+            self._wal.close()
+        self._wal = open(self.path / "wal.log", "wb")  # noqa: SIM115 - held until close()
+        self.wal_bytes = 0
+        shutil.rmtree(old, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
+            self._wal = None
+        if not self._lock_file.closed:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+
+
+def _read_records(data: bytes) -> Iterator[tuple[int, int, CommandT]]:
+    """Yield ``(end offset, seq, command)`` for each intact record, stopping at the first bad one."""
+    pos = 0
+    while pos + _RECORD.size <= len(data):
+        length, crc, seq = _RECORD.unpack_from(data, pos)
+        end = pos + _RECORD.size + length
+        if end > len(data):
+            return
+        payload = data[pos + _RECORD.size : end]
+        if zlib.crc32(data[pos + 8 : pos + _RECORD.size] + payload) != crc:
+            return
+        yield end, seq, decode_command(payload)
+        pos = end
+
+
+def _fsync_tree(directory: Path) -> None:
+    for file in directory.iterdir():
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
