@@ -95,6 +95,25 @@ def text_to_embed(value: bytes, text: str | None) -> str | None:
         return None  # binary values are stored but not searchable
 
 
+def put_vector(embedding: BaseEmbedding, value: bytes, text: str | None, vector: Any) -> bytes | None:
+    """The vector a put stores: ``vector`` checked, else the embedding of :func:`text_to_embed`, else None."""
+    if vector is not None:
+        return validate_vectors(vector, embedding.dim, what="vector")[0].tobytes()
+    to_embed = text_to_embed(value, text)
+    if to_embed is None:
+        return None
+    return embedding.embed_one(to_embed).tobytes()
+
+
+def search_vector(embedding: BaseEmbedding, query: object, vector: Any) -> np.ndarray:
+    """The query vector of a search: ``vector`` checked, else the embedding of the ``query`` str."""
+    if vector is not None:
+        return validate_vectors(vector, embedding.dim, what="vector")[0]
+    if isinstance(query, str):
+        return embedding.embed_one(query)
+    raise InvalidInputError(f"query must be str, got {type(query).__name__}")
+
+
 class KVHelpers:
     """String and JSON conveniences shared by every store with ``put``/``get``."""
 
@@ -230,14 +249,6 @@ class SemanticKV(KVHelpers):
                 self._log.checkpoint(self._state)
             return result
 
-    def _vector_for(self, value: bytes, text: str | None, vector: Any) -> bytes | None:
-        if vector is not None:
-            return validate_vectors(vector, self._embedding.dim, what="vector")[0].tobytes()
-        to_embed = text_to_embed(value, text)
-        if to_embed is None:
-            return None
-        return self._embedding.embed_one(to_embed).tobytes()
-
     # ----------------------------------------------------------------- API
     def put(
         self,
@@ -266,7 +277,7 @@ class SemanticKV(KVHelpers):
         scope = check_scope(scope)
         if len(data) > self._state.limits.max_value_bytes:
             self._state.validate(Put(key, data, scope, None, 0, 0))  # raises the size error before embedding
-        vector_bytes = self._vector_for(data, text, vector)
+        vector_bytes = put_vector(self._embedding, data, text, vector)
         now = self._clock()
         expires = now + ttl_ms if ttl_ms else 0
         self._submit(Put(key, data, scope, vector_bytes, now, expires))
@@ -333,12 +344,7 @@ class SemanticKV(KVHelpers):
         self._check_open()
         check_search_args(top_k, threshold)
         scope = check_scope(scope)
-        if vector is not None:
-            query_vector = validate_vectors(vector, self._embedding.dim, what="vector")[0]
-        elif isinstance(query, str):
-            query_vector = self._embedding.embed_one(query)
-        else:
-            raise InvalidInputError(f"query must be str, got {type(query).__name__}")
+        query_vector = search_vector(self._embedding, query, vector)
         now = self._clock()
         with self._lock:
             self._check_open()
