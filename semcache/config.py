@@ -1,0 +1,356 @@
+"""The cluster file: shards, their replicas, addresses, secret and tuning.
+
+One TOML file describes a whole cluster; every node reads the same file and
+picks its own replica by id.  :meth:`ClusterConfig.load` parses and checks it,
+raising :class:`~semcache.errors.ConfigurationError` for anything invalid alone
+(a missing secret, a malformed address) or contradictory (a heartbeat not
+shorter than the election timeout, two replicas on one port).
+
+>>> cfg = ClusterConfig(
+...     secret="s3cret",
+...     shards=(ShardConfig("shard-0", (ReplicaConfig("r0", "127.0.0.1:7100", "grpc://127.0.0.1:8815"),)),),
+... )
+>>> cfg.replica("r0").rpc
+'grpc://127.0.0.1:8815'
+>>> cfg.shard_of("r0").id
+'shard-0'
+>>> try:
+...     ClusterConfig(secret="", shards=cfg.shards)
+... except ConfigurationError as exc:
+...     print(str(exc)[:44])
+the cluster file must set a non-empty secret
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .embeddings import DEFAULT_MODEL, PACKAGED_MODEL_ID, BaseEmbedding, HashEmbedding, SentenceTransformerEmbedding
+from .errors import ConfigurationError
+from .eviction import check_policy
+from .index import IndexSettings
+
+DEFAULT_DATA_DIR = ".semcache/cluster"
+# Measured on a loaded 2-core machine (docs/readme-node.md): pysyncobj's default
+# 0.4-1.4 s election window let a busy follower start elections; 1.0-2.0 s did not.
+DEFAULT_HEARTBEAT = 0.1
+DEFAULT_ELECTION_MIN = 1.0
+DEFAULT_ELECTION_MAX = 2.0
+DEFAULT_COMMIT_TIMEOUT = 5.0
+DEFAULT_COMPACTION_ENTRIES = 5000
+DEFAULT_COMPACTION_SECONDS = 300.0
+DEFAULT_MAINTENANCE_INTERVAL = 1.0
+
+# Models whose dimension is known without loading them (a node never loads the
+# embedder unless a request carries text and no vector).
+_KNOWN_DIMS = {DEFAULT_MODEL: 384, PACKAGED_MODEL_ID: 384}
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """One replica of one shard: a node process.
+
+    Args:
+        id: unique name of the replica in the whole cluster.
+        raft: ``host:port`` of its Raft (pysyncobj) endpoint.
+        rpc: ``grpc://host:port`` (or ``grpc+tls://``) of its client endpoint.
+        data_dir: its journal and snapshots; default ``<cluster data_dir>/<id>``.
+    """
+
+    id: str
+    raft: str
+    rpc: str
+    data_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """A shard: one Raft group of replicas."""
+
+    id: str
+    replicas: tuple[ReplicaConfig, ...]
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Everything a node needs to know about its cluster.
+
+    Args:
+        secret: pysyncobj password; encrypts and authenticates Raft traffic (required).
+        shards: the shards and their replicas.
+        token: RPC token clients must present; "" means none required.
+        data_dir: parent of the replicas' data directories (relative paths are
+            relative to the cluster file's directory when loaded from a file).
+        embedding: embedder name: ``"all-MiniLM-L6-v2"``, ``"hash:DIM"`` (tests) or
+            another sentence-transformers model (then set ``dim``).
+        dim: vector dimension; derived from ``embedding`` when known.
+        allow_remote: permit addresses other than loopback (off by default).
+        tls_cert, tls_key: PEM files; when set, RPC endpoints must be ``grpc+tls://``.
+        heartbeat, election_timeout_min, election_timeout_max: Raft timing, seconds.
+        commit_timeout: how long a node waits for a write to commit before NoQuorumError.
+        compaction_entries, compaction_seconds: take a snapshot after this many
+            log entries or this much time.
+        capacity, eviction: per-shard entry limit and the policy that picks victims.
+        max_value_bytes: largest value; it must leave the encoded command under one Raft entry.
+    """
+
+    secret: str
+    shards: tuple[ShardConfig, ...]
+    token: str = ""
+    data_dir: str = DEFAULT_DATA_DIR
+    embedding: str = DEFAULT_MODEL
+    dim: int | None = None
+    allow_remote: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_entries: int = 100_000
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 200
+    ef_search: int = 64
+    capacity: int | None = None
+    eviction: str = "lru"
+    max_value_bytes: int = 48 * 1024
+    heartbeat: float = DEFAULT_HEARTBEAT
+    election_timeout_min: float = DEFAULT_ELECTION_MIN
+    election_timeout_max: float = DEFAULT_ELECTION_MAX
+    commit_timeout: float = DEFAULT_COMMIT_TIMEOUT
+    compaction_entries: int = DEFAULT_COMPACTION_ENTRIES
+    compaction_seconds: float = DEFAULT_COMPACTION_SECONDS
+    maintenance_interval: float = DEFAULT_MAINTENANCE_INTERVAL
+    path: str | None = field(default=None, compare=False)  # the file it was loaded from
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------ lookups
+    def replicas(self) -> list[ReplicaConfig]:
+        return [replica for shard in self.shards for replica in shard.replicas]
+
+    def replica(self, replica_id: str) -> ReplicaConfig:
+        """The replica named ``replica_id``.
+
+        Raises:
+            ConfigurationError: no such replica in the file.
+        """
+        for replica in self.replicas():
+            if replica.id == replica_id:
+                return replica
+        raise ConfigurationError(f"replica {replica_id!r} is not in the cluster file")
+
+    def shard_of(self, replica_id: str) -> ShardConfig:
+        for shard in self.shards:
+            if any(replica.id == replica_id for replica in shard.replicas):
+                return shard
+        raise ConfigurationError(f"replica {replica_id!r} is not in the cluster file")
+
+    def data_dir_of(self, replica_id: str) -> Path:
+        """Where ``replica_id`` keeps its journal and snapshots."""
+        replica = self.replica(replica_id)
+        base = Path(self.path).parent if self.path else Path.cwd()
+        chosen = Path(replica.data_dir) if replica.data_dir else Path(self.data_dir) / replica.id
+        return chosen if chosen.is_absolute() else base / chosen
+
+    def index_settings(self) -> IndexSettings:
+        return IndexSettings(self.max_entries, self.hnsw_m, self.hnsw_ef_construction, self.ef_search)
+
+    def embedding_identity(self) -> tuple[str, int]:
+        """``(model_id, dim)`` the shards are stamped with, without loading the model when possible."""
+        name = self.embedding
+        if name.startswith("hash:"):
+            probe = _hash_embedding(name)
+            return probe.model_id, probe.dim
+        model_id = PACKAGED_MODEL_ID if name in _KNOWN_DIMS else name
+        dim = self.dim if self.dim is not None else _KNOWN_DIMS.get(name)
+        if dim is None:
+            dim = self.make_embedder().dim
+        return model_id, dim
+
+    def make_embedder(self) -> BaseEmbedding:
+        """Load the embedder the file names (slow for real models: call lazily)."""
+        if self.embedding.startswith("hash:"):
+            return _hash_embedding(self.embedding)
+        return SentenceTransformerEmbedding(self.embedding)
+
+    # --------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise :class:`ConfigurationError` for invalid or contradictory settings."""
+        if not isinstance(self.secret, str) or not self.secret:
+            raise ConfigurationError(
+                "the cluster file must set a non-empty secret (it encrypts and authenticates Raft traffic)"
+            )
+        if not self.shards:
+            raise ConfigurationError("the cluster file names no shards")
+        _unique("shard id", [shard.id for shard in self.shards])
+        for shard in self.shards:
+            if not shard.id or not shard.replicas:
+                raise ConfigurationError(f"shard {shard.id!r} needs an id and at least one replica")
+        replicas = self.replicas()
+        _unique("replica id", [replica.id for replica in replicas])
+        _unique("address", [replica.raft for replica in replicas] + [_host_port(r.rpc) for r in replicas])
+        for replica in replicas:
+            if not replica.id:
+                raise ConfigurationError("every replica needs a non-empty id")
+            self._check_address(replica.raft, f"raft address of {replica.id}")
+            scheme = replica.rpc.split("://", 1)[0] if "://" in replica.rpc else ""
+            if scheme not in ("grpc", "grpc+tcp", "grpc+tls"):
+                raise ConfigurationError(f"rpc address of {replica.id} must be grpc://host:port, got {replica.rpc!r}")
+            if (scheme == "grpc+tls") != (self.tls_cert is not None):
+                raise ConfigurationError(
+                    f"rpc address of {replica.id} is {replica.rpc!r}: use grpc+tls:// exactly when tls_cert is set"
+                )
+            self._check_address(_host_port(replica.rpc), f"rpc address of {replica.id}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigurationError("set both tls_cert and tls_key, or neither")
+        if not 0 < self.heartbeat * 3 < self.election_timeout_min < self.election_timeout_max:
+            raise ConfigurationError(
+                "timeouts must satisfy 0 < 3 * heartbeat < election_timeout_min < election_timeout_max, got "
+                f"heartbeat={self.heartbeat}, election_timeout=({self.election_timeout_min}, "
+                f"{self.election_timeout_max})"
+            )
+        if self.commit_timeout <= 0 or self.maintenance_interval <= 0 or self.compaction_seconds <= 0:
+            raise ConfigurationError("commit_timeout, maintenance_interval and compaction_seconds must be > 0")
+        if self.compaction_entries < 2:
+            raise ConfigurationError(f"compaction_entries must be at least 2, got {self.compaction_entries}")
+        if self.capacity is not None and self.capacity < 1:
+            raise ConfigurationError(f"capacity must be a positive int or absent, got {self.capacity}")
+        check_policy(self.eviction)
+        if not 0 < self.max_value_bytes <= MAX_VALUE_BYTES_CEILING:
+            raise ConfigurationError(
+                f"max_value_bytes must be in 1..{MAX_VALUE_BYTES_CEILING} (one Raft entry must stay under 64 KiB), "
+                f"got {self.max_value_bytes}"
+            )
+        if self.embedding.startswith("hash:"):
+            _hash_embedding(self.embedding)
+        self.index_settings()
+
+    def _check_address(self, address: str, what: str) -> None:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(f"{what} must be host:port, got {address!r}")
+        if not self.allow_remote and not _is_loopback(host):
+            raise ConfigurationError(
+                f"{what} is {address!r}, not a loopback address: set allow_remote = true to listen beyond this host"
+            )
+
+    # ---------------------------------------------------------------- files
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ClusterConfig:
+        """Read and check a cluster file.
+
+        Raises:
+            ConfigurationError: unreadable file, unknown keys or invalid settings.
+        """
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigurationError(f"cannot read cluster file {path}: {exc}") from exc
+        return cls.from_dict(data, path=str(Path(path).resolve()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, path: str | None = None) -> ClusterConfig:
+        data = dict(data)
+        known = {f.name for f in fields(cls)} - {"path"}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigurationError(f"unknown cluster settings: {', '.join(sorted(unknown))}")
+        try:
+            shards = tuple(
+                ShardConfig(
+                    str(shard["id"]),
+                    tuple(ReplicaConfig(**replica) for replica in shard.get("replicas", [])),
+                )
+                for shard in data.pop("shards", [])
+            )
+            return cls(shards=shards, path=path, **data)
+        except (KeyError, TypeError) as exc:
+            raise ConfigurationError(f"malformed cluster file: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("path", "shards") or value is None:
+                continue
+            out[f.name] = value
+        out["shards"] = [
+            {
+                "id": shard.id,
+                "replicas": [
+                    {k: v for k, v in vars(replica).items() if v is not None} for replica in shard.replicas
+                ],
+            }
+            for shard in self.shards
+        ]
+        return out
+
+    def dump(self, path: str | os.PathLike[str]) -> None:
+        """Write this configuration as a TOML cluster file (atomically)."""
+        target = Path(path)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(_to_toml(self.to_dict()), encoding="utf-8")
+        os.replace(tmp, target)
+
+    def with_shard(self, shard: ShardConfig) -> ClusterConfig:
+        """A copy with ``shard`` replacing the shard of the same id (membership changes)."""
+        return replace(self, shards=tuple(shard if s.id == shard.id else s for s in self.shards))
+
+
+# A Put carries key (<= 1 KiB), scope (<= 512 B), vector (dim * 4 B) and framing
+# besides the value; 56 KiB leaves room for all of it under pysyncobj's 64 KiB.
+MAX_VALUE_BYTES_CEILING = 56 * 1024
+
+
+def _hash_embedding(name: str) -> HashEmbedding:
+    parts = name.split(":")
+    try:
+        dim = int(parts[1])
+        seed = int(parts[2]) if len(parts) > 2 else 0
+    except (IndexError, ValueError) as exc:
+        raise ConfigurationError(f"embedding {name!r} must look like hash:DIM or hash:DIM:SEED") from exc
+    return HashEmbedding(dim, seed=seed)
+
+
+def _unique(what: str, values: list[str]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ConfigurationError(f"duplicate {what} {value!r} in the cluster file")
+        seen.add(value)
+
+
+def _host_port(rpc: str) -> str:
+    return rpc.split("://", 1)[-1]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _to_toml(data: dict[str, Any]) -> str:
+    """Just enough TOML for a cluster file (scalars plus the shards table array)."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in data.items() if key != "shards"]
+    for shard in data["shards"]:
+        lines += ["", "[[shards]]", f"id = {_toml_value(shard['id'])}"]
+        for replica in shard["replicas"]:
+            lines.append("  [[shards.replicas]]")
+            lines += [f"  {key} = {_toml_value(value)}" for key, value in replica.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
