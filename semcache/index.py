@@ -116,14 +116,18 @@ class VectorIndex:
         some, the search widens until it has ``k`` or has seen every vector.
         """
         live = len(self)
+        # The most results hnswlib has shown it can return: after many deletions
+        # it may fail to gather ``want`` live neighbours, and every failure
+        # lowers this ceiling, so the loop below always ends.
+        ceiling = live
         want = min(k, live)
         while want > 0:
             self._index.set_ef(max(self.settings.ef_search, want))
             try:
                 labels, distances = self._index.knn_query(vector.reshape(1, -1), k=want)
             except RuntimeError:
-                # hnswlib could not gather `want` neighbours (many deletions); ask for fewer.
-                want //= 2
+                ceiling = want - 1
+                want = min(want // 2 or 1, ceiling)
                 continue
             finally:
                 self._index.set_ef(self.settings.ef_search)
@@ -132,9 +136,9 @@ class VectorIndex:
                 for label, distance in zip(labels[0], distances[0], strict=True)
                 if accept is None or accept(int(label))
             ]
-            if len(hits) >= k or want >= live:
+            if len(hits) >= k or want >= ceiling:
                 return hits[:k]
-            want = min(live, want * 2)
+            want = min(ceiling, want * 2)
         return []
 
     def save(self, path: Path) -> dict[str, object]:

@@ -36,10 +36,12 @@ from .embeddings import BaseEmbedding, as_embedding, validate_vectors
 from .errors import ClosedError, ConfigurationError, InvalidInputError
 from .eviction import AccessLog, check_policy, choose_victims
 from .index import IndexSettings
-from .state import DEFAULT_SCOPE, Limits, ShardState, check_key
+from .state import DEFAULT_SCOPE, Limits, ShardState, check_key, check_scope_name, utf8_size
 from .storage import DurableLog
 
 DEFAULT_CHECKPOINT_BYTES = 64 << 20
+# The longest time to live accepted: 100 years, far from the int64 millisecond timestamps' end.
+MAX_TTL_MS = 100 * 365 * 86_400_000
 
 
 def wall_clock_ms() -> int:
@@ -51,6 +53,7 @@ def coerce_value(value: object) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
+        utf8_size(value, "value")  # a lone surrogate is an input error, not a UnicodeEncodeError
         return value.encode("utf-8")
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
@@ -58,8 +61,11 @@ def coerce_value(value: object) -> bytes:
 
 
 def check_ttl_ms(ttl_ms: object) -> int:
+    """A time to live in ms: an int in ``[0, MAX_TTL_MS]``; 0 means no expiry."""
     if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or ttl_ms < 0:
         raise InvalidInputError(f"ttl_ms must be an int >= 0 (0 = no expiry), got {ttl_ms!r}")
+    if ttl_ms > MAX_TTL_MS:
+        raise InvalidInputError(f"ttl_ms is {ttl_ms}, over the limit of {MAX_TTL_MS} (100 years)")
     return ttl_ms
 
 
@@ -75,12 +81,21 @@ def check_search_args(top_k: object, threshold: object) -> None:
         raise InvalidInputError(f"threshold must be a number in [-1, 1] or None, got {threshold!r}")
 
 
-def check_scope(scope: object) -> str:
+def check_scope(scope: object, limits: Limits | None = None) -> str:
+    """A backend scope name: None means the shared default scope."""
     if scope is None:
         return DEFAULT_SCOPE
     if not isinstance(scope, str):
         raise InvalidInputError(f"scope must be str or None, got {type(scope).__name__}")
-    return scope
+    return check_scope_name(scope, limits or Limits())
+
+
+def one_vector(vector: Any, dim: int) -> np.ndarray:
+    """A caller-supplied embedding: exactly one valid vector of ``dim`` values, normalised."""
+    array = validate_vectors(vector, dim, what="vector")
+    if array.shape[0] != 1:
+        raise InvalidInputError(f"vector must be one embedding, got {array.shape[0]} rows")
+    return array[0]
 
 
 def text_to_embed(value: bytes, text: str | None) -> str | None:
@@ -98,7 +113,7 @@ def text_to_embed(value: bytes, text: str | None) -> str | None:
 def put_vector(embedding: BaseEmbedding, value: bytes, text: str | None, vector: Any) -> bytes | None:
     """The vector a put stores: ``vector`` checked, else the embedding of :func:`text_to_embed`, else None."""
     if vector is not None:
-        return validate_vectors(vector, embedding.dim, what="vector")[0].tobytes()
+        return one_vector(vector, embedding.dim).tobytes()
     to_embed = text_to_embed(value, text)
     if to_embed is None:
         return None
@@ -108,7 +123,7 @@ def put_vector(embedding: BaseEmbedding, value: bytes, text: str | None, vector:
 def search_vector(embedding: BaseEmbedding, query: object, vector: Any) -> np.ndarray:
     """The query vector of a search: ``vector`` checked, else the embedding of the ``query`` str."""
     if vector is not None:
-        return validate_vectors(vector, embedding.dim, what="vector")[0]
+        return one_vector(vector, embedding.dim)
     if isinstance(query, str):
         return embedding.embed_one(query)
     raise InvalidInputError(f"query must be str, got {type(query).__name__}")
@@ -182,10 +197,14 @@ class SemanticKV(KVHelpers):
         clock: Callable[[], int] = wall_clock_ms,
         node_id: str = "embedded",
     ) -> None:
-        if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
             raise ConfigurationError(f"capacity must be a positive int or None, got {capacity!r}")
-        if purge_interval <= 0:
-            raise ConfigurationError(f"purge_interval must be > 0 seconds, got {purge_interval!r}")
+        if isinstance(purge_interval, bool) or not isinstance(purge_interval, int | float) or not purge_interval > 0:
+            raise ConfigurationError(f"purge_interval must be a number of seconds > 0, got {purge_interval!r}")
+        if isinstance(checkpoint_bytes, bool) or not isinstance(checkpoint_bytes, int) or checkpoint_bytes < 1:
+            raise ConfigurationError(f"checkpoint_bytes must be a positive int, got {checkpoint_bytes!r}")
+        if not callable(clock):
+            raise ConfigurationError(f"clock must be a callable returning ms, got {type(clock).__name__}")
         self._embedding = as_embedding(embedding)
         self._settings = IndexSettings(max_entries, hnsw_m, hnsw_ef_construction, ef_search)
         self._eviction = check_policy(eviction)
@@ -205,9 +224,13 @@ class SemanticKV(KVHelpers):
 
         self._log = DurableLog(Path(path), fsync=fsync) if path is not None else None
         if self._log is not None:
-            self._state = self._log.recover(
-                new_state, model_id=self._embedding.model_id, dim=self._embedding.dim
-            )
+            try:
+                self._state = self._log.recover(
+                    new_state, model_id=self._embedding.model_id, dim=self._embedding.dim
+                )
+            except BaseException:
+                self._log.close()  # release the directory lock so a corrected retry can open it
+                raise
         else:
             self._state = new_state()
         for key, entry in self._state.entries.items():
@@ -274,7 +297,7 @@ class SemanticKV(KVHelpers):
         check_key(key, self._state.limits)
         data = coerce_value(value)
         ttl_ms = check_ttl_ms(ttl_ms)
-        scope = check_scope(scope)
+        scope = check_scope(scope, self._state.limits)
         if len(data) > self._state.limits.max_value_bytes:
             self._state.validate(Put(key, data, scope, None, 0, 0))  # raises the size error before embedding
         vector_bytes = put_vector(self._embedding, data, text, vector)
@@ -343,7 +366,7 @@ class SemanticKV(KVHelpers):
         """
         self._check_open()
         check_search_args(top_k, threshold)
-        scope = check_scope(scope)
+        scope = check_scope(scope, self._state.limits)
         query_vector = search_vector(self._embedding, query, vector)
         now = self._clock()
         with self._lock:

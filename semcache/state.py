@@ -28,11 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from .commands import Clear, Command, Delete, Evict, Expire, Put
-from .errors import EmbeddingMismatchError, InvalidInputError, LimitExceededError
+from .errors import ConfigurationError, EmbeddingMismatchError, InvalidInputError, LimitExceededError
 from .index import IndexSettings, VectorIndex
 
 SNAPSHOT_FORMAT = 1
 DEFAULT_SCOPE = ""
+# Timestamps are stored as signed 64-bit milliseconds (commands, WAL, snapshots).
+MAX_TIMESTAMP_MS = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class Limits:
     max_key_bytes: int = 1024
     max_value_bytes: int = 1 << 20
     max_scope_bytes: int = 512
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"limit {name} must be a positive int, got {value!r}")
 
 
 @dataclass(slots=True)
@@ -67,16 +74,34 @@ class Match:
     similarity: float
 
 
+def utf8_size(text: str, what: str) -> int:
+    """The UTF-8 size of ``text``; a lone surrogate (not encodable) is an input error."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(f"{what} is not valid Unicode text: {exc.reason} at index {exc.start}") from exc
+
+
 def check_key(key: object, limits: Limits) -> str:
     """Validate a key: a non-empty str of at most ``limits.max_key_bytes`` UTF-8 bytes."""
     if not isinstance(key, str):
         raise InvalidInputError(f"key must be str, got {type(key).__name__}")
     if not key:
         raise InvalidInputError("key must not be empty")
-    size = len(key.encode("utf-8", "surrogatepass"))
+    size = utf8_size(key, "key")
     if size > limits.max_key_bytes:
         raise LimitExceededError("key", size, limits.max_key_bytes)
     return key
+
+
+def check_scope_name(scope: object, limits: Limits) -> str:
+    """Validate a scope name: a str of at most ``limits.max_scope_bytes`` UTF-8 bytes."""
+    if not isinstance(scope, str):
+        raise InvalidInputError(f"scope must be str, got {type(scope).__name__}")
+    size = utf8_size(scope, "scope")
+    if size > limits.max_scope_bytes:
+        raise LimitExceededError("scope", size, limits.max_scope_bytes)
+    return scope
 
 
 class ShardState:
@@ -113,20 +138,36 @@ class ShardState:
                     raise InvalidInputError(f"value must be bytes, got {type(command.value).__name__}")
                 if len(command.value) > self.limits.max_value_bytes:
                     raise LimitExceededError("value", len(command.value), self.limits.max_value_bytes)
-                scope_size = len(command.scope.encode("utf-8"))
-                if scope_size > self.limits.max_scope_bytes:
-                    raise LimitExceededError("scope", scope_size, self.limits.max_scope_bytes)
-                if command.vector is not None and len(command.vector) != self.dim * 4:
-                    raise EmbeddingMismatchError(
-                        f"vector has {len(command.vector) // 4} float32 values, this store holds dimension {self.dim}"
-                    )
-                if command.expires_at_ms < 0 or command.created_at_ms < 0:
-                    raise InvalidInputError("timestamps must not be negative")
+                check_scope_name(command.scope, self.limits)
+                if command.vector is not None:
+                    self._check_vector(command.vector)
+                for stamp in (command.created_at_ms, command.expires_at_ms):
+                    if not 0 <= stamp <= MAX_TIMESTAMP_MS:
+                        raise InvalidInputError(f"timestamp {stamp} is outside [0, {MAX_TIMESTAMP_MS}] ms")
             case Delete():
                 check_key(command.key, self.limits)
+            case Clear():
+                if not isinstance(command.scope_prefix, str):
+                    raise InvalidInputError(f"scope prefix must be str, got {type(command.scope_prefix).__name__}")
+                utf8_size(command.scope_prefix, "scope prefix")
+            case Expire():
+                if isinstance(command.now_ms, bool) or not isinstance(command.now_ms, int):
+                    raise InvalidInputError(f"expire time must be int ms, got {command.now_ms!r}")
             case Evict():
                 for key in command.keys:
                     check_key(key, self.limits)
+
+    def _check_vector(self, vector: object) -> None:
+        """A command's vector: ``dim`` float32 values, finite and not all zero (what hnswlib can index)."""
+        if not isinstance(vector, bytes):
+            raise InvalidInputError(f"vector must be float32 bytes, got {type(vector).__name__}")
+        if len(vector) != self.dim * 4:
+            raise EmbeddingMismatchError(
+                f"vector has {len(vector) / 4:g} float32 values, this store holds dimension {self.dim}"
+            )
+        array = np.frombuffer(vector, dtype=np.float32)
+        if not np.isfinite(array).all() or not array.any():
+            raise InvalidInputError("vector contains NaN or inf, or is all zeros")
 
     def apply(self, command: Command) -> int:
         """Apply one command; returns True for a put, whether a delete found its key,

@@ -3,6 +3,7 @@
 Layout of a data directory::
 
     LOCK           held (flock) by the one process that has the store open
+    embedding.json the embedder's model id and dimension, written at creation
     snapshot/      the last checkpoint, a ShardState snapshot
     wal.log        commands applied since then, one framed record each
 
@@ -20,6 +21,7 @@ empty log.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import struct
@@ -30,7 +32,7 @@ from typing import BinaryIO
 
 from .commands import Command as CommandT
 from .commands import decode_command, encode_command
-from .errors import ConfigurationError
+from .errors import ConfigurationError, EmbeddingMismatchError
 from .state import ShardState
 
 _RECORD = struct.Struct("<IIQ")
@@ -64,6 +66,7 @@ class DurableLog:
         if old.exists() and not self.snapshot_dir.exists():
             old.rename(self.snapshot_dir)  # a checkpoint died between its two renames
         shutil.rmtree(old, ignore_errors=True)
+        self._check_stamp(model_id=model_id, dim=dim)
         if (self.snapshot_dir / "state.json").exists():
             state = ShardState.restore(self.snapshot_dir, model_id=model_id, dim=dim)
         else:
@@ -80,9 +83,37 @@ class DurableLog:
                 # Drop the torn tail so new records follow the last good one.
                 with open(wal_path, "r+b") as wal:
                     wal.truncate(good_bytes)
+        # Stamped only once recovery has succeeded, so a refused open leaves no wrong stamp.
+        self._write_stamp(model_id=model_id, dim=dim)
         self._wal = open(wal_path, "ab")  # noqa: SIM115 - held until close()
         self.wal_bytes = good_bytes
         return state
+
+    def _check_stamp(self, *, model_id: str, dim: int) -> None:
+        """Refuse data made by another embedder, even before its first checkpoint.
+
+        The snapshot carries the same stamp, but a store that crashed before
+        checkpointing has only its log, whose vectors mean nothing to another model.
+        """
+        stamp_path = self.path / "embedding.json"
+        if stamp_path.exists():
+            stamp = json.loads(stamp_path.read_text())
+            if (stamp.get("model_id"), stamp.get("dim")) != (model_id, dim):
+                raise EmbeddingMismatchError(
+                    f"{self.path} was built with {stamp.get('model_id')} (dim {stamp.get('dim')}); "
+                    f"it cannot be opened with {model_id} (dim {dim})"
+                )
+
+    def _write_stamp(self, *, model_id: str, dim: int) -> None:
+        stamp_path = self.path / "embedding.json"
+        if stamp_path.exists():
+            return
+        tmp = self.path / "embedding.json.tmp"
+        tmp.write_text(json.dumps({"model_id": model_id, "dim": dim}, sort_keys=True))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        tmp.rename(stamp_path)
+        _fsync_dir(self.path)
 
     def append(self, seq: int, command: CommandT) -> None:
         """Append one command (to be applied as number ``seq``) and flush it to the OS."""
