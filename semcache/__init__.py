@@ -6,6 +6,7 @@ shards for a cluster; :class:`SemanticCache` is the LLM-cache layer over either.
 
 from .backend import Backend, SearchResult
 from .cache import ALL_SCOPES, CacheHit, CacheStats, SemanticCache, canonical_scope, normalize_prompt
+from .client import DistributedSemanticKV, ShardResults
 from .embeddings import (
     CallableEmbedding,
     Embedding,
@@ -42,6 +43,7 @@ __all__ = [
     "ClosedError",
     "ClusterError",
     "ConfigurationError",
+    "DistributedSemanticKV",
     "Embedding",
     "EmbeddingMismatchError",
     "HashEmbedding",
@@ -56,6 +58,7 @@ __all__ = [
     "SemanticKV",
     "SemcacheError",
     "SentenceTransformerEmbedding",
+    "ShardResults",
     "ShardUnavailableError",
     "UnknownScopeError",
     "__version__",

@@ -1,0 +1,646 @@
+"""``DistributedSemanticKV``: the client of a semcache cluster (the seed's name and API).
+
+The client learns the cluster's shape from any one node (``topology``), then:
+
+* routes ``put``/``get``/``delete``/``exists`` to the shard that owns the key on
+  a consistent-hash ring (:class:`~semcache.routing.HashRing`), and to that
+  shard's leader, whose address it caches and corrects when a replica answers
+  :class:`~semcache.errors.NotLeaderError` (it follows ``leader_hint``);
+* fans ``search`` and ``scan`` out to every shard in parallel and merges the
+  answers (top-k by similarity, or sorted keys);
+* embeds on the client side, so nodes store the vectors it sends; the client's
+  embedder must be the cluster's (same ``model_id`` and ``dim``).
+
+Failure behaviour, in short (the README says it at length):
+
+* leader changes and unreachable replicas are retried with exponential
+  backoff until ``request_timeout``; then a write fails with
+  :class:`~semcache.errors.NoQuorumError` if some replica answered but none
+  could commit, or :class:`~semcache.errors.ShardUnavailableError` if no
+  replica answered.  A write that fails this way *may* still have happened
+  (it may commit later); a retried put or delete is harmless.
+* a ``search`` or ``scan`` with some shards down returns the other shards'
+  results; the returned list's ``missing_shards`` names the shards that did not
+  answer (also kept in :attr:`DistributedSemanticKV.last_missing_shards`).
+  With every shard down it raises ``ShardUnavailableError``.
+
+The transport is a seam: ``connect(address) -> NodeClient`` (default:
+:class:`semcache.transport.NodeClient` over Arrow Flight), so the routing,
+merging and retry logic is tested in-process with a fake.
+
+>>> from semcache import DistributedSemanticKV   # doctest: +SKIP
+>>> kv = DistributedSemanticKV(nodes=["grpc://127.0.0.1:8815"])   # doctest: +SKIP
+>>> kv.put("doc:api", "REST API endpoints and authentication")   # doctest: +SKIP
+True
+>>> [r.key for r in kv.search("API authentication", top_k=1)]   # doctest: +SKIP
+['doc:api']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from .backend import SearchResult
+from .embeddings import BaseEmbedding, HashEmbedding, as_embedding
+from .errors import (
+    AuthenticationError,
+    ClosedError,
+    ClusterError,
+    ConfigurationError,
+    EmbeddingMismatchError,
+    InvalidInputError,
+    NoQuorumError,
+    NotLeaderError,
+    ShardUnavailableError,
+)
+from .kv import (
+    KVHelpers,
+    check_scope,
+    check_search_args,
+    check_ttl_ms,
+    coerce_value,
+    put_vector,
+    search_vector,
+)
+from .routing import DEFAULT_VNODES, HashRing
+from .state import Limits, check_key
+
+T = TypeVar("T")
+
+READ_FROM = ("leader", "any")
+DEFAULT_CONNECTION_TIMEOUT = 2.0
+DEFAULT_SEARCH_TIMEOUT = 5.0
+DEFAULT_REQUEST_TIMEOUT = 10.0
+DEFAULT_MAX_WORKERS = 8
+FIRST_BACKOFF = 0.02
+MAX_BACKOFF = 0.5
+MAX_REDIRECTS = 3
+
+
+class NodeConnection(Protocol):
+    """What the client calls on one node (``semcache.transport.NodeClient`` has it all)."""
+
+    def put(self, key: str, value: bytes, *, scope: str, vector: bytes | None, ttl_ms: int) -> None: ...
+    def get(self, key: str, *, read_from: str = "leader") -> bytes | None: ...
+    def delete(self, key: str) -> bool: ...
+    def exists(self, key: str, *, read_from: str = "leader") -> bool: ...
+    def scan(self, prefix: str, limit: int, *, read_from: str = "leader") -> list[str]: ...
+    def search(
+        self, vector: bytes, *, scope: str, top_k: int, threshold: float | None, read_from: str = "leader"
+    ) -> list[tuple[str, bytes, float]]: ...
+    def clear(self, scope_prefix: str) -> int: ...
+    def stats(self) -> dict[str, Any]: ...
+    def health(self) -> dict[str, Any]: ...
+    def topology(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+Connect = Callable[[str], NodeConnection]
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One replica as the topology names it."""
+
+    id: str
+    rpc: str
+    raft: str = ""
+
+
+@dataclass
+class ShardRoute:
+    """What the client knows of one shard: its replicas and the leader it last saw."""
+
+    id: str
+    replicas: list[Replica]
+    leader: str | None = None  # rpc address
+    next_replica: int = field(default=0)
+
+    def candidates(self) -> list[str]:
+        """Addresses to try, the believed leader first, then the others in rotation."""
+        addresses = [r.rpc for r in self.replicas]
+        start = self.next_replica % len(addresses) if addresses else 0
+        rotated = addresses[start:] + addresses[:start]
+        if self.leader is None:
+            return rotated
+        return [self.leader] + [a for a in rotated if a != self.leader]
+
+
+class ShardResults(list[T]):
+    """A list of results merged from the shards; ``missing_shards`` names those that did not answer.
+
+    >>> results = ShardResults(["a"], missing_shards=("shard-1",))
+    >>> results, results.missing_shards, results.complete
+    (['a'], ('shard-1',), False)
+    """
+
+    def __init__(self, items: Iterable[T] = (), *, missing_shards: Sequence[str] = ()) -> None:
+        super().__init__(items)
+        self.missing_shards: tuple[str, ...] = tuple(missing_shards)
+
+    @property
+    def complete(self) -> bool:
+        """True when every shard answered."""
+        return not self.missing_shards
+
+
+def parse_topology(topology: dict[str, Any]) -> tuple[list[ShardRoute], str, int]:
+    """Shard routes, model id and dim from a node's ``topology()`` answer.
+
+    Raises:
+        ClusterError: the answer is malformed or names no shard.
+    """
+    try:
+        routes = [
+            ShardRoute(
+                str(shard["id"]),
+                [Replica(str(r["id"]), str(r["rpc"]), str(r.get("raft", ""))) for r in shard["replicas"]],
+            )
+            for shard in topology["shards"]
+        ]
+        model_id, dim = str(topology["model_id"]), int(topology["dim"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ClusterError(f"malformed topology from the cluster: {exc!r}") from exc
+    if not routes or any(not route.replicas for route in routes):
+        raise ClusterError(f"the cluster topology names no shard or a shard without replicas: {topology!r}")
+    return routes, model_id, dim
+
+
+def embedding_for_cluster(embedding: Any, model_id: str, dim: int) -> BaseEmbedding:
+    """The embedder to use against a cluster stamped ``model_id``/``dim``.
+
+    ``None`` picks the cluster's own: a ``hash:DIM:SEED`` id gives that
+    :class:`~semcache.embeddings.HashEmbedding`, anything else is loaded as a
+    sentence-transformers model.
+
+    Raises:
+        EmbeddingMismatchError: ``embedding`` is another model or dimension.
+    """
+    if embedding is None:
+        parts = model_id.split(":")
+        if parts[0] == "hash" and len(parts) == 3:
+            embedding = HashEmbedding(int(parts[1]), seed=int(parts[2]))
+        else:
+            embedding = model_id
+    chosen = as_embedding(embedding)
+    if (chosen.model_id, chosen.dim) != (model_id, dim):
+        raise EmbeddingMismatchError(
+            f"the client embeds with {chosen.model_id} (dim {chosen.dim}) but the cluster "
+            f"stores {model_id} (dim {dim})"
+        )
+    return chosen
+
+
+def default_connect(
+    token: str | None, timeout: float, tls_root_certs: bytes | None
+) -> Connect:  # pragma: no cover - exercised by the cluster tests
+    from .transport import NodeClient
+
+    def connect(address: str) -> NodeConnection:
+        return NodeClient(address, token=token, timeout=timeout, tls_root_certs=tls_root_certs)
+
+    return connect
+
+
+class DistributedSemanticKV(KVHelpers):
+    """A client of a semcache cluster with the embedded store's API.
+
+    Args:
+        nodes: node RPC addresses (``grpc://127.0.0.1:8815``); any one reachable is enough.
+        connection_timeout: seconds for one RPC to one node (connect and answer).
+        search_timeout: seconds a ``search``/``scan`` waits for the shards before
+            returning what it has.
+        max_workers: threads used to fan a search out over the shards.
+        read_from: ``"leader"`` (reads see every acknowledged write) or ``"any"``
+            (follower reads: lower load on leaders, may lag by about a heartbeat).
+        token: the cluster's RPC token, if it has one.
+        embedding: the embedder; default: the cluster's model (checked either way).
+        request_timeout: seconds a key operation keeps retrying through leader
+            changes and unreachable replicas before it fails.
+        connect: ``address -> NodeClient`` factory (a seam for tests).
+        tls_root_certs: PEM roots to trust for ``grpc+tls://`` addresses.
+        vnodes: virtual nodes per shard on the hash ring.
+        limits: key and value limits checked before anything is sent.
+        clock, sleep: monotonic seconds and the sleep used by retries (injectable).
+
+    Raises:
+        ShardUnavailableError: no node in ``nodes`` answered.
+        AuthenticationError: the token was refused.
+        EmbeddingMismatchError: ``embedding`` is not the cluster's model.
+        ConfigurationError: bad settings.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[str] | str,
+        *,
+        connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT,
+        search_timeout: float = DEFAULT_SEARCH_TIMEOUT,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        read_from: str = "leader",
+        token: str | None = None,
+        embedding: Any = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        connect: Connect | None = None,
+        tls_root_certs: bytes | None = None,
+        vnodes: int = DEFAULT_VNODES,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        seeds = [nodes] if isinstance(nodes, str) else list(nodes)
+        if not seeds or not all(isinstance(n, str) and n for n in seeds):
+            raise ConfigurationError(f"nodes must be a non-empty list of addresses, got {nodes!r}")
+        for name, value in (
+            ("connection_timeout", connection_timeout),
+            ("search_timeout", search_timeout),
+            ("request_timeout", request_timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ConfigurationError(f"max_workers must be an int >= 1, got {max_workers!r}")
+        if read_from not in READ_FROM:
+            raise ConfigurationError(f"read_from must be one of {READ_FROM}, got {read_from!r}")
+        self.connection_timeout = float(connection_timeout)
+        self.search_timeout = float(search_timeout)
+        self.request_timeout = float(request_timeout)
+        self.read_from = read_from
+        self.limits = limits or Limits()
+        self._connect = connect or default_connect(token, self.connection_timeout, tls_root_certs)
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._connections: dict[str, NodeConnection] = {}
+        self._closed = False
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="semcache-fanout")
+        self.last_missing_shards: tuple[str, ...] = ()
+        try:
+            routes, model_id, dim = parse_topology(self._first_topology(seeds))
+            self._routes = {route.id: route for route in routes}
+            self.ring = HashRing(self._routes, vnodes=vnodes)
+            self._embedding = embedding_for_cluster(embedding, model_id, dim)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------- plumbing
+    @property
+    def embedding(self) -> BaseEmbedding:
+        return self._embedding
+
+    @property
+    def model_id(self) -> str:
+        return self._embedding.model_id
+
+    @property
+    def shard_ids(self) -> tuple[str, ...]:
+        return self.ring.shard_ids
+
+    def leader_of(self, shard_id: str) -> str | None:
+        """The leader address this client last saw for ``shard_id`` (None: not known yet)."""
+        return self._routes[shard_id].leader
+
+    def shard_for(self, key: str) -> str:
+        """The shard that owns ``key``."""
+        return self.ring.shard_for(key)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this DistributedSemanticKV is closed")
+
+    def _connection(self, address: str) -> NodeConnection:
+        with self._lock:
+            self._check_open()
+            connection = self._connections.get(address)
+            if connection is None:
+                connection = self._connections[address] = self._connect(address)
+            return connection
+
+    def _first_topology(self, seeds: list[str]) -> dict[str, Any]:
+        failures: list[str] = []
+        for address in seeds:
+            try:
+                return self._connection(address).topology()
+            except AuthenticationError:
+                raise
+            except ClusterError as exc:
+                failures.append(f"{address}: {exc}")
+        raise ShardUnavailableError("no node answered the topology request: " + "; ".join(failures))
+
+    def _backoff(self, attempt: int, deadline: float) -> bool:
+        """Sleep before retry ``attempt``; False when the deadline leaves no time for it."""
+        pause = min(MAX_BACKOFF, FIRST_BACKOFF * 2**attempt) * (0.5 + random.random() / 2)
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            return False
+        self._sleep(min(pause, remaining))
+        return True
+
+    def _on_shard(self, shard_id: str, call: Callable[[NodeConnection], T], *, leader: bool, timeout: float) -> T:
+        """Run ``call`` on the shard's leader (or any replica), retrying until ``timeout``.
+
+        Raises:
+            NoQuorumError: some replica answered but none could commit or lead.
+            ShardUnavailableError: no replica answered.
+        """
+        route = self._routes[shard_id]
+        deadline = self._clock() + timeout
+        answered = False  # did any replica answer at all (even "not leader")?
+        last: ClusterError | None = None
+        attempt = 0
+        while True:
+            redirects = 0
+            redirected = True
+            while redirected:  # follow fresh leader hints at once, a few times, before backing off
+                redirected = False
+                for address in route.candidates() if leader else self._any_order(route):
+                    try:
+                        result = call(self._connection(address))
+                    except NotLeaderError as exc:
+                        answered, last = True, exc
+                        hint = exc.leader_hint
+                        route.leader = hint if hint and hint != address else None
+                        if route.leader is not None and redirects < MAX_REDIRECTS:
+                            redirects += 1
+                            redirected = True
+                            break
+                        continue
+                    except NoQuorumError as exc:
+                        answered, last = True, exc
+                        break  # the leader is up but cannot commit: back off rather than hop replicas
+                    except ShardUnavailableError as exc:
+                        last = exc
+                        if route.leader == address:
+                            route.leader = None
+                        route.next_replica += 1
+                        continue
+                    if leader:
+                        route.leader = address
+                    return result
+                if self._clock() >= deadline:
+                    redirected = False
+            if not self._backoff(attempt, deadline):
+                break
+            attempt += 1
+        if answered:
+            raise NoQuorumError(
+                f"shard {shard_id} could not serve the request within {timeout:.1f}s: "
+                f"no leader with a quorum ({last})",
+                shard_id=shard_id,
+            ) from last
+        raise ShardUnavailableError(
+            f"no replica of shard {shard_id} answered within {timeout:.1f}s ({last})", shard_id=shard_id
+        ) from last
+
+    @staticmethod
+    def _any_order(route: ShardRoute) -> list[str]:
+        # Follower reads spread over the replicas; a failed one is skipped next time.
+        addresses = [r.rpc for r in route.replicas]
+        start = route.next_replica % len(addresses)
+        route.next_replica += 1
+        return addresses[start:] + addresses[:start]
+
+    def _on_key(self, key: str, call: Callable[[NodeConnection], T], *, write: bool) -> T:
+        self._check_open()
+        leader = write or self.read_from == "leader"
+        return self._on_shard(self.ring.shard_for(key), call, leader=leader, timeout=self.request_timeout)
+
+    def _fan_out(self, call: Callable[[NodeConnection], T], *, timeout: float) -> tuple[dict[str, T], list[str]]:
+        """Run ``call`` on every shard at once; the answers and the shards that gave none."""
+        self._check_open()
+        leader = self.read_from == "leader"
+        futures: dict[str, Future[T]] = {
+            shard_id: self._executor.submit(self._on_shard, shard_id, call, leader=leader, timeout=timeout)
+            for shard_id in self.ring.shard_ids
+        }
+        wait(futures.values(), timeout=timeout + self.connection_timeout)
+        answers: dict[str, T] = {}
+        missing: list[str] = []
+        for shard_id, future in futures.items():
+            if not future.done() or future.exception() is not None:
+                error = future.exception() if future.done() else None
+                operational = isinstance(error, ClusterError) and not isinstance(error, AuthenticationError)
+                if error is not None and not operational:
+                    raise error  # misuse or a refused token: no shard would answer differently
+                missing.append(shard_id)
+            else:
+                answers[shard_id] = future.result()
+        if not answers:
+            raise ShardUnavailableError(f"no shard answered within {timeout:.1f}s: {sorted(missing)}")
+        self.last_missing_shards = tuple(missing)
+        return answers, missing
+
+    # ----------------------------------------------------------------- API
+    def put(
+        self,
+        key: str,
+        value: bytes | str,
+        ttl_ms: int = 0,
+        text: str | None = None,
+        *,
+        scope: str | None = None,
+        vector: np.ndarray | None = None,
+    ) -> bool:
+        """Store ``value`` under ``key`` on its shard; True once a majority committed it.
+
+        Args:
+            ttl_ms: time to live in milliseconds; 0 keeps it until deleted or evicted.
+            text: what to embed (default: the value as UTF-8; binary values are not searchable).
+            scope: the index partition to search it in (default: the shared one).
+            vector: a precomputed embedding, used instead of embedding ``text``.
+
+        Raises:
+            InvalidInputError: bad key, value, TTL, text or vector (nothing is sent).
+            NoQuorumError, ShardUnavailableError: not acknowledged within ``request_timeout``;
+                the write may still happen.
+        """
+        self._check_open()
+        check_key(key, self.limits)
+        data = coerce_value(value)
+        ttl_ms = check_ttl_ms(ttl_ms)
+        scope = check_scope(scope)
+        vector_bytes = put_vector(self._embedding, data, text, vector)
+        self._on_key(
+            key, lambda node: node.put(key, data, scope=scope, vector=vector_bytes, ttl_ms=ttl_ms), write=True
+        )
+        return True
+
+    def get(self, key: str) -> bytes | None:
+        """The value of ``key``, or None if absent or expired."""
+        check_key(key, self.limits)
+        return self._on_key(key, lambda node: node.get(key, read_from=self.read_from), write=False)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; True if it was there (a retried delete may report False)."""
+        check_key(key, self.limits)
+        return self._on_key(key, lambda node: node.delete(key), write=True)
+
+    def exists(self, key: str) -> bool:
+        check_key(key, self.limits)
+        return self._on_key(key, lambda node: node.exists(key, read_from=self.read_from), write=False)
+
+    def scan(self, prefix: str = "", limit: int = 100) -> ShardResults[str]:
+        """Keys starting with ``prefix`` over all shards, sorted, at most ``limit``.
+
+        ``missing_shards`` on the result names shards that did not answer.
+        """
+        if not isinstance(prefix, str):
+            raise InvalidInputError(f"prefix must be str, got {type(prefix).__name__}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidInputError(f"limit must be an int >= 0, got {limit!r}")
+        answers, missing = self._fan_out(
+            lambda node: node.scan(prefix, limit, read_from=self.read_from), timeout=self.search_timeout
+        )
+        keys = heapq.merge(*(sorted(keys) for keys in answers.values()))
+        return ShardResults([k for _, k in zip(range(limit), keys, strict=False)], missing_shards=missing)
+
+    def search(
+        self,
+        query: str | None,
+        top_k: int = 5,
+        threshold: float | None = None,
+        *,
+        scope: str | None = None,
+        vector: np.ndarray | None = None,
+    ) -> ShardResults[SearchResult]:
+        """The ``top_k`` entries nearest to ``query`` over all shards, best first.
+
+        Each shard returns its own top ``top_k``; the client keeps the best
+        ``top_k`` of their union (ties broken by key, so the order is stable).
+        ``missing_shards`` on the result names shards that did not answer
+        within ``search_timeout``; their entries are simply absent.
+
+        Raises:
+            ShardUnavailableError: no shard answered.
+        """
+        self._check_open()
+        check_search_args(top_k, threshold)
+        scope = check_scope(scope)
+        query_bytes = search_vector(self._embedding, query, vector).tobytes()
+
+        def on_node(node: NodeConnection) -> list[tuple[str, bytes, float]]:
+            return node.search(query_bytes, scope=scope, top_k=top_k, threshold=threshold, read_from=self.read_from)
+
+        answers, missing = self._fan_out(on_node, timeout=self.search_timeout)
+        hits = [
+            SearchResult(key, value, float(similarity), shard_id)
+            for shard_id, rows in answers.items()
+            for key, value, similarity in rows
+        ]
+        best = heapq.nsmallest(top_k, hits, key=lambda hit: (-hit.similarity, hit.key))
+        return ShardResults(best, missing_shards=missing)
+
+    def _on_every_shard(self, call: Callable[[NodeConnection], int]) -> int:
+        """A write on every shard (clear); fails if any shard fails, after trying them all."""
+        self._check_open()
+        futures = {
+            shard_id: self._executor.submit(self._on_shard, shard_id, call, leader=True, timeout=self.request_timeout)
+            for shard_id in self.ring.shard_ids
+        }
+        total = 0
+        first_error: BaseException | None = None
+        for future in futures.values():
+            try:
+                total += future.result()
+            except ClusterError as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+        return total
+
+    def clear_scope(self, scope_prefix: str) -> int:
+        """Remove every entry in scopes starting with ``scope_prefix`` on every shard; how many."""
+        if not isinstance(scope_prefix, str) or not scope_prefix:
+            raise InvalidInputError("scope_prefix must be a non-empty str (use clear_all() for everything)")
+        return self._on_every_shard(lambda node: node.clear(scope_prefix))
+
+    def clear_all(self) -> int:
+        """Remove everything on every shard; returns how many entries were removed."""
+        return self._on_every_shard(lambda node: node.clear(""))
+
+    def stats(self) -> dict[str, Any]:
+        """Per-shard stats from each leader plus totals; shards that did not answer are listed."""
+        answers, missing = self._fan_out(lambda node: node.stats(), timeout=self.search_timeout)
+        return {
+            "node": "cluster",
+            "shards": answers,
+            "missing_shards": missing,
+            "entries": sum(int(s.get("entries", 0)) for s in answers.values()),
+            "model_id": self.model_id,
+            "dim": self._embedding.dim,
+            "read_from": self.read_from,
+            "embedding_model_calls": self._embedding.model_calls,
+            "embedding_memo_hits": self._embedding.memo_hits,
+        }
+
+    def cluster_stats(self) -> dict[str, dict[str, Any]]:
+        """Raft state of every replica: ``{shard: {replica: health dict or {"error": ...}}}``.
+
+        A replica's health dict has its role, the leader it knows, term, commit
+        index, applied index and entries (see ``NodeClient.health``).
+        """
+        self._check_open()
+        jobs = {
+            (route.id, replica.id): self._executor.submit(self._health_of, replica.rpc)
+            for route in self._routes.values()
+            for replica in route.replicas
+        }
+        out: dict[str, dict[str, Any]] = {route_id: {} for route_id in self._routes}
+        for (shard_id, replica_id), job in jobs.items():
+            out[shard_id][replica_id] = job.result()
+        return out
+
+    def _health_of(self, address: str) -> dict[str, Any]:
+        try:
+            return {"rpc": address, **self._connection(address).health()}
+        except ClusterError as exc:
+            return {"rpc": address, "healthy": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    def health_check(self) -> dict[str, Any]:
+        """Whether every shard has a leader that answers.
+
+        Returns:
+            ``{"healthy": bool, "shards": {shard: {"leader": addr|None, "replicas_up": n,
+            "replicas": n}}}``; ``healthy`` is True when every shard has a reachable leader.
+        """
+        shards: dict[str, dict[str, Any]] = {}
+        for shard_id, replicas in self.cluster_stats().items():
+            leaders = [h["rpc"] for h in replicas.values() if h.get("role") == "leader"]
+            up = sum("error" not in h for h in replicas.values())
+            shards[shard_id] = {"leader": leaders[0] if leaders else None, "replicas_up": up, "replicas": len(replicas)}
+            if leaders:
+                self._routes[shard_id].leader = leaders[0]
+        return {"healthy": all(s["leader"] for s in shards.values()), "shards": shards}
+
+    def close(self) -> None:
+        """Close every connection and the fan-out threads; later calls raise ClosedError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            connections = list(self._connections.values())
+            self._connections.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for connection in connections:
+            with contextlib.suppress(Exception):  # best effort: the node may be gone
+                connection.close()
+
+    def __enter__(self) -> DistributedSemanticKV:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DistributedSemanticKV(shards={list(self.ring.shard_ids)}, model={self.model_id})"

@@ -1,0 +1,335 @@
+"""DistributedSemanticKV routing, merging and retries, in-process against fake nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from semcache import SemanticCache, SemanticKV
+from semcache.backend import Backend
+from semcache.client import DistributedSemanticKV, ShardResults, embedding_for_cluster
+from semcache.embeddings import HashEmbedding
+from semcache.errors import (
+    AuthenticationError,
+    ClosedError,
+    ConfigurationError,
+    EmbeddingMismatchError,
+    InvalidInputError,
+    LimitExceededError,
+    NoQuorumError,
+    ShardUnavailableError,
+)
+
+from .fakes import FakeCluster
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
+
+
+@pytest.fixture
+def cluster() -> Iterator[FakeCluster]:
+    fake = FakeCluster(shards=2, replicas=3)
+    yield fake
+    fake.close()
+
+
+def make_client(cluster: FakeCluster, **kwargs: object) -> DistributedSemanticKV:
+    token = kwargs.pop("token", None)
+    return DistributedSemanticKV(
+        ["fake://shard-0/0"],
+        connect=lambda address: cluster.connect(address, token),  # type: ignore[arg-type]
+        clock=cluster.clock,
+        sleep=cluster.clock.sleep,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def client(cluster: FakeCluster) -> Iterator[DistributedSemanticKV]:
+    kv = make_client(cluster)
+    yield kv
+    kv.close()
+
+
+def test_keys_land_on_the_shard_the_ring_names(cluster: FakeCluster, client: DistributedSemanticKV) -> None:
+    keys = [f"k{i}" for i in range(60)]
+    for key in keys:
+        assert client.put(key, f"value {key}") is True
+    for key in keys:
+        owner = cluster.shards[client.shard_for(key)]
+        other = next(s for s in cluster.shards.values() if s is not owner)
+        assert owner.kv.get(key) == f"value {key}".encode()
+        assert other.kv.get(key) is None
+        assert client.get(key) == f"value {key}".encode()
+    assert {client.shard_for(k) for k in keys} == {"shard-0", "shard-1"}
+
+
+def test_satisfies_the_backend_protocol_and_the_seed_helpers(client: DistributedSemanticKV) -> None:
+    assert isinstance(client, Backend)
+    client.put_json("j", {"a": [1, 2]})
+    client.put_string("s", "hello")
+    assert client.get_json("j") == {"a": [1, 2]}
+    assert client.get_string("s") == "hello"
+    assert client.exists("s") and not client.exists("nope")
+    assert client.delete("s") is True and client.get("s") is None and client.delete("s") is False
+
+
+def test_a_follower_redirect_is_followed_and_the_leader_cached(
+    cluster: FakeCluster, client: DistributedSemanticKV
+) -> None:
+    shard = cluster.shards["shard-1"]
+    key = next(f"k{i}" for i in range(100) if client.shard_for(f"k{i}") == "shard-1")
+    shard.leader = shard.replicas[2]  # a new leader the client has not heard of
+    client.put(key, "v1")
+    assert client.leader_of("shard-1") == shard.replicas[2]
+    assert cluster.calls[(shard.replicas[2], "put")] == 1
+    before = cluster.calls[(shard.replicas[0], "put")]
+    client.put(key, "v2")
+    assert cluster.calls[(shard.replicas[0], "put")] == before  # straight to the cached leader
+    assert client.get(key) == b"v2"
+
+
+def test_writes_ride_through_a_leader_crash_until_the_new_election(
+    cluster: FakeCluster, client: DistributedSemanticKV
+) -> None:
+    key = next(f"k{i}" for i in range(100) if client.shard_for(f"k{i}") == "shard-0")
+    client.put(key, "before")
+    shard = cluster.shards["shard-0"]
+    cluster.kill(shard.replicas[0], elect=shard.replicas[1], after=1.5)
+    start = cluster.clock()
+    client.put(key, "after")
+    assert cluster.clock() - start >= 1.5  # it backed off until the election
+    assert client.leader_of("shard-0") == shard.replicas[1]
+    assert client.get(key) == b"after"
+
+
+def test_a_write_without_quorum_fails_after_the_timeout_and_stores_nothing(
+    cluster: FakeCluster, client: DistributedSemanticKV
+) -> None:
+    key = next(f"k{i}" for i in range(100) if client.shard_for(f"k{i}") == "shard-0")
+    shard = cluster.shards["shard-0"]
+    cluster.kill(shard.replicas[1])
+    cluster.kill(shard.replicas[2])
+    start = cluster.clock()
+    with pytest.raises(NoQuorumError) as info:
+        client.put(key, "lost")
+    assert info.value.shard_id == "shard-0" and info.value.retryable
+    assert client.request_timeout <= cluster.clock() - start < client.request_timeout + 1
+    assert shard.kv.get(key) is None
+
+
+def test_a_shard_with_every_replica_down_is_unavailable(cluster: FakeCluster, client: DistributedSemanticKV) -> None:
+    key = next(f"k{i}" for i in range(100) if client.shard_for(f"k{i}") == "shard-1")
+    for address in cluster.shards["shard-1"].replicas:
+        cluster.kill(address)
+    with pytest.raises(ShardUnavailableError) as info:
+        client.get(key)
+    assert info.value.shard_id == "shard-1"
+
+
+def test_search_merges_the_top_k_of_every_shard_like_one_store(
+    cluster: FakeCluster, client: DistributedSemanticKV
+) -> None:
+    reference = SemanticKV(embedding=cluster.embedding)
+    try:
+        for i in range(40):
+            text = " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(1 + i % 4)) + f" w{i}"
+            client.put(f"doc:{i}", text)
+            reference.put(f"doc:{i}", text)
+        for query in ("alpha beta", "sigma tau gamma", "pi rho"):
+            got = client.search(query, top_k=7)
+            want = reference.search(query, top_k=7)
+            truth = {r.key: round(r.similarity, 5) for r in reference.search(query, top_k=40)}
+            # Same similarities in the same order; each key carries its true similarity (ties at the
+            # cut-off may pick either of the tied keys, as one store would).
+            assert [round(r.similarity, 5) for r in got] == [round(r.similarity, 5) for r in want]
+            assert all(truth[r.key] == round(r.similarity, 5) for r in got)
+            assert len({r.key for r in got}) == 7
+            assert got.missing_shards == () and got.complete
+            assert {r.node for r in got} <= {"shard-0", "shard-1"}
+        assert {r.node for r in client.search("alpha", top_k=40)} == {"shard-0", "shard-1"}
+    finally:
+        reference.close()
+
+
+def test_search_with_a_shard_down_returns_the_rest_and_names_the_missing_shard(
+    cluster: FakeCluster, client: DistributedSemanticKV
+) -> None:
+    for i in range(30):
+        client.put(f"doc:{i}", f"alpha {WORDS[i % len(WORDS)]}")
+    on_shard_0 = {f"doc:{i}" for i in range(30) if client.shard_for(f"doc:{i}") == "shard-0"}
+    for address in cluster.shards["shard-1"].replicas:
+        cluster.kill(address)
+    results = client.search("alpha", top_k=30)
+    assert isinstance(results, ShardResults)
+    assert results.missing_shards == ("shard-1",) and not results.complete
+    assert client.last_missing_shards == ("shard-1",)
+    assert {r.key for r in results} == on_shard_0
+    keys = client.scan("doc:", 100)
+    assert set(keys) == on_shard_0 and keys.missing_shards == ("shard-1",)
+
+
+def test_search_with_every_shard_down_is_an_error(cluster: FakeCluster, client: DistributedSemanticKV) -> None:
+    for shard in cluster.shards.values():
+        for address in shard.replicas:
+            cluster.kill(address)
+    with pytest.raises(ShardUnavailableError):
+        client.search("anything")
+
+
+def test_scan_merges_sorted_keys_up_to_the_limit(client: DistributedSemanticKV) -> None:
+    keys = [f"user:{i:03d}" for i in range(50)]
+    for key in reversed(keys):
+        client.put(key, b"\xff\xfe binary")  # not searchable, still scanned
+    client.put("other", "x")
+    assert client.scan("user:", 100) == keys
+    assert client.scan("user:", 7) == keys[:7]
+    assert client.scan("", 0) == []
+
+
+def test_scopes_and_vectors_pass_through(cluster: FakeCluster, client: DistributedSemanticKV) -> None:
+    vector = cluster.embedding.embed_one("alpha beta")
+    client.put("a", "x", scope="tenant-a", vector=vector)
+    client.put("b", "x", scope="tenant-b", vector=vector)
+    assert [r.key for r in client.search(None, scope="tenant-a", vector=vector)] == ["a"]
+    assert client.clear_scope("tenant-") == 2
+    assert client.search(None, scope="tenant-a", vector=vector) == []
+
+
+def test_clear_all_clears_every_shard(cluster: FakeCluster, client: DistributedSemanticKV) -> None:
+    for i in range(20):
+        client.put(f"k{i}", f"v{i}")
+    assert client.clear_all() == 20
+    assert all(len(s.kv) == 0 for s in cluster.shards.values())
+
+
+def test_follower_reads_spread_over_replicas(cluster: FakeCluster) -> None:
+    kv = make_client(cluster, read_from="any")
+    try:
+        key = next(f"k{i}" for i in range(100) if kv.shard_for(f"k{i}") == "shard-0")
+        kv.put(key, "v")
+        for _ in range(6):
+            assert kv.get(key) == b"v"
+        readers = {a for (a, method), n in cluster.calls.items() if method == "get" and n}
+        assert len(readers) == 3  # leader and both followers served reads
+    finally:
+        kv.close()
+
+
+def test_cache_runs_unchanged_on_the_cluster_client(client: DistributedSemanticKV) -> None:
+    cache = SemanticCache(backend=client, threshold=0.5)
+    scope = {"tenant": "acme"}
+    cache.store("alpha beta gamma delta", "first", scope=scope)
+    hit = cache.lookup("alpha beta gamma delta epsilon", scope=scope)
+    assert hit is not None and hit.response == "first" and not hit.exact
+    assert cache.lookup("alpha beta gamma delta", scope={"tenant": "other"}) is None
+
+
+def test_embedding_is_the_clusters_or_refused(cluster: FakeCluster) -> None:
+    assert embedding_for_cluster(None, "hash:32:0", 32).model_id == "hash:32:0"
+    with pytest.raises(EmbeddingMismatchError):
+        make_client(cluster, embedding=HashEmbedding(16))
+    with pytest.raises(EmbeddingMismatchError):
+        make_client(cluster, embedding=HashEmbedding(32, seed=1))
+
+
+def test_topology_comes_from_any_reachable_seed(cluster: FakeCluster) -> None:
+    kv = DistributedSemanticKV(
+        ["fake://nowhere/0", "fake://shard-1/2"], connect=lambda a: cluster.connect(a)  # type: ignore[arg-type]
+    )
+    try:
+        assert kv.shard_ids == ("shard-0", "shard-1")
+    finally:
+        kv.close()
+    with pytest.raises(ShardUnavailableError, match="fake://nowhere/0"):
+        DistributedSemanticKV(["fake://nowhere/0"], connect=lambda a: cluster.connect(a))  # type: ignore[arg-type]
+
+
+def test_a_refused_token_is_not_retried() -> None:
+    fake = FakeCluster(token="secret")
+    try:
+        with pytest.raises(AuthenticationError):
+            make_client(fake, token="wrong")
+        kv = make_client(fake, token="secret")
+        kv.put("k", "v")
+        assert kv.get("k") == b"v"
+        kv.close()
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda kv: kv.put("", "v"), InvalidInputError),
+        (lambda kv: kv.put("k" * 2000, "v"), LimitExceededError),
+        (lambda kv: kv.put("k", 12), InvalidInputError),
+        (lambda kv: kv.put("k", "v", ttl_ms=-1), InvalidInputError),
+        (lambda kv: kv.put("k", "v", vector=np.zeros(32, dtype=np.float32)), InvalidInputError),
+        (lambda kv: kv.put("k", "v", vector=np.ones(5, dtype=np.float32)), InvalidInputError),
+        (lambda kv: kv.search("q", top_k=0), InvalidInputError),
+        (lambda kv: kv.search("q", threshold=2.0), InvalidInputError),
+        (lambda kv: kv.search(None), InvalidInputError),
+        (lambda kv: kv.scan(b"x"), InvalidInputError),
+        (lambda kv: kv.get(7), InvalidInputError),
+        (lambda kv: kv.clear_scope(""), InvalidInputError),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_sent(
+    cluster: FakeCluster, client: DistributedSemanticKV, call: object, error: type[Exception]
+) -> None:
+    client.put("kept", "safe")
+    sent = sum(n for (_, method), n in cluster.calls.items() if method != "topology")
+    with pytest.raises(error):
+        call(client)  # type: ignore[operator]
+    assert sum(n for (_, method), n in cluster.calls.items() if method != "topology") == sent
+    assert client.get("kept") == b"safe"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"read_from": "nearest"},
+        {"connection_timeout": 0},
+        {"search_timeout": -1},
+        {"max_workers": 0},
+        {"request_timeout": True},
+    ],
+)
+def test_bad_settings_are_configuration_errors(cluster: FakeCluster, kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        make_client(cluster, **kwargs)
+
+
+def test_no_nodes_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError):
+        DistributedSemanticKV([])
+
+
+def test_use_after_close_is_a_closed_error(cluster: FakeCluster) -> None:
+    kv = make_client(cluster)
+    kv.put("k", "v")
+    kv.close()
+    kv.close()  # idempotent
+    with pytest.raises(ClosedError):
+        kv.get("k")
+    with pytest.raises(ClosedError):
+        kv.search("k")
+    assert any(method == "close" for (_, method) in cluster.calls)
+
+
+def test_health_check_and_cluster_stats_report_leaders_and_down_replicas(
+    cluster: FakeCluster, client: DistributedSemanticKV
+) -> None:
+    assert client.health_check()["healthy"] is True
+    cluster.kill(cluster.shards["shard-1"].replicas[0])  # the leader, with no successor yet
+    report = client.health_check()
+    assert report["healthy"] is False
+    assert report["shards"]["shard-1"] == {"leader": None, "replicas_up": 2, "replicas": 3}
+    stats = client.cluster_stats()
+    assert "error" in stats["shard-1"]["shard-1-r0"]
+    assert stats["shard-0"]["shard-0-r0"]["role"] == "leader"
+    totals = client.stats()
+    assert totals["missing_shards"] == ["shard-1"]
+    assert totals["entries"] == len(cluster.shards["shard-0"].kv)
