@@ -41,6 +41,7 @@ from .backend import Backend
 from .embeddings import BaseEmbedding
 from .errors import ConfigurationError, InvalidInputError
 from .guard import conflict
+from .kv import check_ttl_ms
 
 log = logging.getLogger("semcache")
 
@@ -121,9 +122,9 @@ def _check_ttl(ttl: float | None) -> int:
     """Seconds (float) to whole milliseconds; None or 0 means no expiry."""
     if ttl is None:
         return 0
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or math.isnan(ttl) or ttl < 0:
-        raise InvalidInputError(f"ttl must be a number of seconds >= 0 or None, got {ttl!r}")
-    return max(1, math.ceil(ttl * 1000)) if ttl else 0
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl < 0:
+        raise InvalidInputError(f"ttl must be a finite number of seconds >= 0 or None, got {ttl!r}")
+    return check_ttl_ms(max(1, math.ceil(ttl * 1000))) if ttl else 0
 
 
 def _encode_response(response: Any) -> tuple[str, Any]:
@@ -327,6 +328,13 @@ class SemanticCache:
             self._count("single_flight_waits")
             return future.result()
         try:
+            # A previous leader may have stored the answer between our lookup and
+            # taking the lead; re-check the exact key so fn still runs only once.
+            record = self._read(flight, self.backend.get(flight))
+            if record is not None and normalize_prompt(record["prompt"]) == normalize_prompt(prompt):
+                response = _decode_response(record["kind"], record["response"])
+                future.set_result(response)
+                return response
             self._count("computes")
             response = fn()
             self.store(prompt, response, scope=scope, ttl=ttl, metadata=metadata)
@@ -349,7 +357,9 @@ class SemanticCache:
         ``clear()`` leaves other namespaces sharing the backend untouched;
         ``clear(scope=None)`` drops the default scope only.
         """
-        prefix = f"{self.namespace}/" if isinstance(scope, _AllScopes) else self.scope_id(scope) + "/"
+        # Backend scopes are "<namespace>/<32 hex digits>": the scope id itself is an
+        # exact prefix of one scope, the namespace plus "/" of all of them.
+        prefix = f"{self.namespace}/" if isinstance(scope, _AllScopes) else self.scope_id(scope)
         return self.backend.clear_scope(prefix)
 
     # -------------------------------------------------------------- helpers

@@ -403,6 +403,11 @@ class SemanticKV(KVHelpers):
                 "embedding_memo_hits": self._embedding.memo_hits,
             }
 
+    def digest(self) -> str:
+        """SHA-256 of the replicated state's snapshot: equal digests mean identical stores."""
+        with self._lock:
+            return self._state.digest()
+
     def checkpoint(self) -> None:
         """Write a snapshot now and truncate the log (no-op in memory)."""
         with self._lock:
