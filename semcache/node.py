@@ -1,0 +1,314 @@
+"""A node: one replica of one shard, serving clients over Arrow Flight.
+
+``SemanticKVNode(config, replica_id)`` = a :class:`~semcache.replication.ReplicatedShard`
+(Raft, on the replica's ``raft`` address) + a Flight server (on its ``rpc``
+address).  Run one from the command line::
+
+    python -m semcache.node --config cluster.toml --replica shard-0-r0
+
+Behaviour at the boundary:
+
+* A write (put, delete, clear, membership) reaching a follower is refused
+  with ``NotLeaderError`` whose ``leader_hint`` is the leader's RPC address;
+  the client follows it.  A write is acknowledged only after it committed on a
+  majority and was applied on this node.
+* Reads with ``read_from="leader"`` (the default) are refused by followers the
+  same way, so a client reading after its own acknowledged write sees it.
+  ``read_from="any"`` answers from the local replica, which may lag the
+  leader by about one heartbeat (0.1 s), longer while a replica catches up.
+* The leader picks ``created_at_ms``/``expires_at_ms`` and puts them in the
+  command; nodes never embed on the write path unless a request carries text
+  and no vector (then the embedder named in the cluster file loads, once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .commands import Clear, Delete, Put
+from .config import ClusterConfig
+from .embeddings import BaseEmbedding, validate_vectors
+from .errors import ClosedError, InvalidInputError
+from .kv import check_scope, check_search_args, check_ttl_ms
+from .replication import ReplicatedShard
+from .state import Limits, ShardState, check_key
+from .transport import FlightNodeServer
+
+logger = logging.getLogger(__name__)
+
+Reply = tuple[dict[str, Any], list[bytes]]
+
+
+class SemanticKVNode:
+    """One replica of one shard plus its client RPC server.
+
+    Args:
+        config: the cluster file (:meth:`ClusterConfig.load`).
+        replica_id: which replica of the file this process is.
+
+    The Raft endpoint and the Flight server start listening in the constructor;
+    :meth:`serve` blocks until :meth:`stop`.
+    """
+
+    def __init__(self, config: ClusterConfig, replica_id: str) -> None:
+        self.config = config
+        self.replica_id = replica_id
+        self.shard = ReplicatedShard(config, replica_id)
+        self._embedder: BaseEmbedding | None = None
+        self._embedder_lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._counters = dict.fromkeys(("puts", "gets", "get_hits", "deletes", "searches", "errors"), 0)
+        replica = config.replica(replica_id)
+        cert = Path(config.tls_cert).read_bytes() if config.tls_cert else None
+        key = Path(config.tls_key).read_bytes() if config.tls_key else None
+        self._handlers = {
+            "put": self._put,
+            "get": self._get,
+            "delete": self._delete,
+            "exists": self._exists,
+            "scan": self._scan,
+            "search": self._search,
+            "clear": self._clear,
+            "stats": self._stats,
+            "health": self._health,
+            "topology": self._topology,
+            "add_replica": self._add_replica,
+            "remove_replica": self._remove_replica,
+            "digest": self._digest,
+            "compact": self._compact,
+        }
+        try:
+            self.server = FlightNodeServer(replica.rpc, self.handle, token=config.token, tls_cert=cert, tls_key=key)
+        except Exception:
+            self.shard.close()
+            raise
+        self.rpc_address = replica.rpc
+
+    # ------------------------------------------------------------ lifecycle
+    def serve(self) -> None:
+        """Block until :meth:`stop` is called (from another thread or a signal handler)."""
+        while not self._stopped.wait(0.2):
+            pass
+
+    def stop(self) -> None:
+        """Stop serving: close the RPC server, then Raft (flushing the journal).  Idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        try:
+            self.server.shutdown()
+        finally:
+            self.shard.close()
+
+    def __enter__(self) -> SemanticKVNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------- dispatch
+    def handle(self, action: str, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        """Run one RPC action; exceptions become error replies in the transport."""
+        if self._stopped.is_set():
+            raise ClosedError(f"node {self.replica_id} is stopping")
+        handler = self._handlers.get(action)
+        if handler is None:
+            raise InvalidInputError(f"unknown action {action!r}")
+        try:
+            return handler(header, blobs)
+        except Exception:
+            self._counters["errors"] += 1
+            raise
+
+    def _read_guard(self, header: dict[str, Any]) -> None:
+        read_from = header.get("r", "leader")
+        if read_from not in ("leader", "any"):
+            raise InvalidInputError(f"read_from must be 'leader' or 'any', got {read_from!r}")
+        if read_from == "leader":
+            self.shard.require_leader()
+
+    # ---------------------------------------------------------------- writes
+    def _put(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        key = _str(header, "k")
+        scope = check_scope(header.get("s"))
+        ttl_ms = check_ttl_ms(header.get("t", 0))
+        if len(blobs) != (2 if header.get("v") else 1):
+            raise InvalidInputError("put needs a value blob, plus a vector blob when v is set")
+        value = blobs[0]
+        self.shard.require_leader()  # before embedding: a follower must not spend a model call
+        vector = self._vector(blobs[1] if header.get("v") else None, header.get("x"))
+        now = self.shard.now_ms()
+        self.shard.submit(Put(key, value, scope, vector, now, now + ttl_ms if ttl_ms else 0))
+        self._counters["puts"] += 1
+        return {}, []
+
+    def _vector(self, raw: bytes | None, text: object) -> bytes | None:
+        dim = self.shard.dim
+        if raw is not None:
+            if len(raw) != dim * 4:
+                raise InvalidInputError(f"vector has {len(raw)} bytes; this shard holds float32 vectors of dim {dim}")
+            return validate_vectors(np.frombuffer(raw, dtype=np.float32), dim, what="vector")[0].tobytes()
+        if text is None:
+            return None
+        if not isinstance(text, str):
+            raise InvalidInputError(f"text must be str, got {type(text).__name__}")
+        return self.embedder().embed_one(text).tobytes()
+
+    def embedder(self) -> BaseEmbedding:
+        """The cluster file's embedder, loaded on first use only."""
+        with self._embedder_lock:
+            if self._embedder is None:
+                self._embedder = self.config.make_embedder()
+            return self._embedder
+
+    def _delete(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        removed = self.shard.submit(Delete(_str(header, "k")))
+        self._counters["deletes"] += 1
+        return {"n": removed}, []
+
+    def _clear(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        prefix = header.get("p", "")
+        if not isinstance(prefix, str):
+            raise InvalidInputError("scope_prefix must be str")
+        return {"n": self.shard.submit(Clear(prefix))}, []
+
+    # ----------------------------------------------------------------- reads
+    def _get(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        key = _str(header, "k")
+        self._read_guard(header)
+        entry = self.shard.read(lambda state, now: state.get(key, now), touch=key)
+        self._counters["gets"] += 1
+        if entry is None:
+            return {"f": False}, []
+        self._counters["get_hits"] += 1
+        return {"f": True}, [entry.value]
+
+    def _exists(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        key = _str(header, "k")
+        self._read_guard(header)
+        return {"f": self.shard.read(lambda state, now: state.get(key, now) is not None)}, []
+
+    def _scan(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        prefix, limit = header.get("p", ""), header.get("l", 100)
+        if not isinstance(prefix, str):
+            raise InvalidInputError("prefix must be str")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidInputError(f"limit must be an int >= 0, got {limit!r}")
+        self._read_guard(header)
+        return {"keys": self.shard.read(lambda state, now: state.scan(prefix, limit, now))}, []
+
+    def _search(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        top_k, threshold = header.get("k", 5), header.get("th")
+        check_search_args(top_k, threshold)
+        scope = check_scope(header.get("s"))
+        if len(blobs) != 1:
+            raise InvalidInputError("search needs exactly one vector blob")
+        self._read_guard(header)
+        query = np.frombuffer(self._vector(blobs[0], None) or b"", dtype=np.float32)
+
+        def run(state: ShardState, now: int) -> list[Any]:
+            return state.search(query, scope, top_k, threshold, now)
+
+        matches = self.shard.read(run)
+        self._counters["searches"] += 1
+        for match in matches:
+            self.shard.touch(match.key)
+        return {"keys": [m.key for m in matches], "sims": [m.similarity for m in matches]}, [
+            m.entry.value for m in matches
+        ]
+
+    # ----------------------------------------------------------------- admin
+    def _stats(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        stats = self.shard.read(lambda state, now: state.stats())
+        return {
+            "node": self.replica_id,
+            "shard": self.shard.shard_id,
+            "rpc": self.rpc_address,
+            **stats,
+            **self._counters,
+            "capacity": self.config.capacity,
+            "eviction": self.config.eviction,
+            "embedder_loaded": self._embedder is not None,
+        }, []
+
+    def _health(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        return self.shard.status(), []
+
+    def _topology(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        members = self.shard.members
+        shards = []
+        for shard in self.config.shards:
+            if shard.id == self.shard.shard_id:
+                replicas = [{"id": m.id, "rpc": m.rpc, "raft": m.raft} for m in members.values()]
+            else:
+                replicas = [{"id": r.id, "rpc": r.rpc, "raft": r.raft} for r in shard.replicas]
+            shards.append({"id": shard.id, "replicas": replicas})
+        model_id, dim = self.config.embedding_identity()
+        return {"shards": shards, "model_id": model_id, "dim": dim}, []
+
+    def _digest(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        applied, digest = self.shard.digest()
+        return {"applied": applied, "digest": digest}, []
+
+    def _compact(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        """Ask pysyncobj for a snapshot + log compaction at its next tick (operators, tests)."""
+        self.shard.forceLogCompaction()
+        return {}, []
+
+    def _add_replica(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        self.shard.add_replica(_str(header, "id"), _str(header, "raft"), _str(header, "rpc"))
+        return {}, []
+
+    def _remove_replica(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        self.shard.remove_replica(_str(header, "id"))
+        return {}, []
+
+
+def _str(header: dict[str, Any], name: str) -> str:
+    value = header.get(name)
+    if not isinstance(value, str):
+        raise InvalidInputError(f"field {name!r} must be str, got {type(value).__name__}")
+    if name == "k":
+        check_key(value, Limits())
+    return value
+
+
+def run_node(config_path: str | Path, replica_id: str) -> None:
+    """Run one node until SIGTERM or SIGINT, then stop it cleanly (the ``semcache node`` command)."""
+    config = ClusterConfig.load(config_path)
+    node = SemanticKVNode(config, replica_id)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    logger.info("node %s serving %s (raft %s)", replica_id, node.rpc_address, config.replica(replica_id).raft)
+    print(f"semcache node {replica_id} serving {node.rpc_address}", flush=True)
+    try:
+        while not stop.wait(0.2):
+            pass
+    finally:
+        node.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="semcache node", description="Run one replica of a semcache cluster.")
+    parser.add_argument("--config", required=True, help="the cluster file (TOML)")
+    parser.add_argument("--replica", required=True, help="this node's replica id in the cluster file")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run_node(args.config, args.replica)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,471 @@
+"""One replica of a Raft-replicated shard: a pysyncobj ``SyncObj`` around a :class:`ShardState`.
+
+Every replica of a shard runs a :class:`ReplicatedShard`.  The leader turns
+writes into :mod:`semcache.commands`, encodes them and appends them to the Raft
+log; every replica applies committed entries, in order, through the one
+``@replicated`` method :meth:`ReplicatedShard.apply_command`.  Commands carry
+everything that could differ between replicas (vectors, timestamps, the keys
+to evict), so replicas never consult their own clock or model while applying.
+
+How pysyncobj 0.3.17 is used, and why:
+
+* ``password`` is always set: pysyncobj unpickles what arrives on the Raft
+  port, so only peers holding the secret (Fernet-encrypted traffic) may talk.
+* ``bindAddress`` is always the configured Raft address: pysyncobj would
+  otherwise bind ``0.0.0.0``.
+* ``appendEntriesUseBatch=False``: a sync write is sent at once instead of
+  waiting for the next 0.1 s heartbeat.
+* One log entry must stay under 64 KiB (larger entries take a broken chunked
+  path), so :meth:`submit` refuses encoded commands over :data:`MAX_ENTRY_BYTES`
+  and evictions are split into several commands.
+* Snapshots use :meth:`ShardState.snapshot` (hnswlib ``save_index``) tarred
+  into the file pysyncobj asks for, not its default gzip-pickle of the object;
+  the same file is what a lagging or wiped follower receives.
+* The journal is on disk, so a restarted replica replays snapshot + journal.
+* A retried command may be applied twice: every command is idempotent.
+* ``apply_command`` never raises: an exception there would stop pysyncobj's
+  tick thread from making progress.  Writes are validated before they are logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, replicated
+from pysyncobj.node import TCPNode
+
+from .commands import Command, Evict, Expire, Put, decode_command, encode_command
+from .config import ClusterConfig
+from .errors import ClusterError, InvalidInputError, LimitExceededError, NoQuorumError, NotLeaderError
+from .eviction import AccessLog, choose_victims
+from .state import Limits, ShardState
+
+logger = logging.getLogger(__name__)
+
+# pysyncobj sends an entry of 64 KiB or more through a chunked path that loses
+# replication; the pickled wrapper adds a few dozen bytes to the encoded command.
+MAX_ENTRY_BYTES = 60 * 1024
+SNAPSHOT_FORMAT = 1
+ROLES = {0: "follower", 1: "candidate", 2: "leader"}
+
+
+@dataclass(frozen=True)
+class Member:
+    """A replica of this shard as the shard itself knows it (replicated, so dynamic members are known too)."""
+
+    id: str
+    raft: str
+    rpc: str
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ReplicatedShard(SyncObj):
+    """One replica of one shard.
+
+    Args:
+        config: the cluster file.
+        replica_id: which replica of ``config`` this is.
+        clock: milliseconds since the epoch, used only by the leader when it
+            issues commands (timestamps, expiry).
+
+    Example (one-replica shard, so it is its own majority)::
+
+        shard = ReplicatedShard(config, "r0")
+        shard.wait_leader(5.0)
+        shard.submit(Put("k", b"v", "", None, 0, 0))
+    """
+
+    def __init__(self, config: ClusterConfig, replica_id: str, *, clock: Callable[[], int] = wall_clock_ms) -> None:
+        self.config = config
+        self.replica_id = replica_id
+        self.shard_id = config.shard_of(replica_id).id
+        self._clock = clock
+        self._model_id, self._dim = config.embedding_identity()
+        self.dim = self._dim
+        self._limits = Limits(max_value_bytes=config.max_value_bytes)
+        self._lock = threading.RLock()  # guards _state and _members against readers while applying
+        self._state = self._new_state()
+        self._members: dict[str, Member] = {
+            r.id: Member(r.id, r.raft, r.rpc) for r in config.shard_of(replica_id).replicas
+        }
+        self._access = AccessLog()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self.role_changes = 0
+        self.last_snapshot_seconds = 0.0
+        self.snapshots = 0
+        self._data_dir = config.data_dir_of(replica_id)
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        me = self._members[replica_id]
+        partners = [m.raft for m in self._members.values() if m.id != replica_id]
+        conf = SyncObjConf(
+            password=config.secret,
+            bindAddress=me.raft,
+            appendEntriesUseBatch=False,
+            appendEntriesPeriod=config.heartbeat,
+            raftMinTimeout=config.election_timeout_min,
+            raftMaxTimeout=config.election_timeout_max,
+            connectionTimeout=max(3.5, config.election_timeout_max * 1.5),
+            connectionRetryTime=0.5,
+            leaderFallbackTimeout=config.election_timeout_max * 2,
+            journalFile=str(self._data_dir / "raft.journal"),
+            fullDumpFile=str(self._data_dir / "raft.snapshot"),
+            serializer=self._serialize,
+            deserializer=self._deserialize,
+            logCompactionMinEntries=config.compaction_entries,
+            logCompactionMinTime=config.compaction_seconds,
+            dynamicMembershipChange=True,
+            commandsWaitLeader=False,
+            onStateChanged=self._on_state_changed,
+        )
+        super().__init__(me.raft, partners, conf)
+        self._maintenance = threading.Thread(target=self._maintenance_loop, name="semcache-maint", daemon=True)
+        self._maintenance.start()
+
+    def _new_state(self) -> ShardState:
+        return ShardState(self._dim, self._model_id, self.config.index_settings(), self._limits)
+
+    # ------------------------------------------------------------ replicated
+    @replicated
+    def apply_command(self, data: bytes) -> int | str:
+        """Apply one encoded command (runs on every replica, in log order).  Never raises."""
+        try:
+            command = decode_command(data)
+            with self._lock:
+                return int(self._state.apply(command))
+        except Exception as exc:  # noqa: BLE001 - raising here would wedge pysyncobj's apply loop
+            logger.exception("replica %s could not apply a command", self.replica_id)
+            return f"error: {exc}"
+
+    @replicated
+    def set_member(self, replica_id: str, raft: str, rpc: str, present: bool) -> bool:
+        """Record (or forget) a replica's addresses, so every replica can name the leader's RPC address."""
+        with self._lock:
+            if present:
+                self._members[replica_id] = Member(replica_id, raft, rpc)
+            else:
+                self._members.pop(replica_id, None)
+        return True
+
+    # ---------------------------------------------------------------- writes
+    def submit(self, command: Command, timeout: float | None = None) -> int:
+        """Commit ``command`` on a majority and apply it here; return its result.
+
+        Raises:
+            InvalidInputError, LimitExceededError, EmbeddingMismatchError: the
+                command is invalid; nothing was logged.
+            NotLeaderError: this replica is not the leader (``leader_hint`` names it),
+                or leadership changed before the command committed (it did not apply).
+            NoQuorumError: no commit within ``timeout``; the command may still commit later.
+        """
+        self._state.validate(command)
+        data = encode_command(command)
+        if len(data) > MAX_ENTRY_BYTES:
+            raise LimitExceededError("encoded command", len(data), MAX_ENTRY_BYTES)
+        self.require_leader()
+        try:
+            result = self.apply_command(data, sync=True, timeout=timeout or self.config.commit_timeout)
+        except SyncObjException as exc:
+            raise self._map_failure(exc.errorCode) from exc
+        if isinstance(result, str):
+            raise ClusterError(f"shard {self.shard_id} failed to apply a committed command: {result}")
+        if isinstance(command, Put):
+            self._access.touch(command.key, command.created_at_ms)
+            if self.config.capacity is not None and len(self._state.entries) > self.config.capacity:
+                self._wake.set()
+        return int(result)
+
+    def _map_failure(self, code: object) -> ClusterError:
+        hint = self.leader_rpc()
+        if code == "Timeout":
+            return NoQuorumError(
+                f"shard {self.shard_id}: the write did not commit within the timeout (it may still commit)",
+                shard_id=self.shard_id,
+            )
+        if code in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED,
+                    FAIL_REASON.DISCARDED):
+            return NotLeaderError(
+                f"shard {self.shard_id}: leadership changed before the write committed",
+                shard_id=self.shard_id,
+                leader_hint=hint,
+            )
+        return NoQuorumError(f"shard {self.shard_id}: write failed (pysyncobj reason {code})", shard_id=self.shard_id)
+
+    def require_leader(self) -> None:
+        """Raise :class:`NotLeaderError` (with the leader's RPC address) unless this replica leads."""
+        if not self._isLeader():
+            raise NotLeaderError(
+                f"replica {self.replica_id} of {self.shard_id} is not the leader",
+                shard_id=self.shard_id,
+                leader_hint=self.leader_rpc(),
+            )
+
+    def is_leader(self) -> bool:
+        return bool(self._isLeader())
+
+    def leader_rpc(self) -> str | None:
+        """RPC address of the replica this one believes leads, or None."""
+        leader = self._getLeader()
+        if leader is None:
+            return None
+        with self._lock:
+            for member in self._members.values():
+                if member.raft == leader.id:
+                    return member.rpc
+        return None
+
+    def wait_leader(self, timeout: float) -> bool:
+        """Wait until this replica knows a leader; True if it does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._getLeader() is not None:
+                return True
+            time.sleep(0.05)
+        return False
+
+    # ----------------------------------------------------------------- reads
+    def read(self, fn: Callable[[ShardState, int], Any], *, touch: str | None = None) -> Any:
+        """Run ``fn(state, now_ms)`` under the state lock (reads never see a half-applied command)."""
+        now = self._clock()
+        with self._lock:
+            result = fn(self._state, now)
+        if touch is not None:
+            self._access.touch(touch, now)
+        return result
+
+    def touch(self, key: str) -> None:
+        """Record a read of ``key`` for the eviction policy (local, never replicated)."""
+        self._access.touch(key, self._clock())
+
+    def now_ms(self) -> int:
+        """The clock the leader stamps commands with."""
+        return self._clock()
+
+    def digest(self) -> tuple[int, str]:
+        """``(commands applied, SHA-256 of the state)``: equal pairs mean identical replicas."""
+        with self._lock:
+            return self._state.applied, self._state.digest()
+
+    @property
+    def members(self) -> dict[str, Member]:
+        with self._lock:
+            return dict(self._members)
+
+    # ------------------------------------------------------------ membership
+    def add_replica(self, replica_id: str, raft: str, rpc: str, timeout: float | None = None) -> None:
+        """Add a replica to this shard (call on the leader); it catches up from the log or a snapshot."""
+        self.require_leader()
+        if replica_id in self.members:
+            raise InvalidInputError(f"replica {replica_id!r} is already a member of {self.shard_id}")
+        self._sync(lambda cb: self.set_member(replica_id, raft, rpc, True, callback=cb), timeout)
+        self._sync(lambda cb: self.addNodeToCluster(raft, callback=cb), timeout)
+
+    def remove_replica(self, replica_id: str, timeout: float | None = None) -> None:
+        """Remove a replica from this shard (call on the leader; a leader cannot remove itself)."""
+        self.require_leader()
+        member = self.members.get(replica_id)
+        if member is None:
+            raise InvalidInputError(f"replica {replica_id!r} is not a member of {self.shard_id}")
+        if member.id == self.replica_id:
+            raise InvalidInputError("the leader cannot remove itself; remove it from another replica once it leads")
+        self._sync(lambda cb: self.removeNodeFromCluster(member.raft, callback=cb), timeout)
+        self._sync(lambda cb: self.set_member(replica_id, "", "", False, callback=cb), timeout)
+
+    def _sync(self, start: Callable[[Callable[[Any, Any], None]], None], timeout: float | None) -> None:
+        done = threading.Event()
+        outcome: list[Any] = []
+
+        def callback(result: Any, error: Any) -> None:
+            outcome.append(error)
+            done.set()
+
+        start(callback)
+        if not done.wait(timeout or self.config.commit_timeout):
+            raise self._map_failure("Timeout")
+        if outcome[0] != FAIL_REASON.SUCCESS:
+            raise self._map_failure(outcome[0])
+
+    # ---------------------------------------------------------------- health
+    def status(self) -> dict[str, Any]:
+        """Role, leader, term, commit and apply positions, entries, and per-replica progress."""
+        raw = self._raw_status()
+        members = self.members
+        leader = raw.get("leader")
+        commit = int(raw.get("commit_idx") or 0)
+        replicas: dict[str, dict[str, Any]] = {}
+        for member in members.values():
+            if member.id == self.replica_id:
+                replicas[member.id] = {"match_index": int(raw.get("last_applied") or 0), "connected": True, "lag": 0}
+                continue
+            match = raw.get("match_idx_server_" + member.raft)
+            replicas[member.id] = {
+                "match_index": match,
+                "connected": raw.get("partner_node_status_server_" + member.raft) == 2,
+                "lag": None if match is None else max(0, commit - int(match)),
+            }
+        role = ROLES.get(int(raw.get("state", 0)), "follower")
+        with self._lock:
+            entries = len(self._state.entries)
+            applied_commands = self._state.applied
+        return {
+            "node": self.replica_id,
+            "shard": self.shard_id,
+            "role": role,
+            "leader": self.leader_rpc(),
+            "leader_raft": None if leader is None else str(leader),
+            "term": int(raw.get("raft_term") or 0),
+            "commit_index": commit,
+            "applied": int(raw.get("last_applied") or 0),
+            "applied_commands": applied_commands,
+            "log_len": int(raw.get("log_len") or 0),
+            "entries": entries,
+            "has_quorum": bool(raw.get("has_quorum")),
+            "healthy": leader is not None and bool(raw.get("has_quorum")),
+            "replicas": replicas,
+            "role_changes": self.role_changes,
+            "snapshots": self.snapshots,
+            "last_snapshot_seconds": round(self.last_snapshot_seconds, 4),
+        }
+
+    def _raw_status(self) -> dict[str, Any]:
+        # getStatus() iterates pysyncobj's dicts, which the tick thread may resize meanwhile.
+        for _ in range(5):
+            try:
+                return dict(self.getStatus())
+            except RuntimeError:
+                time.sleep(0.001)
+        return {}
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        self.role_changes += 1
+        logger.info("replica %s: %s -> %s", self.replica_id, ROLES.get(old), ROLES.get(new))
+
+    # ----------------------------------------------- expiry and eviction
+    def _maintenance_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.config.maintenance_interval)
+            self._wake.clear()
+            if self._stopping.is_set() or not self._isLeader():
+                continue
+            try:
+                self.expire_now()
+                self.evict_over_capacity()
+            except (ClusterError, SyncObjException) as exc:
+                logger.info("replica %s: maintenance postponed: %s", self.replica_id, exc)
+            except Exception:  # noqa: BLE001 - the loop must outlive one bad round
+                logger.exception("replica %s: maintenance failed", self.replica_id)
+
+    def expire_now(self) -> int:
+        """Leader only: replicate ``Expire(now)`` if anything has expired; returns entries removed."""
+        now = self._clock()
+        if not self.read(lambda state, _now: bool(state.expired_keys(now))):
+            return 0
+        return self.submit(Expire(now))
+
+    def evict_over_capacity(self) -> int:
+        """Leader only: evict down to 99 % of capacity, in commands that each fit one Raft entry."""
+        capacity = self.config.capacity
+        if capacity is None:
+            return 0
+        target = capacity - capacity // 100
+
+        def victims(state: ShardState, _now: int) -> list[str]:
+            excess = len(state.entries) - target
+            if len(state.entries) <= capacity or excess <= 0:
+                return []
+            return choose_victims(self.config.eviction, state.entries, self._access, excess)
+
+        removed = 0
+        for chunk in _chunks_under(self.read(victims), MAX_ENTRY_BYTES // 2):
+            removed += self.submit(Evict(tuple(chunk)))
+            for key in chunk:
+                self._access.forget(key)
+        return removed
+
+    # ------------------------------------------------------------- snapshots
+    def _serialize(self, filename: str, raft_data: tuple[Any, Any, Any]) -> None:
+        """pysyncobj's serializer hook (tick thread): the state snapshot plus Raft metadata, as a tar."""
+        started = time.perf_counter()
+        last, prev, cluster = raft_data
+        with tempfile.TemporaryDirectory(prefix="snap-", dir=self._data_dir) as tmp:
+            root = Path(tmp)
+            # Only the tick thread (this one) mutates the state, so no lock is needed to read it.
+            self._state.snapshot(root / "state")
+            meta = {
+                "format": SNAPSHOT_FORMAT,
+                "last": _entry_to_json(last),
+                "prev": _entry_to_json(prev),
+                "cluster": sorted(node.id for node in cluster),
+                "members": [vars(member) for member in self.members.values()],
+            }
+            (root / "raft.json").write_text(json.dumps(meta, sort_keys=True))
+            with tarfile.open(filename, "w") as tar:
+                tar.add(root / "raft.json", arcname="raft.json")
+                tar.add(root / "state", arcname="state")
+            with open(filename, "rb") as handle:
+                os.fsync(handle.fileno())
+        self.snapshots += 1
+        self.last_snapshot_seconds = time.perf_counter() - started
+
+    def _deserialize(self, filename: str) -> tuple[Any, Any, Any]:
+        """pysyncobj's deserializer hook: restore the state; return the Raft metadata."""
+        with tempfile.TemporaryDirectory(prefix="restore-", dir=self._data_dir) as tmp:
+            root = Path(tmp)
+            with tarfile.open(filename, "r") as tar:
+                tar.extractall(root, filter="data")
+            meta = json.loads((root / "raft.json").read_text())
+            if meta.get("format") != SNAPSHOT_FORMAT:
+                raise InvalidInputError(f"unknown shard snapshot format {meta.get('format')!r}")
+            state = ShardState.restore(root / "state", model_id=self._model_id, dim=self._dim)
+        state.limits = self._limits
+        with self._lock:
+            self._state = state
+            self._members = {m["id"]: Member(**m) for m in meta["members"]}
+        return _entry_from_json(meta["last"]), _entry_from_json(meta["prev"]), [TCPNode(a) for a in meta["cluster"]]
+
+    # ------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Stop the maintenance loop and pysyncobj's threads; close the journal."""
+        self._stopping.set()
+        self._wake.set()
+        self._maintenance.join(timeout=5)
+        self.destroy_synchronous()
+
+
+def _entry_to_json(entry: tuple[bytes, int, int]) -> list[Any]:
+    command, index, term = entry
+    return [bytes(command).hex(), int(index), int(term)]
+
+
+def _entry_from_json(data: list[Any]) -> tuple[bytes, int, int]:
+    return bytes.fromhex(data[0]), int(data[1]), int(data[2])
+
+
+def _chunks_under(keys: list[str], budget: int) -> list[list[str]]:
+    """Split ``keys`` into lists whose encoded size stays under ``budget`` bytes."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for key in keys:
+        cost = len(key.encode("utf-8", "surrogatepass")) + 4
+        if current and size + cost > budget:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(key)
+        size += cost
+    if current:
+        chunks.append(current)
+    return chunks

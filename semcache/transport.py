@@ -1,0 +1,331 @@
+"""Client RPC over Arrow Flight: the node's server side, :class:`NodeClient`, and error mapping.
+
+Every call is one Flight ``do_action``.  The action type names the operation
+(``put``, ``get``, ``search``...) and the body is a compact frame: a small JSON
+header followed by raw binary blobs (values and float32 vectors travel as
+bytes, never as JSON).  The reply is one Flight result holding a frame in the
+same format.  Application errors travel *inside* the reply frame as an error
+code, which :func:`error_from_reply` turns back into the matching
+:mod:`semcache.errors` class, so the client sees ``NotLeaderError`` with its
+``leader_hint``, ``LimitExceededError`` with its limit, and so on.  Transport
+failures (Flight/gRPC errors) are mapped by :func:`map_flight_error`.
+
+Frame layout (little-endian)::
+
+    u32 header length | header (UTF-8 JSON object) | u32 blob count | (u32 length | blob)*
+
+>>> frame = encode_frame({"k": "key"}, [b"value"])
+>>> decode_frame(frame)
+({'k': 'key'}, [b'value'])
+
+Token auth: when the node has a token, a server middleware refuses every call
+whose ``authorization`` header is not ``Bearer <token>`` (compared in constant
+time) before it reaches a handler.  TLS: ``grpc+tls://`` addresses with the
+node's certificate and key; clients pass ``tls_root_certs``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow.flight as flight
+
+from .errors import (
+    AuthenticationError,
+    ClosedError,
+    ClusterError,
+    ConfigurationError,
+    EmbeddingMismatchError,
+    InvalidInputError,
+    LimitExceededError,
+    NoQuorumError,
+    NotLeaderError,
+    SemcacheError,
+    ShardUnavailableError,
+    UnknownScopeError,
+)
+
+_U32 = struct.Struct("<I")
+
+# Error code on the wire <-> exception class.  Order matters when encoding:
+# the most specific class that matches wins (subclasses before their parents).
+ERROR_CODES: dict[str, type[SemcacheError]] = {
+    "limit_exceeded": LimitExceededError,
+    "unknown_scope": UnknownScopeError,
+    "invalid_input": InvalidInputError,
+    "embedding_mismatch": EmbeddingMismatchError,
+    "configuration": ConfigurationError,
+    "closed": ClosedError,
+    "not_leader": NotLeaderError,
+    "no_quorum": NoQuorumError,
+    "shard_unavailable": ShardUnavailableError,
+    "authentication": AuthenticationError,
+    "cluster": ClusterError,
+    "internal": SemcacheError,
+}
+
+Handler = Callable[[str, dict[str, Any], list[bytes]], tuple[dict[str, Any], list[bytes]]]
+
+
+# ------------------------------------------------------------------ frames
+def encode_frame(header: dict[str, Any], blobs: list[bytes] | tuple[bytes, ...] = ()) -> bytes:
+    """Pack a JSON header and binary blobs into one frame."""
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    parts = [_U32.pack(len(head)), head, _U32.pack(len(blobs))]
+    for blob in blobs:
+        parts += [_U32.pack(len(blob)), blob]
+    return b"".join(parts)
+
+
+def decode_frame(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """Unpack a frame made by :func:`encode_frame`.
+
+    Raises:
+        InvalidInputError: a truncated or malformed frame.
+    """
+    view = memoryview(data)
+    try:
+        (size,) = _U32.unpack_from(view, 0)
+        pos = 4 + size
+        header = json.loads(bytes(view[4:pos]))
+        (count,) = _U32.unpack_from(view, pos)
+        pos += 4
+        blobs = []
+        for _ in range(count):
+            (size,) = _U32.unpack_from(view, pos)
+            pos += 4
+            if pos + size > len(view):
+                raise InvalidInputError("truncated frame")
+            blobs.append(bytes(view[pos : pos + size]))
+            pos += size
+    except (struct.error, ValueError) as exc:
+        raise InvalidInputError(f"malformed request frame: {exc}") from exc
+    if not isinstance(header, dict) or pos != len(view):
+        raise InvalidInputError("malformed request frame")
+    return header, blobs
+
+
+# ----------------------------------------------------------- error mapping
+def error_to_header(exc: BaseException) -> dict[str, Any]:
+    """The reply header that carries ``exc`` to the client."""
+    code = "internal"
+    for name, cls in ERROR_CODES.items():
+        if isinstance(exc, cls):
+            code = name
+            break
+    header: dict[str, Any] = {"error": code, "message": str(exc)}
+    if isinstance(exc, ClusterError):
+        header["shard"] = exc.shard_id
+    if isinstance(exc, NotLeaderError):
+        header["leader_hint"] = exc.leader_hint
+    if isinstance(exc, LimitExceededError):
+        header["limit"], header["actual"] = exc.limit, exc.actual
+    return header
+
+
+def error_from_reply(header: dict[str, Any]) -> SemcacheError:
+    """Rebuild the exception a node reported (the inverse of :func:`error_to_header`)."""
+    code, message = header.get("error"), str(header.get("message", ""))
+    cls = ERROR_CODES.get(str(code), SemcacheError)
+    if cls is LimitExceededError:
+        exc: SemcacheError = LimitExceededError("value", int(header.get("actual", 0)), int(header.get("limit", 0)))
+        exc.args = (message,)
+        return exc
+    if cls is NotLeaderError:
+        return NotLeaderError(message, shard_id=header.get("shard"), leader_hint=header.get("leader_hint"))
+    if issubclass(cls, ClusterError):
+        return cls(message, shard_id=header.get("shard"))
+    return cls(message)
+
+
+def map_flight_error(exc: flight.FlightError, address: str) -> SemcacheError:
+    """Turn a Flight/gRPC failure into the most specific :mod:`semcache.errors` class."""
+    if isinstance(exc, flight.FlightUnauthenticatedError | flight.FlightUnauthorizedError):
+        return AuthenticationError(f"{address} refused the call: missing or wrong token")
+    if isinstance(exc, flight.FlightTimedOutError):
+        return ShardUnavailableError(f"{address} did not answer in time: {exc}")
+    if isinstance(exc, flight.FlightUnavailableError | flight.FlightCancelledError):
+        return ShardUnavailableError(f"cannot reach {address}: {exc}")
+    return ClusterError(f"{address} failed the call: {exc}")
+
+
+# ------------------------------------------------------------------ server
+class _TokenMiddlewareFactory(flight.ServerMiddlewareFactory):
+    """Refuse every call without ``authorization: Bearer <token>``."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self._expected = f"Bearer {token}".encode()
+
+    def start_call(self, info: Any, headers: dict[str, list[Any]]) -> None:
+        for value in headers.get("authorization", []):
+            offered = value.encode() if isinstance(value, str) else bytes(value)
+            if hmac.compare_digest(offered, self._expected):
+                return None
+        raise flight.FlightUnauthenticatedError("missing or wrong token")
+
+
+class FlightNodeServer(flight.FlightServerBase):
+    """A Flight server that hands every action to ``handler(action, header, blobs)``.
+
+    It starts listening when constructed.  A handler's exception never escapes:
+    it becomes an error reply, so a bad request cannot take the node down.
+    """
+
+    def __init__(
+        self,
+        location: str,
+        handler: Handler,
+        *,
+        token: str = "",
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {}
+        if token:
+            kwargs["middleware"] = {"auth": _TokenMiddlewareFactory(token)}
+        if tls_cert is not None and tls_key is not None:
+            kwargs["tls_certificates"] = [(tls_cert, tls_key)]
+        super().__init__(location, **kwargs)
+        self._handler = handler
+
+    def do_action(self, context: Any, action: flight.Action) -> list[flight.Result]:
+        try:
+            header, blobs = decode_frame(action.body.to_pybytes())
+            reply, out = self._handler(action.type, header, blobs)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
+            reply, out = error_to_header(exc), []
+        return [flight.Result(encode_frame(reply, out))]
+
+    def list_actions(self, context: Any) -> list[tuple[str, str]]:
+        return [(name, "semcache node action") for name in ACTIONS]
+
+
+ACTIONS = (
+    "put", "get", "delete", "exists", "scan", "search", "clear", "stats", "health",
+    "topology", "add_replica", "remove_replica", "digest", "compact",
+)
+
+
+# ------------------------------------------------------------------ client
+class NodeClient:
+    """A connection to one node's RPC address.
+
+    Args:
+        address: ``grpc://host:port`` (or ``grpc+tls://``).
+        token: the cluster's RPC token, if it has one.
+        timeout: seconds before a call gives up with :class:`ShardUnavailableError`.
+        tls_root_certs: PEM roots to trust for ``grpc+tls://``.
+
+    Example::
+
+        client = NodeClient("grpc://127.0.0.1:8815", token="t")
+        client.put("k", b"v", scope="", vector=None, ttl_ms=0)   # NotLeaderError on a follower
+        client.get("k")
+    """
+
+    def __init__(
+        self, address: str, *, token: str | None = None, timeout: float = 2.0, tls_root_certs: bytes | None = None
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        kwargs: dict[str, Any] = {}
+        if tls_root_certs is not None:
+            kwargs["tls_root_certs"] = tls_root_certs
+        try:
+            self._client = flight.FlightClient(address, **kwargs)
+        except (flight.FlightError, OSError, ValueError) as exc:
+            raise ShardUnavailableError(f"cannot open a connection to {address}: {exc}") from exc
+        headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        self._options = flight.FlightCallOptions(timeout=timeout, headers=headers)
+        self._closed = False
+
+    def call(self, action: str, header: dict[str, Any], blobs: list[bytes] | tuple[bytes, ...] = (),
+             *, timeout: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
+        """Send one action; return the reply header and blobs, or raise the node's error."""
+        if self._closed:
+            raise ClosedError(f"NodeClient({self.address}) is closed")
+        options = self._options
+        if timeout is not None:
+            options = flight.FlightCallOptions(timeout=timeout, headers=self._options.headers)
+        try:
+            results = list(self._client.do_action(flight.Action(action, encode_frame(header, blobs)), options))
+        except flight.FlightError as exc:
+            raise map_flight_error(exc, self.address) from exc
+        except OSError as exc:
+            raise ShardUnavailableError(f"cannot reach {self.address}: {exc}") from exc
+        if not results:
+            raise ClusterError(f"{self.address} sent an empty reply to {action}")
+        reply, out = decode_frame(results[0].body.to_pybytes())
+        if "error" in reply:
+            raise error_from_reply(reply)
+        return reply, out
+
+    # -------------------------------------------------------------- data
+    def put(self, key: str, value: bytes, *, scope: str, vector: bytes | None, ttl_ms: int,
+            text: str | None = None) -> None:
+        """Store ``value``; returns once the write committed on a majority and applied on the node."""
+        header: dict[str, Any] = {"k": key, "s": scope, "t": ttl_ms, "v": vector is not None}
+        if text is not None:
+            header["x"] = text
+        self.call("put", header, [value] if vector is None else [value, vector])
+
+    def get(self, key: str, *, read_from: str = "leader") -> bytes | None:
+        reply, blobs = self.call("get", {"k": key, "r": read_from})
+        return blobs[0] if reply.get("f") else None
+
+    def delete(self, key: str) -> bool:
+        return bool(self.call("delete", {"k": key})[0]["n"])
+
+    def exists(self, key: str, *, read_from: str = "leader") -> bool:
+        return bool(self.call("exists", {"k": key, "r": read_from})[0]["f"])
+
+    def scan(self, prefix: str, limit: int, *, read_from: str = "leader") -> list[str]:
+        return list(self.call("scan", {"p": prefix, "l": limit, "r": read_from})[0]["keys"])
+
+    def search(self, vector: bytes, *, scope: str, top_k: int, threshold: float | None,
+               read_from: str = "leader") -> list[tuple[str, bytes, float]]:
+        """The ``top_k`` nearest entries of ``scope`` on this node's shard: ``(key, value, similarity)``."""
+        reply, blobs = self.call("search", {"s": scope, "k": top_k, "th": threshold, "r": read_from}, [vector])
+        return [(key, blob, float(sim)) for key, blob, sim in zip(reply["keys"], blobs, reply["sims"], strict=True)]
+
+    def clear(self, scope_prefix: str) -> int:
+        return int(self.call("clear", {"p": scope_prefix})[0]["n"])
+
+    # -------------------------------------------------------------- admin
+    def stats(self) -> dict[str, Any]:
+        return self.call("stats", {})[0]
+
+    def health(self) -> dict[str, Any]:
+        return self.call("health", {})[0]
+
+    def topology(self) -> dict[str, Any]:
+        return self.call("topology", {})[0]
+
+    def digest(self) -> dict[str, Any]:
+        """``{"applied": commands applied, "digest": sha256}`` of this replica's state."""
+        return self.call("digest", {})[0]
+
+    def add_replica(self, replica_id: str, raft: str, rpc: str) -> None:
+        self.call("add_replica", {"id": replica_id, "raft": raft, "rpc": rpc}, timeout=max(self.timeout, 10.0))
+
+    def remove_replica(self, replica_id: str) -> None:
+        self.call("remove_replica", {"id": replica_id}, timeout=max(self.timeout, 10.0))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._client.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"NodeClient({self.address!r})"
