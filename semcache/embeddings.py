@@ -245,7 +245,9 @@ class SentenceTransformerEmbedding(BaseEmbedding):
         else:
             self.model_id = model
             self._model = _load_sentence_transformer(model, device)
-        dim = self._model.get_sentence_embedding_dimension()
+        # sentence-transformers 5 renamed the method and warns on the old name.
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        dim = get_dim()
         if not dim:
             raise ConfigurationError(f"cannot tell the output dimension of model {model!r}")
         self.dim = int(dim)
