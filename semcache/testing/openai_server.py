@@ -42,11 +42,13 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
+
+# One definition of a stream's shape, shared with the adapter that replays cached answers.
+from semcache.integrations.openai import completion_to_chunks
 
 DEFAULT_EMBEDDING_DIM = 1536
 _ERROR_MARKER = re.compile(r"\[\[error:(\d{3})\]\]")
@@ -104,11 +106,6 @@ def _split_conversation(messages: list[dict[str, Any]]) -> tuple[str, str, list[
     question = _text_of(messages[last_user].get("content")) if last_user >= 0 else ""
     history = "\n".join(f"{m.get('role')}: {_text_of(m.get('content'))}" for m in messages[: max(last_user, 0)])
     return history, question, messages[last_user + 1 :]
-
-
-def _chunks_of(text: str) -> list[str]:
-    """Split a text into stream pieces (words with their trailing space)."""
-    return re.findall(r"\S+\s*|\s+", text) or [""]
 
 
 def _usage(prompt: str, completion: str) -> dict[str, int]:
@@ -244,7 +241,7 @@ class FakeOpenAIServer:
             "usage": usage,
         }
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        chunks = list(_stream_chunks(completion, include_usage))
+        chunks = completion_to_chunks(completion, include_usage=include_usage)
         return completion, chunks
 
     def _tool_call_message(
@@ -358,42 +355,6 @@ def _check_markers(text: str) -> None:
         status = int(match.group(1))
         kind = "invalid_request_error" if status < 500 else "server_error"
         raise UpstreamError(status, f"injected error {status}", kind)
-
-
-def _stream_chunks(completion: dict[str, Any], include_usage: bool) -> Iterator[dict[str, Any]]:
-    """The ``chat.completion.chunk`` objects a real server streams for ``completion``."""
-    choice = completion["choices"][0]
-    message = choice["message"]
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {
-            "id": completion["id"],
-            "object": "chat.completion.chunk",
-            "created": completion["created"],
-            "model": completion["model"],
-            "system_fingerprint": completion["system_fingerprint"],
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-        }
-
-    if message.get("tool_calls"):
-        yield chunk({"role": "assistant", "content": None})
-        for index, call in enumerate(message["tool_calls"]):
-            head = {"index": index, "id": call["id"], "type": "function"}
-            yield chunk({"tool_calls": [{**head, "function": {"name": call["function"]["name"], "arguments": ""}}]})
-            arguments = call["function"]["arguments"]
-            for start in range(0, len(arguments), 8):
-                piece = arguments[start : start + 8]
-                yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-    else:
-        yield chunk({"role": "assistant", "content": ""})
-        for piece in _chunks_of(message["content"]):
-            yield chunk({"content": piece})
-    yield chunk({}, choice["finish_reason"])
-    if include_usage:
-        last = chunk({})
-        last["choices"] = []
-        last["usage"] = completion["usage"]
-        yield last
 
 
 def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:

@@ -69,9 +69,7 @@ def test_history_changes_the_answer(client):
 
 def test_stream_reassembles_to_the_plain_answer(client):
     chunks = list(
-        client.chat.completions.create(
-            model="m", messages=USER, stream=True, stream_options={"include_usage": True}
-        )
+        client.chat.completions.create(model="m", messages=USER, stream=True, stream_options={"include_usage": True})
     )
     assert all(isinstance(c, ChatCompletionChunk) for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"

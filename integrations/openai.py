@@ -1,0 +1,868 @@
+"""Semantic caching for the OpenAI client: ``wrap(client)`` and ``@semantic_cache``.
+
+>>> from openai import OpenAI
+>>> from semcache import SemanticCache, SemanticKV
+>>> from semcache.embeddings import HashEmbedding
+>>> from semcache.testing import FakeOpenAIServer
+>>> with FakeOpenAIServer() as server:
+...     cache = SemanticCache(SemanticKV(embedding=HashEmbedding()))
+...     client = wrap(OpenAI(base_url=server.base_url, api_key="test"), cache=cache)
+...     ask = lambda q: client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": q}])
+...     first, second = ask("What is the capital of France?"), ask("what is the capital of France?")
+...     (is_cached(first), is_cached(second), second.usage.total_tokens, server.count())
+(False, True, 0, 1)
+
+**What must match.** A request is split into a prompt, matched semantically
+(the text of the last user message), and a scope, matched exactly: the model,
+every request parameter except those that only shape the transport
+(:data:`UNSCOPED_PARAMS`), the system prompt and every other turn of the
+conversation (:mod:`semcache.integrations._conversation`), the endpoint, and
+the ``scope=`` you give.  Requests whose scope cannot be expressed as JSON, or
+without a user message, go upstream uncached.
+
+**Sampling policy.** ``sampling="deterministic"`` (the default) caches only
+requests with ``temperature`` unset or 0; ``"all"`` caches sampled requests
+too (the temperature still partitions the scope); a callable
+``(request: dict) -> bool`` decides per request.
+
+**Hits** are real ``openai`` objects (``ChatCompletion``, ``Response``,
+``ChatCompletionChunk``) with zero usage and an extra ``semcache`` field:
+``{"hit": True, "exact": ..., "similarity": ..., "cached_prompt": ...}``.
+:func:`is_cached` and :func:`cache_info` read it; misses have no such field.
+
+**Streaming.** A hit with ``stream=True`` replays as ``ChatCompletionChunk``
+objects in a real stream's order: a role chunk, content or tool-call deltas,
+a finish chunk, and a usage chunk when ``stream_options.include_usage`` is
+set.  A streamed miss is passed through chunk by chunk and stored once the
+stream ends normally with a finish reason; nothing is stored if it breaks or
+the caller stops reading early.  ``/v1/responses`` streams are not cached.
+
+**Writes are write-behind.** After a miss the answer is returned at once and
+stored by a background thread; until that store lands, lookups in this
+process find it in a pending-writes map (read-your-writes), so asking twice in
+a row costs one upstream call.  A failed store is logged and counted in
+``stats.write_failures``; ``flush()`` waits for pending writes.
+
+**Controls.** ``cache_skip=True`` bypasses the cache for one call;
+``cache_refresh=True`` skips the lookup and overwrites the entry with a fresh
+answer; ``cache_scope=`` adds to the scope for one call (a tenant...).
+Upstream errors propagate and are never cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import re
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import openai
+import pydantic
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.responses import Response
+
+from semcache.cache import CacheHit, Scope, SemanticCache, canonical_scope
+from semcache.errors import ConfigurationError, InvalidInputError
+
+from ._conversation import split_conversation
+
+__all__ = [
+    "UNSCOPED_PARAMS",
+    "OpenAICache",
+    "OpenAICacheStats",
+    "cache_info",
+    "chunks_to_completion",
+    "completion_to_chunks",
+    "is_cached",
+    "semantic_cache",
+    "wrap",
+]
+
+log = logging.getLogger("semcache.integrations.openai")
+
+Sampling = Literal["deterministic", "all"] | Callable[[Mapping[str, Any]], bool]
+
+# Request fields that do not change the answer: transport, bookkeeping, the shape of a stream.
+UNSCOPED_PARAMS = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "safety_identifier",
+        "metadata",
+        "store",
+        "timeout",
+        "extra_headers",
+        "extra_query",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "service_tier",
+    }
+)
+_CONTROLS = ("cache_skip", "cache_refresh", "cache_scope")
+# The request fields that carry the prompt and conversation, per endpoint (not scope parameters).
+_PROMPT_FIELDS = {"chat.completions": ("messages",), "responses": ("input",), "function": ("messages", "prompt")}
+_ZERO_CHAT_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+_PIECE = re.compile(r"\S+\s*|\s+")
+_ARGUMENT_PIECE = 16  # characters of tool-call arguments per replayed delta
+
+
+# --------------------------------------------------------------------------- markers
+def cache_info(obj: Any) -> dict[str, Any] | None:
+    """The ``semcache`` marker of a response served from the cache, or None for a fresh one."""
+    info = getattr(obj, "semcache", None)
+    return info if isinstance(info, dict) else None
+
+
+def is_cached(obj: Any) -> bool:
+    """Whether ``obj`` (a ``ChatCompletion``, ``Response`` or chunk) was served from the cache."""
+    info = cache_info(obj)
+    return bool(info and info.get("hit"))
+
+
+# --------------------------------------------------------------------- stream shapes
+def text_pieces(text: str) -> list[str]:
+    """Split a text the way it is replayed in a stream: words with their trailing space."""
+    return _PIECE.findall(text) or [""]
+
+
+def completion_to_chunks(completion: Mapping[str, Any], *, include_usage: bool = False) -> list[dict[str, Any]]:
+    """The ``chat.completion.chunk`` dicts a server streams for ``completion`` (a dict).
+
+    Per choice: a role chunk, the content (or tool-call deltas: a header with id
+    and name, then the arguments in pieces), a finish chunk; then, when
+    ``include_usage``, a chunk with no choices that carries the usage.
+
+    >>> done = {"id": "c1", "created": 1, "model": "m", "choices": [
+    ...     {"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}]}
+    >>> [c["choices"][0]["delta"] for c in completion_to_chunks(done)]
+    [{'role': 'assistant', 'content': ''}, {'content': 'Hi '}, {'content': 'there'}, {}]
+    """
+    head = {
+        "id": completion["id"],
+        "object": "chat.completion.chunk",
+        "created": completion["created"],
+        "model": completion["model"],
+        "system_fingerprint": completion.get("system_fingerprint"),
+    }
+    out: list[dict[str, Any]] = []
+
+    def emit(index: int, delta: dict[str, Any], finish: str | None = None) -> None:
+        out.append({**head, "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+
+    for choice in completion["choices"]:
+        index, message = choice["index"], choice.get("message") or {}
+        calls = message.get("tool_calls") or []
+        content = message.get("content")
+        emit(index, {"role": message.get("role") or "assistant", "content": None if calls and not content else ""})
+        if content:
+            for piece in text_pieces(content):
+                emit(index, {"content": piece})
+        if message.get("refusal"):
+            emit(index, {"refusal": message["refusal"]})
+        for position, call in enumerate(calls):
+            function = call.get("function") or {}
+            emit(
+                index,
+                {
+                    "tool_calls": [
+                        {
+                            "index": position,
+                            "id": call.get("id"),
+                            "type": call.get("type", "function"),
+                            "function": {"name": function.get("name"), "arguments": ""},
+                        }
+                    ]
+                },
+            )
+            arguments = function.get("arguments") or ""
+            for start in range(0, len(arguments), _ARGUMENT_PIECE):
+                piece = arguments[start : start + _ARGUMENT_PIECE]
+                emit(index, {"tool_calls": [{"index": position, "function": {"arguments": piece}}]})
+        emit(index, {}, choice.get("finish_reason") or "stop")
+    if include_usage:
+        out.append({**head, "choices": [], "usage": completion.get("usage")})
+    return out
+
+
+def chunks_to_completion(chunks: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Reassemble streamed chunk dicts into a ``chat.completion`` dict.
+
+    Returns:
+        The completion, or None when the stream is incomplete (no chunks, or a
+        choice without a finish reason), which must not be cached.
+
+    >>> done = {"id": "c1", "created": 1, "model": "m", "choices": [
+    ...     {"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}]}
+    >>> chunks_to_completion(completion_to_chunks(done))["choices"][0]["message"]["content"]
+    'Hi there'
+    >>> chunks_to_completion(completion_to_chunks(done)[:-1]) is None
+    True
+    """
+    if not chunks:
+        return None
+    choices: dict[int, dict[str, Any]] = {}
+    usage = None
+    for chunk in chunks:
+        usage = chunk.get("usage") or usage
+        for part in chunk.get("choices") or []:
+            choice = choices.setdefault(
+                part["index"],
+                {
+                    "index": part["index"],
+                    "message": {"role": "assistant", "content": None},
+                    "finish_reason": None,
+                    "logprobs": None,
+                },
+            )
+            _apply_delta(choice["message"], part.get("delta") or {})
+            if part.get("finish_reason"):
+                choice["finish_reason"] = part["finish_reason"]
+    if not choices or any(c["finish_reason"] is None for c in choices.values()):
+        return None
+    first = chunks[0]
+    return {
+        "id": first["id"],
+        "object": "chat.completion",
+        "created": first["created"],
+        "model": first["model"],
+        "system_fingerprint": first.get("system_fingerprint"),
+        "choices": [choices[i] for i in sorted(choices)],
+        "usage": usage,
+    }
+
+
+def _apply_delta(message: dict[str, Any], delta: Mapping[str, Any]) -> None:
+    if delta.get("role"):
+        message["role"] = delta["role"]
+    for field in ("content", "refusal"):
+        if delta.get(field) is not None:
+            message[field] = (message.get(field) or "") + delta[field]
+    for call_delta in delta.get("tool_calls") or []:
+        calls = message.setdefault("tool_calls", [])
+        while len(calls) <= call_delta["index"]:
+            calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        call = calls[call_delta["index"]]
+        call["id"] = call_delta.get("id") or call["id"]
+        call["type"] = call_delta.get("type") or call["type"]
+        function = call_delta.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
+
+
+# ------------------------------------------------------------------------ the core
+@dataclass
+class OpenAICacheStats:
+    """What the adapter did, since it was created."""
+
+    hits: int = 0
+    pending_hits: int = 0  # served from the write-behind map before the store landed
+    misses: int = 0
+    bypassed: int = 0  # not cacheable (sampling policy, cache_skip, no user message, non-JSON params)
+    refreshes: int = 0
+    stores: int = 0
+    write_failures: int = 0
+    streams_discarded: int = 0  # streamed misses not stored: broken, abandoned or incomplete
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A cacheable call: where its answer lives and how to give it back."""
+
+    endpoint: str
+    prompt: str
+    scope: dict[str, Any]
+    key: str
+    stream: bool
+    include_usage: bool
+    refresh: bool
+
+
+@dataclass(frozen=True)
+class _Pending:
+    prompt: str
+    payload: dict[str, Any]
+
+
+class OpenAICache:
+    """The caching core shared by :func:`wrap` and :func:`semantic_cache`.
+
+    Args:
+        cache: the :class:`~semcache.SemanticCache` underneath; default an
+            embedded one with the packaged MiniLM, made on first use.
+        threshold: overrides the cache's similarity threshold for these calls.
+        scope: added to every call's scope (a tenant, an app version...).
+        ttl: seconds an answer stays cached (default: the cache's).
+        sampling: which requests are cached (see the module docs).
+        write_behind: store in a background thread (default); False stores
+            before returning, which is slower but needs no ``flush()``.
+    """
+
+    def __init__(
+        self,
+        cache: SemanticCache | None = None,
+        *,
+        threshold: float | None = None,
+        scope: Scope = None,
+        ttl: float | None = None,
+        sampling: Sampling = "deterministic",
+        write_behind: bool = True,
+    ) -> None:
+        if cache is not None and not isinstance(cache, SemanticCache):
+            raise ConfigurationError(f"cache must be a SemanticCache or None, got {type(cache).__name__}")
+        if sampling not in ("deterministic", "all") and not callable(sampling):
+            raise ConfigurationError(f"sampling must be 'deterministic', 'all' or a callable, got {sampling!r}")
+        canonical_scope(scope)  # fail now, not on the first call
+        self._cache = cache
+        self.threshold = None if threshold is None else SemanticCache._check_threshold(threshold)
+        self.scope = scope
+        self.ttl = ttl
+        self.sampling = sampling
+        self.write_behind = write_behind
+        self.stats = OpenAICacheStats()
+        self._lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._futures: set[Future[None]] = set()
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def cache(self) -> SemanticCache:
+        """The cache underneath (the default one is made on first use, loading the model then)."""
+        if self._cache is None:
+            with self._lock:
+                if self._cache is None:
+                    self._cache = SemanticCache()
+        return self._cache
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            setattr(self.stats, name, getattr(self.stats, name) + 1)
+
+    # ------------------------------------------------------------- planning
+    def plan(self, endpoint: str, request: Mapping[str, Any], controls: Mapping[str, Any]) -> _Plan | None:
+        """Where the answer to ``request`` is cached, or None when it must go upstream uncached."""
+        if controls.get("cache_skip") or not self._sampling_allows(request):
+            self._count("bypassed")
+            return None
+        split = _prompt_and_context(request)
+        if split is None:
+            self._count("bypassed")
+            return None
+        prompt, context = split
+        params = {k: _jsonable(v) for k, v in request.items() if k not in UNSCOPED_PARAMS and not _omitted(v)}
+        for name in _PROMPT_FIELDS[endpoint]:
+            params.pop(name, None)
+        scope = {
+            "adapter": "openai",
+            "endpoint": endpoint,
+            "params": params,
+            "context": context,
+            "scope": self.scope,
+            "call_scope": controls.get("cache_scope"),
+        }
+        try:
+            key = self.cache.key_for(prompt, scope)
+        except InvalidInputError as exc:
+            log.debug("semcache: request not cacheable (%s); calling upstream", exc)
+            self._count("bypassed")
+            return None
+        stream_options = request.get("stream_options") or {}
+        return _Plan(
+            endpoint=endpoint,
+            prompt=prompt,
+            scope=scope,
+            key=key,
+            stream=bool(request.get("stream")) and not _omitted(request.get("stream")),
+            include_usage=bool(isinstance(stream_options, Mapping) and stream_options.get("include_usage")),
+            refresh=bool(controls.get("cache_refresh")),
+        )
+
+    def _sampling_allows(self, request: Mapping[str, Any]) -> bool:
+        if callable(self.sampling):
+            return bool(self.sampling(request))
+        if self.sampling == "all":
+            return True
+        temperature = request.get("temperature")
+        return temperature is None or _omitted(temperature) or temperature == 0
+
+    # -------------------------------------------------------------- lookups
+    def find(self, plan: _Plan) -> CacheHit | None:
+        """The cached answer for ``plan``: a pending write first, then the cache."""
+        with self._lock:
+            pending = self._pending.get(plan.key)
+        if pending is not None:
+            self._count("pending_hits")
+            return CacheHit(pending.payload, 1.0, pending.prompt, plan.key, {}, exact=True)
+        return self.cache.lookup(plan.prompt, scope=plan.scope, threshold=self.threshold)
+
+    def replay(self, plan: _Plan, hit: CacheHit, *, asynchronous: bool) -> Any:
+        """Turn a hit into what the caller expects: an openai object, a stream of chunks, or a value."""
+        self._count("hits")
+        payload = hit.response
+        marker = {
+            "hit": True,
+            "exact": hit.exact,
+            "similarity": round(float(hit.similarity), 6),
+            "cached_prompt": hit.cached_prompt,
+            "key": hit.key,
+        }
+        kind = payload.get("type") if isinstance(payload, dict) else None
+        if kind == "chat.completion":
+            completion = {**payload["completion"], "usage": _zeroed(payload["completion"].get("usage"))}
+            if plan.stream:
+                chunks = [
+                    _build(ChatCompletionChunk, {**c, "semcache": marker})
+                    for c in completion_to_chunks(completion, include_usage=plan.include_usage)
+                ]
+                return _ReplayAsyncStream(chunks) if asynchronous else _ReplayStream(chunks)
+            return _build(ChatCompletion, {**completion, "semcache": marker})
+        if kind == "response":
+            usage = payload["response"].get("usage")
+            response = {**payload["response"], "usage": None if usage is None else _zeroed(usage), "semcache": marker}
+            return _build(Response, response)
+        if kind == "value":
+            return payload["value"]
+        log.warning("semcache: entry %s is not an OpenAI adapter record; treating it as a miss", hit.key)
+        return None
+
+    # -------------------------------------------------------------- records
+    def record(self, plan: _Plan, result: Any, *, asynchronous: bool) -> Any:
+        """Give a fresh ``result`` back, storing it (write-behind) or, for a stream, arranging to."""
+        self._count("refreshes" if plan.refresh else "misses")
+        if plan.stream and _is_stream(result):
+            on_done = functools.partial(self._stream_done, plan)
+            return _RecordingAsyncStream(result, on_done) if asynchronous else _RecordingStream(result, on_done)
+        payload = _payload_of(result)
+        if payload is None:
+            log.debug("semcache: %s result of type %s is not cacheable", plan.endpoint, type(result).__name__)
+        else:
+            self.submit(plan, payload)
+        return result
+
+    def _stream_done(self, plan: _Plan, chunks: list[Any] | None) -> None:
+        completion = chunks_to_completion([c.model_dump(mode="json") for c in chunks]) if chunks else None
+        if completion is None:
+            self._count("streams_discarded")
+            return
+        self.submit(plan, {"type": "chat.completion", "completion": completion})
+
+    def submit(self, plan: _Plan, payload: dict[str, Any]) -> None:
+        """Store ``payload`` for ``plan``: visible to :meth:`find` at once, persisted in the background."""
+        pending = _Pending(plan.prompt, payload)
+        if not self.write_behind:
+            self._write(plan, pending)
+            return
+        with self._lock:
+            self._pending[plan.key] = pending
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semcache-write")
+            future = self._executor.submit(self._write, plan, pending)
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+
+    def _forget(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def _write(self, plan: _Plan, pending: _Pending) -> None:
+        try:
+            self.cache.store(
+                plan.prompt, pending.payload, scope=plan.scope, ttl=self.ttl, metadata={"endpoint": plan.endpoint}
+            )
+            self._count("stores")
+        except Exception:
+            self._count("write_failures")
+            log.exception("semcache: storing the answer for %r failed; it was not cached", plan.prompt[:80])
+        finally:
+            with self._lock:
+                if self._pending.get(plan.key) is pending:
+                    del self._pending[plan.key]
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for pending writes; True when none is left."""
+        with self._lock:
+            futures = set(self._futures)
+        done, not_done = wait(futures, timeout=timeout)
+        return not not_done
+
+    def close(self) -> None:
+        """Finish pending writes and stop the writer thread (the cache itself stays open)."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------ wrapping
+    def wrap_call(self, fn: Callable[..., Any], endpoint: str, request_of: Callable[..., dict[str, Any]]) -> Any:
+        """``fn`` with caching; ``request_of(*args, **kwargs)`` names the request it makes."""
+
+        def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[_Plan | None, dict[str, Any]]:
+            controls = {name: kwargs.pop(name) for name in _CONTROLS if name in kwargs}
+            return self.plan(endpoint, request_of(*args, **kwargs), controls), kwargs
+
+        # openai's own decorators hide that create() is async: look beneath them.
+        if inspect.iscoroutinefunction(inspect.unwrap(fn)):
+
+            @functools.wraps(fn)
+            async def cached_async(*args: Any, **kwargs: Any) -> Any:
+                plan, kwargs = prepare(args, kwargs)
+                if plan is None:
+                    return await fn(*args, **kwargs)
+                if not plan.refresh:
+                    # The lookup may embed the prompt: keep it off the event loop.
+                    hit = await asyncio.get_running_loop().run_in_executor(None, self.find, plan)
+                    if hit is not None and (answer := self.replay(plan, hit, asynchronous=True)) is not None:
+                        return answer
+                return self.record(plan, await fn(*args, **kwargs), asynchronous=True)
+
+            cached_async.semcache = self  # type: ignore[attr-defined]
+            return cached_async
+
+        @functools.wraps(fn)
+        def cached(*args: Any, **kwargs: Any) -> Any:
+            plan, kwargs = prepare(args, kwargs)
+            if plan is None:
+                return fn(*args, **kwargs)
+            if not plan.refresh:
+                hit = self.find(plan)
+                if hit is not None and (answer := self.replay(plan, hit, asynchronous=False)) is not None:
+                    return answer
+            return self.record(plan, fn(*args, **kwargs), asynchronous=False)
+
+        cached.semcache = self  # type: ignore[attr-defined]
+        return cached
+
+
+def _zeroed(usage: Any) -> Any:
+    """A usage record of the same shape with every count 0: a hit bills no tokens."""
+    if usage is None:
+        return dict(_ZERO_CHAT_USAGE)
+    if isinstance(usage, dict):
+        return {k: v if isinstance(v, str) else _zeroed(v) if isinstance(v, dict) else 0 for k, v in usage.items()}
+    return 0
+
+
+def _build(cls: Any, data: dict[str, Any]) -> Any:
+    """An openai object from stored data: validated, or built like the client does when it does not validate."""
+    try:
+        return cls.model_validate(data)
+    except pydantic.ValidationError:
+        return cls.construct(**data)  # the client itself accepts such data from the server, unvalidated
+
+
+# ------------------------------------------------------------------ request helpers
+def _omitted(value: Any) -> bool:
+    return isinstance(value, openai.NotGiven | openai.Omit)
+
+
+def _jsonable(value: Any) -> Any:
+    """Request values as JSON: pydantic objects dumped, pydantic classes (``response_format``) as their schema."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", exclude_none=True)
+    if isinstance(value, type) and hasattr(value, "model_json_schema"):
+        return {"pydantic_schema": value.model_json_schema()}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items() if not _omitted(v)}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _prompt_and_context(request: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
+    """The embedded prompt and the exactly-matched rest of a chat, responses or plain request."""
+    messages = request.get("messages")
+    if messages is None:
+        raw = request.get("input", request.get("prompt"))
+        if isinstance(raw, str):
+            return (raw, []) if raw.strip() else None
+        messages = raw
+    if not isinstance(messages, Sequence) or isinstance(messages, str):
+        return None
+    dicts = [_jsonable(m) for m in messages]
+    if not all(isinstance(m, Mapping) for m in dicts):
+        return None
+    split = split_conversation(dicts)
+    return None if split is None else (split.prompt, split.context)
+
+
+def _payload_of(result: Any) -> dict[str, Any] | None:
+    if isinstance(result, ChatCompletion):
+        return {"type": "chat.completion", "completion": result.model_dump(mode="json", exclude={"semcache"})}
+    if isinstance(result, Response):
+        return {"type": "response", "response": result.model_dump(mode="json", exclude={"semcache"})}
+    if isinstance(result, str | int | float | bool | dict | list) and not hasattr(result, "model_dump"):
+        return {"type": "value", "value": result}
+    return None
+
+
+def _is_stream(result: Any) -> bool:
+    return hasattr(result, "__iter__") or hasattr(result, "__aiter__")
+
+
+# --------------------------------------------------------------------------- streams
+class _ReplayStream:
+    """A cached answer replayed as a sync stream of chunks (quacks like ``openai.Stream``)."""
+
+    def __init__(self, chunks: list[ChatCompletionChunk]) -> None:
+        self._iterator = iter(chunks)
+
+    def __iter__(self) -> Iterator[ChatCompletionChunk]:
+        return self._iterator
+
+    def __next__(self) -> ChatCompletionChunk:
+        return next(self._iterator)
+
+    def __enter__(self) -> _ReplayStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._iterator = iter(())
+
+
+class _ReplayAsyncStream:
+    """A cached answer replayed as an async stream of chunks (quacks like ``openai.AsyncStream``)."""
+
+    def __init__(self, chunks: list[ChatCompletionChunk]) -> None:
+        self._chunks = list(chunks)
+
+    def __aiter__(self) -> _ReplayAsyncStream:
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        if not self._chunks:
+            raise StopAsyncIteration
+        return self._chunks.pop(0)
+
+    async def __aenter__(self) -> _ReplayAsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._chunks.clear()
+
+
+class _RecordingStream:
+    """Pass an upstream stream through chunk by chunk; report the chunks if it ends normally.
+
+    ``on_done`` gets the chunks after the upstream iterator is exhausted, or
+    None when the stream raised or the caller closed it early.
+    """
+
+    def __init__(self, upstream: Any, on_done: Callable[[list[Any] | None], None]) -> None:
+        self._upstream = upstream
+        self._on_done = on_done
+        self._iterator = self._run()
+
+    def _run(self) -> Generator[Any, None, None]:
+        chunks: list[Any] = []
+        complete = False
+        try:
+            for chunk in self._upstream:
+                chunks.append(chunk)
+                yield chunk
+            complete = True
+        finally:
+            self._on_done(chunks if complete else None)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._iterator
+
+    def __next__(self) -> Any:
+        return next(self._iterator)
+
+    def __enter__(self) -> _RecordingStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._iterator.close()
+        close = getattr(self._upstream, "close", None)
+        if close is not None:
+            close()
+
+    def __getattr__(self, name: str) -> Any:  # response, headers...: the upstream stream's
+        return getattr(self._upstream, name)
+
+
+class _RecordingAsyncStream:
+    """The async twin of :class:`_RecordingStream`."""
+
+    def __init__(self, upstream: Any, on_done: Callable[[list[Any] | None], None]) -> None:
+        self._upstream = upstream
+        self._on_done = on_done
+        self._iterator = self._run()
+
+    async def _run(self) -> AsyncGenerator[Any, None]:
+        chunks: list[Any] = []
+        complete = False
+        try:
+            async for chunk in self._upstream:
+                chunks.append(chunk)
+                yield chunk
+            complete = True
+        finally:
+            self._on_done(chunks if complete else None)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterator
+
+    async def __anext__(self) -> Any:
+        return await self._iterator.__anext__()
+
+    async def __aenter__(self) -> _RecordingAsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._iterator.aclose()
+        close = getattr(self._upstream, "close", None)
+        if close is not None:
+            result = close()
+            if inspect.isawaitable(result):
+                await result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._upstream, name)
+
+
+# ----------------------------------------------------------------------- entry points
+class _Proxy:
+    """``target`` with some attributes replaced; everything else is the target's."""
+
+    def __init__(self, target: Any, overrides: dict[str, Any]) -> None:
+        self._target = target
+        self._overrides = overrides
+
+    def __getattr__(self, name: str) -> Any:
+        overrides = self.__dict__.get("_overrides", {})
+        if name in overrides:
+            return overrides[name]
+        return getattr(self.__dict__["_target"], name)
+
+    def __repr__(self) -> str:
+        return f"<semcache cached {self._target!r}>"
+
+
+def _kwargs_request(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    if args:
+        raise InvalidInputError("the OpenAI client's create() takes keyword arguments only")
+    return kwargs
+
+
+def wrap(client: Any, cache: SemanticCache | None = None, **options: Any) -> Any:
+    """A client whose ``chat.completions.create`` (and ``responses.create``) is cached.
+
+    Works with ``openai.OpenAI`` and ``openai.AsyncOpenAI`` (and Azure clients);
+    every other attribute is the wrapped client's.  The adapter is
+    ``wrapped.semcache`` (its ``stats``, ``flush()``).
+
+    Args:
+        client: the OpenAI client.
+        cache: the :class:`~semcache.SemanticCache` to use (default: an embedded one).
+        **options: ``threshold``, ``scope``, ``ttl``, ``sampling``, ``write_behind``
+            (see :class:`OpenAICache`).
+
+    Raises:
+        ConfigurationError: ``client`` has no ``chat.completions.create``.
+    """
+    completions = getattr(getattr(client, "chat", None), "completions", None)
+    if completions is None or not callable(getattr(completions, "create", None)):
+        raise ConfigurationError(f"wrap() needs an OpenAI client, got {type(client).__name__}")
+    core = options.pop("core", None) or OpenAICache(cache, **options)
+    chat = _Proxy(
+        client.chat,
+        {
+            "completions": _Proxy(
+                completions, {"create": core.wrap_call(completions.create, "chat.completions", _kwargs_request)}
+            )
+        },
+    )
+    overrides: dict[str, Any] = {"chat": chat, "semcache": core}
+    responses = getattr(client, "responses", None)
+    if responses is not None and callable(getattr(responses, "create", None)):
+        overrides["responses"] = _Proxy(
+            responses, {"create": core.wrap_call(responses.create, "responses", _kwargs_request)}
+        )
+    if callable(getattr(client, "with_options", None)):
+        overrides["with_options"] = lambda **kw: wrap(client.with_options(**kw), core=core)
+    return _Proxy(client, overrides)
+
+
+def semantic_cache(
+    fn: Callable[..., Any] | None = None,
+    *,
+    cache: SemanticCache | None = None,
+    threshold: float | None = None,
+    scope: Scope = None,
+    prompt_arg: str | None = None,
+    **options: Any,
+) -> Any:
+    """Cache a function that calls the OpenAI client, sync or async.
+
+    The function's arguments are the request: a ``messages`` argument is split
+    like a chat request (the last user message is matched semantically, the
+    rest exactly); otherwise ``prompt_arg`` (default: the first str argument)
+    is the prompt.  Every other argument (``model``, ``temperature``...) and
+    the function's qualified name form the scope.  The function may return a
+    ``ChatCompletion``, a stream of chunks (when called with ``stream=True``),
+    a ``Response``, or any JSON value such as the answer's text.
+
+    >>> from semcache import SemanticCache, SemanticKV
+    >>> from semcache.embeddings import HashEmbedding
+    >>> calls = []
+    >>> @semantic_cache(cache=SemanticCache(SemanticKV(embedding=HashEmbedding())), write_behind=False)
+    ... def ask(question: str, model: str = "gpt-4o-mini") -> str:
+    ...     calls.append(question)
+    ...     return f"answer to {question}"
+    >>> ask("What is semcache?"), ask("What is  semcache?"), len(calls)
+    ('answer to What is semcache?', 'answer to What is semcache?', 1)
+
+    Args:
+        cache: the :class:`~semcache.SemanticCache` (default: an embedded one).
+        threshold: the similarity threshold for these calls.
+        scope: added to every call's scope.
+        prompt_arg: the argument holding the prompt, when there is no ``messages``.
+        **options: ``ttl``, ``sampling``, ``write_behind`` (see :class:`OpenAICache`).
+    """
+
+    def decorate(function: Callable[..., Any]) -> Any:
+        core = OpenAICache(cache, threshold=threshold, scope=scope, **options)
+        signature = inspect.signature(function)
+        name = f"{function.__module__}.{function.__qualname__}"
+
+        def request_of(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            request: dict[str, Any] = {}
+            for param, value in bound.arguments.items():
+                kind = signature.parameters[param].kind
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    request.update(value)
+                elif kind is not inspect.Parameter.VAR_POSITIONAL:
+                    request[param] = value
+            if "messages" not in request:
+                key = prompt_arg or next((p for p, v in request.items() if isinstance(v, str)), None)
+                if key is None or not isinstance(request.get(key), str):
+                    return {"function": name}  # no prompt: not cacheable
+                request["prompt"] = request.pop(key)
+            request["function"] = name
+            return request
+
+        return core.wrap_call(function, "function", request_of)
+
+    return decorate(fn) if fn is not None else decorate

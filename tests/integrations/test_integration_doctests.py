@@ -1,0 +1,21 @@
+"""The examples in the adapters' docstrings run (and the bundled server's)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "semcache.integrations._conversation",
+    "semcache.integrations.openai",
+    "semcache.testing.openai_server",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0
+    assert result.failed == 0
