@@ -1,0 +1,180 @@
+"""The Flight transport in-process: frames, error mapping at the boundary, token auth, TLS."""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.flight as flight
+import pytest
+
+import semcache.errors as errors_module
+from semcache.errors import (
+    AuthenticationError,
+    ClosedError,
+    ClusterError,
+    InvalidInputError,
+    LimitExceededError,
+    NotLeaderError,
+    SemcacheError,
+    ShardUnavailableError,
+)
+from semcache.transport import (
+    ERROR_CODES,
+    FlightNodeServer,
+    NodeClient,
+    decode_frame,
+    encode_frame,
+    error_from_reply,
+    error_to_header,
+    map_flight_error,
+)
+
+from .test_node_cluster import _free_ports
+
+
+def test_frames_round_trip_binary_blobs() -> None:
+    blobs = [b"", b"\x00\xff" * 1000, "ünïcode".encode()]
+    assert decode_frame(encode_frame({"k": "key", "n": [1, 2]}, blobs)) == ({"k": "key", "n": [1, 2]}, blobs)
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x01", b"\x02\x00\x00\x00{}", b"\x02\x00\x00\x00{}\x01\x00\x00\x00\x09"])
+def test_malformed_frames_are_invalid_input(garbage: bytes) -> None:
+    with pytest.raises(InvalidInputError):
+        decode_frame(garbage)
+
+
+def _all_error_classes() -> list[type[SemcacheError]]:
+    return [
+        cls for _, cls in inspect.getmembers(errors_module, inspect.isclass)
+        if issubclass(cls, SemcacheError) and cls is not SemcacheError
+    ]
+
+
+def _example(cls: type[SemcacheError]) -> SemcacheError:
+    if cls is LimitExceededError:
+        return LimitExceededError("value", 70_000, 49_152)
+    if cls is NotLeaderError:
+        return NotLeaderError("not me", shard_id="shard-1", leader_hint="grpc://127.0.0.1:1")
+    if issubclass(cls, ClusterError):
+        return cls("boom", shard_id="shard-1")
+    return cls("boom")
+
+
+@pytest.mark.parametrize("cls", _all_error_classes(), ids=lambda cls: cls.__name__)
+def test_every_error_class_has_a_code_and_survives_the_wire(cls: type[SemcacheError]) -> None:
+    assert cls in ERROR_CODES.values(), f"{cls.__name__} has no wire code"
+    original = _example(cls)
+    rebuilt = error_from_reply(decode_frame(encode_frame(error_to_header(original)))[0])
+    assert type(rebuilt) is cls
+    assert str(rebuilt) == str(original)
+    if isinstance(original, ClusterError):
+        assert isinstance(rebuilt, ClusterError) and rebuilt.shard_id == "shard-1"
+        assert rebuilt.retryable == original.retryable
+    if isinstance(original, NotLeaderError):
+        assert isinstance(rebuilt, NotLeaderError) and rebuilt.leader_hint == "grpc://127.0.0.1:1"
+    if isinstance(original, LimitExceededError):
+        assert isinstance(rebuilt, LimitExceededError) and (rebuilt.limit, rebuilt.actual) == (49_152, 70_000)
+
+
+def test_unexpected_exceptions_travel_as_internal_errors() -> None:
+    header = error_to_header(KeyError("surprise"))
+    assert header["error"] == "internal"
+    assert type(error_from_reply(header)) is SemcacheError
+
+
+@pytest.mark.parametrize(
+    ("flight_error", "expected"),
+    [
+        (flight.FlightUnauthenticatedError("no"), AuthenticationError),
+        (flight.FlightUnauthorizedError("no"), AuthenticationError),
+        (flight.FlightTimedOutError("slow"), ShardUnavailableError),
+        (flight.FlightUnavailableError("down"), ShardUnavailableError),
+        (flight.FlightCancelledError("cancelled"), ShardUnavailableError),
+        (flight.FlightInternalError("bug"), ClusterError),
+        (flight.FlightServerError("bug"), ClusterError),
+    ],
+)
+def test_flight_failures_map_to_semcache_errors(flight_error: flight.FlightError, expected: type) -> None:
+    assert type(map_flight_error(flight_error, "grpc://x:1")) is expected
+
+
+def _echo(action: str, header: dict[str, Any], blobs: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+    if action == "fail":
+        raise NotLeaderError("follower here", leader_hint="grpc://127.0.0.1:9")
+    if action == "crash":
+        raise ZeroDivisionError("handler bug")
+    return {"action": action, **header}, blobs[::-1]
+
+
+@pytest.fixture
+def echo_server() -> Iterator[str]:
+    address = f"grpc://127.0.0.1:{_free_ports(1)[0]}"
+    server = FlightNodeServer(address, _echo, token="secret-token")
+    yield address
+    server.shutdown()
+
+
+def test_token_is_required_on_every_call_and_errors_come_back_typed(echo_server: str) -> None:
+    with NodeClient(echo_server, token="secret-token") as client:
+        assert client.call("ping", {"a": 1}, [b"x", b"y"]) == ({"action": "ping", "a": 1}, [b"y", b"x"])
+        with pytest.raises(NotLeaderError) as info:
+            client.call("fail", {})
+        assert info.value.leader_hint == "grpc://127.0.0.1:9"
+        with pytest.raises(SemcacheError, match="handler bug"):
+            client.call("crash", {})
+        assert client.call("ping", {})[0] == {"action": "ping"}  # the server survived the crash
+    for token in (None, "wrong-token"):
+        with NodeClient(echo_server, token=token) as anonymous, pytest.raises(AuthenticationError):
+            anonymous.call("ping", {})
+
+
+def test_unreachable_node_and_closed_client_errors() -> None:
+    client = NodeClient(f"grpc://127.0.0.1:{_free_ports(1)[0]}", timeout=0.5)
+    with pytest.raises(ShardUnavailableError):
+        client.health()
+    client.close()
+    with pytest.raises(ClosedError):
+        client.health()
+
+
+def _self_signed(tmp_path: Path) -> tuple[bytes, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def test_tls_server_talks_only_to_clients_that_trust_it(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    address = f"grpc+tls://localhost:{_free_ports(1)[0]}"
+    server = FlightNodeServer(address, _echo, tls_cert=cert, tls_key=key)
+    try:
+        with NodeClient(address, tls_root_certs=cert) as client:
+            assert client.call("ping", {})[0] == {"action": "ping"}
+        with NodeClient(address, timeout=2.0) as untrusting, pytest.raises(ShardUnavailableError):
+            untrusting.call("ping", {})
+    finally:
+        server.shutdown()
