@@ -45,12 +45,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from .backend import SearchResult
+from .config import ClusterConfig
 from .embeddings import BaseEmbedding, HashEmbedding, as_embedding
 from .errors import (
     AuthenticationError,
@@ -59,6 +60,7 @@ from .errors import (
     ConfigurationError,
     EmbeddingMismatchError,
     InvalidInputError,
+    LimitExceededError,
     NoQuorumError,
     NotLeaderError,
     ShardUnavailableError,
@@ -201,6 +203,13 @@ def embedding_for_cluster(embedding: Any, model_id: str, dim: int) -> BaseEmbedd
     return chosen
 
 
+def cluster_value_limit(topology: dict[str, Any]) -> int:
+    """The largest value the cluster takes: from its topology, else the cluster-file default."""
+    if "max_value_bytes" in topology:
+        return int(topology["max_value_bytes"])
+    return int(next(f.default for f in fields(ClusterConfig) if f.name == "max_value_bytes"))  # type: ignore[arg-type]
+
+
 def default_connect(
     token: str | None, timeout: float, tls_root_certs: bytes | None
 ) -> Connect:  # pragma: no cover - exercised by the cluster tests
@@ -230,7 +239,8 @@ class DistributedSemanticKV(KVHelpers):
         connect: ``address -> NodeClient`` factory (a seam for tests).
         tls_root_certs: PEM roots to trust for ``grpc+tls://`` addresses.
         vnodes: virtual nodes per shard on the hash ring.
-        limits: key and value limits checked before anything is sent.
+        limits: key and value limits checked before anything is sent (default: the
+            cluster's value limit, 48 KiB unless its cluster file sets ``max_value_bytes``).
         clock, sleep: monotonic seconds and the sleep used by retries (injectable).
 
     Raises:
@@ -276,7 +286,6 @@ class DistributedSemanticKV(KVHelpers):
         self.search_timeout = float(search_timeout)
         self.request_timeout = float(request_timeout)
         self.read_from = read_from
-        self.limits = limits or Limits()
         self._connect = connect or default_connect(token, self.connection_timeout, tls_root_certs)
         self._clock = clock
         self._sleep = sleep
@@ -286,7 +295,9 @@ class DistributedSemanticKV(KVHelpers):
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="semcache-fanout")
         self.last_missing_shards: tuple[str, ...] = ()
         try:
-            routes, model_id, dim = parse_topology(self._first_topology(seeds))
+            topology = self._first_topology(seeds)
+            routes, model_id, dim = parse_topology(topology)
+            self.limits = limits or Limits(max_value_bytes=cluster_value_limit(topology))
             self._routes = {route.id: route for route in routes}
             self.ring = HashRing(self._routes, vnodes=vnodes)
             self._embedding = embedding_for_cluster(embedding, model_id, dim)
@@ -470,6 +481,8 @@ class DistributedSemanticKV(KVHelpers):
         data = coerce_value(value)
         ttl_ms = check_ttl_ms(ttl_ms)
         scope = check_scope(scope)
+        if len(data) > self.limits.max_value_bytes:  # refuse before paying for the embedding
+            raise LimitExceededError("value", len(data), self.limits.max_value_bytes)
         vector_bytes = put_vector(self._embedding, data, text, vector)
         self._on_key(
             key, lambda node: node.put(key, data, scope=scope, vector=vector_bytes, ttl_ms=ttl_ms), write=True

@@ -264,6 +264,7 @@ def test_a_refused_token_is_not_retried() -> None:
     [
         (lambda kv: kv.put("", "v"), InvalidInputError),
         (lambda kv: kv.put("k" * 2000, "v"), LimitExceededError),
+        (lambda kv: kv.put("k", "v" * (48 * 1024 + 1)), LimitExceededError),
         (lambda kv: kv.put("k", 12), InvalidInputError),
         (lambda kv: kv.put("k", "v", ttl_ms=-1), InvalidInputError),
         (lambda kv: kv.put("k", "v", vector=np.zeros(32, dtype=np.float32)), InvalidInputError),
