@@ -58,8 +58,7 @@ import logging
 import re
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import openai
@@ -71,6 +70,7 @@ from semcache.cache import CacheHit, Scope, SemanticCache, canonical_scope
 from semcache.errors import ConfigurationError, InvalidInputError
 
 from ._conversation import split_conversation
+from ._writes import WriteBehind
 
 __all__ = [
     "UNSCOPED_PARAMS",
@@ -284,12 +284,6 @@ class _Plan:
     refresh: bool
 
 
-@dataclass(frozen=True)
-class _Pending:
-    prompt: str
-    payload: dict[str, Any]
-
-
 class OpenAICache:
     """The caching core shared by :func:`wrap` and :func:`semantic_cache`.
 
@@ -325,24 +319,37 @@ class OpenAICache:
         self.ttl = ttl
         self.sampling = sampling
         self.write_behind = write_behind
-        self.stats = OpenAICacheStats()
+        self._stats = OpenAICacheStats()
         self._lock = threading.Lock()
-        self._pending: dict[str, _Pending] = {}
-        self._futures: set[Future[None]] = set()
-        self._executor: ThreadPoolExecutor | None = None
+        self._writes: WriteBehind | None = None
 
     @property
     def cache(self) -> SemanticCache:
         """The cache underneath (the default one is made on first use, loading the model then)."""
-        if self._cache is None:
+        return self.writes.cache
+
+    @property
+    def writes(self) -> WriteBehind:
+        """The write-behind queue in front of :attr:`cache`."""
+        if self._writes is None:
             with self._lock:
-                if self._cache is None:
-                    self._cache = SemanticCache()
-        return self._cache
+                if self._writes is None:
+                    cache = self._cache if self._cache is not None else SemanticCache()
+                    self._writes = WriteBehind(cache, enabled=self.write_behind, ttl=self.ttl)
+        return self._writes
+
+    @property
+    def stats(self) -> OpenAICacheStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            snapshot = replace(self._stats)
+        if self._writes is not None:
+            snapshot.stores, snapshot.write_failures = self._writes.stores, self._writes.failures
+        return snapshot
 
     def _count(self, name: str) -> None:
         with self._lock:
-            setattr(self.stats, name, getattr(self.stats, name) + 1)
+            setattr(self._stats, name, getattr(self._stats, name) + 1)
 
     # ------------------------------------------------------------- planning
     def plan(self, endpoint: str, request: Mapping[str, Any], controls: Mapping[str, Any]) -> _Plan | None:
@@ -394,11 +401,10 @@ class OpenAICache:
     # -------------------------------------------------------------- lookups
     def find(self, plan: _Plan) -> CacheHit | None:
         """The cached answer for ``plan``: a pending write first, then the cache."""
-        with self._lock:
-            pending = self._pending.get(plan.key)
+        pending = self.writes.pending(plan.prompt, scope=plan.scope, key=plan.key)
         if pending is not None:
             self._count("pending_hits")
-            return CacheHit(pending.payload, 1.0, pending.prompt, plan.key, {}, exact=True)
+            return pending
         return self.cache.lookup(plan.prompt, scope=plan.scope, threshold=self.threshold)
 
     def replay(self, plan: _Plan, hit: CacheHit, *, asynchronous: bool) -> Any:
@@ -454,49 +460,16 @@ class OpenAICache:
 
     def submit(self, plan: _Plan, payload: dict[str, Any]) -> None:
         """Store ``payload`` for ``plan``: visible to :meth:`find` at once, persisted in the background."""
-        pending = _Pending(plan.prompt, payload)
-        if not self.write_behind:
-            self._write(plan, pending)
-            return
-        with self._lock:
-            self._pending[plan.key] = pending
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semcache-write")
-            future = self._executor.submit(self._write, plan, pending)
-            self._futures.add(future)
-        future.add_done_callback(self._forget)
-
-    def _forget(self, future: Future[None]) -> None:
-        with self._lock:
-            self._futures.discard(future)
-
-    def _write(self, plan: _Plan, pending: _Pending) -> None:
-        try:
-            self.cache.store(
-                plan.prompt, pending.payload, scope=plan.scope, ttl=self.ttl, metadata={"endpoint": plan.endpoint}
-            )
-            self._count("stores")
-        except Exception:
-            self._count("write_failures")
-            log.exception("semcache: storing the answer for %r failed; it was not cached", plan.prompt[:80])
-        finally:
-            with self._lock:
-                if self._pending.get(plan.key) is pending:
-                    del self._pending[plan.key]
+        self.writes.submit(plan.prompt, payload, scope=plan.scope, metadata={"endpoint": plan.endpoint})
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for pending writes; True when none is left."""
-        with self._lock:
-            futures = set(self._futures)
-        done, not_done = wait(futures, timeout=timeout)
-        return not not_done
+        return self._writes is None or self._writes.flush(timeout)
 
     def close(self) -> None:
         """Finish pending writes and stop the writer thread (the cache itself stays open)."""
-        with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True)
+        if self._writes is not None:
+            self._writes.close()
 
     # ------------------------------------------------------------ wrapping
     def wrap_call(self, fn: Callable[..., Any], endpoint: str, request_of: Callable[..., dict[str, Any]]) -> Any:

@@ -9,6 +9,7 @@ import pytest
 
 MODULES = [
     "semcache.integrations._conversation",
+    "semcache.integrations._writes",
     "semcache.integrations.openai",
     "semcache.testing.openai_server",
 ]
