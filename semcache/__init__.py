@@ -56,6 +56,7 @@ __all__ = [
     "SearchResult",
     "SemanticCache",
     "SemanticKV",
+    "SemanticKVNode",
     "SemcacheError",
     "SentenceTransformerEmbedding",
     "ShardResults",
@@ -65,3 +66,13 @@ __all__ = [
     "canonical_scope",
     "normalize_prompt",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The node pulls in pysyncobj and pyarrow.flight: load it only when asked for,
+    # so the embedded store and the client import nothing of it.
+    if name == "SemanticKVNode":
+        from .node import SemanticKVNode
+
+        return SemanticKVNode
+    raise AttributeError(f"module 'semcache' has no attribute {name!r}")
