@@ -1,0 +1,223 @@
+"""Persistence: a kill -9 never loses an acknowledged write, and a data directory refuses misuse."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from semcache import ConfigurationError, EmbeddingMismatchError, SemanticKV
+from semcache.embeddings import HashEmbedding
+
+REPO = Path(__file__).resolve().parents[2]
+DIM = 384  # wide enough that few number tokens share a hash bucket
+
+# Twelve words from a small vocabulary, chosen by the key: texts overlap by degrees,
+# which HNSW navigates well (templated texts differing in one token are near-equidistant
+# under HashEmbedding, and any approximate index then misses some exact matches).
+TEXT_OF = textwrap.dedent(
+    """
+    import random
+
+    def text_of(key):
+        rng = random.Random(key)
+        return " ".join(f"w{rng.randrange(300)}" for _ in range(12))
+    """
+)
+
+WRITER = TEXT_OF + textwrap.dedent(
+    """
+    import sys
+    from semcache import SemanticKV
+    from semcache.embeddings import HashEmbedding
+
+    path, prefix = sys.argv[1], sys.argv[2]
+    checkpoint_bytes, fsync, dim = int(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[5])
+    kv = SemanticKV(path, embedding=HashEmbedding(dim=dim), checkpoint_bytes=checkpoint_bytes, fsync=fsync)
+    print("OPEN", flush=True)
+    for i in range(1_000_000):
+        key = f"{prefix}:{i}"
+        kv.put(key, text_of(key))
+        if i % 7 == 3:
+            kv.delete(f"{prefix}:{i - 1}")
+            print("DEL", f"{prefix}:{i - 1}", flush=True)
+        print("ACK", key, flush=True)
+    """
+)
+
+
+def run_and_kill(path: Path, prefix: str, acks_before_kill: int, *, checkpoint_bytes: int, fsync: bool = False):
+    """Start a writer, SIGKILL it after ``acks_before_kill`` acknowledgements; return (acked, deleted)."""
+    script = path.parent / "writer.py"
+    script.write_text(WRITER)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(path), prefix, str(checkpoint_bytes), "1" if fsync else "0", str(DIM)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    acked: list[str] = []
+    deleted: set[str] = set()
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while len(acked) < acks_before_kill and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            kind, key = (line.split() + [""])[:2]
+            if kind == "ACK":
+                acked.append(key)
+            elif kind == "DEL":
+                deleted.add(key)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        # Lines already written before the kill are acknowledgements too.
+        for line in proc.stdout.read().splitlines():
+            kind, key = (line.split() + [""])[:2]
+            if kind == "ACK":
+                acked.append(key)
+            elif kind == "DEL":
+                deleted.add(key)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.stderr:
+            stderr = proc.stderr.read()
+            proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, stderr
+    assert len(acked) >= acks_before_kill, f"writer stopped early: {stderr}"
+    return acked, deleted
+
+
+_namespace: dict[str, object] = {}
+exec(TEXT_OF, _namespace)  # the very function the writer process uses
+text_of = _namespace["text_of"]
+
+
+def check_acknowledged(kv: SemanticKV, acked: list[str], deleted: set[str]) -> None:
+    for key in acked:
+        if key in deleted:
+            assert kv.get(key) is None, key
+        else:
+            assert kv.get(key) == text_of(key).encode(), key
+
+
+def test_kill_9_during_writes_and_checkpoints_loses_no_acknowledged_write(tmp_path):
+    path = tmp_path / "store"
+    all_acked: list[str] = []
+    all_deleted: set[str] = set()
+    # Three crash-restart cycles on one directory; a small checkpoint size makes
+    # checkpoints (snapshot swap + log truncation) happen while the writer runs.
+    for cycle, acks in enumerate([40, 700, 1_500]):
+        acked, deleted = run_and_kill(path, f"c{cycle}", acks, checkpoint_bytes=30_000)
+        all_acked += acked
+        all_deleted |= deleted
+        with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as kv:
+            check_acknowledged(kv, all_acked, all_deleted)
+    with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as kv:
+        check_acknowledged(kv, all_acked, all_deleted)
+        live = [key for key in all_acked if key not in all_deleted]
+        probes = live[:: max(1, len(live) // 20)][:20]
+        # HNSW is approximate: allow one miss in 20 (none seen on these texts).
+        found = sum(kv.search(text_of(probe), top_k=1)[0].key == probe for probe in probes)
+        assert found >= len(probes) - 1
+        assert (path / "snapshot" / "state.json").exists()
+
+
+def test_kill_9_with_fsync_loses_no_acknowledged_write(tmp_path):
+    path = tmp_path / "store"
+    acked, deleted = run_and_kill(path, "f", 200, checkpoint_bytes=1 << 30, fsync=True)
+    with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as kv:
+        check_acknowledged(kv, acked, deleted)
+
+
+def test_a_torn_log_tail_is_dropped_and_writing_continues(tmp_path):
+    path = tmp_path / "store"
+    acked, deleted = run_and_kill(path, "t", 100, checkpoint_bytes=1 << 30)
+    wal = path / "wal.log"
+    good_size = wal.stat().st_size
+    with open(wal, "ab") as handle:  # half a record: a header promising more bytes than follow
+        handle.write(b"\x40\x00\x00\x00\xde\xad\xbe\xef\x01\x00\x00\x00\x00\x00\x00\x00partial")
+    with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as kv:
+        check_acknowledged(kv, acked, deleted)
+        assert wal.stat().st_size == good_size  # the torn tail was cut off
+        kv.put("after-tear", "written after recovery")
+    with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as kv:
+        check_acknowledged(kv, acked, deleted)
+        assert kv.get("after-tear") == b"written after recovery"
+
+
+def test_a_corrupt_record_ends_replay_at_the_last_good_one(tmp_path):
+    path = tmp_path / "store"
+    kv = SemanticKV(path, embedding=HashEmbedding(dim=DIM), checkpoint_bytes=1 << 30)
+    kv.put("first", "one")
+    size_after_first = (path / "wal.log").stat().st_size
+    kv.put("second", "two")
+    kv._log.close()  # simulate a crash: no checkpoint, the lock is dropped  # type: ignore[union-attr]
+    data = bytearray((path / "wal.log").read_bytes())
+    data[-1] ^= 0xFF  # flip a bit in the last record's payload: its CRC no longer matches
+    (path / "wal.log").write_bytes(bytes(data))
+    with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as reopened:
+        assert reopened.get("first") == b"one"
+        assert reopened.get("second") is None
+        assert (path / "wal.log").stat().st_size == size_after_first
+
+
+def test_a_second_process_gets_a_clear_configuration_error(tmp_path):
+    path = tmp_path / "store"
+    with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as kv:
+        kv.put("k", "v")
+        probe = textwrap.dedent(
+            f"""
+            from semcache import SemanticKV, ConfigurationError
+            from semcache.embeddings import HashEmbedding
+            try:
+                SemanticKV({str(path)!r}, embedding=HashEmbedding(dim={DIM}))
+            except ConfigurationError as exc:
+                print("ConfigurationError:", exc)
+            """
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert out.stdout.startswith("ConfigurationError:"), out.stderr
+        assert "already open in another process" in out.stdout
+        with pytest.raises(ConfigurationError, match="already open"):
+            SemanticKV(path, embedding=HashEmbedding(dim=DIM))  # same process, second handle
+        assert kv.get("k") == b"v"
+    with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as kv:  # released on close
+        assert kv.get("k") == b"v"
+
+
+@pytest.mark.parametrize("checkpointed", [True, False], ids=["after-checkpoint", "log-only"])
+@pytest.mark.parametrize("other", [HashEmbedding(dim=16), HashEmbedding(dim=DIM, seed=7)], ids=["dim", "model"])
+def test_reopening_with_another_embedder_is_refused(tmp_path, checkpointed, other):
+    path = tmp_path / "store"
+    kv = SemanticKV(path, embedding=HashEmbedding(dim=DIM), checkpoint_bytes=1 << 30)
+    kv.put("k", "some text")
+    if checkpointed:
+        kv.close()
+    else:
+        kv._log.close()  # crash before any checkpoint: only the log holds the data  # type: ignore[union-attr]
+    with pytest.raises(EmbeddingMismatchError, match=f"hash:{DIM}:0"):
+        SemanticKV(path, embedding=other)
+    # The refused open released the directory, and the data is intact.
+    with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as reopened:
+        assert reopened.get("k") == b"some text"
+        assert reopened.search("some text", top_k=1)[0].key == "k"
