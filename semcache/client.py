@@ -210,6 +210,14 @@ def cluster_value_limit(topology: dict[str, Any]) -> int:
     return int(next(f.default for f in fields(ClusterConfig) if f.name == "max_value_bytes"))  # type: ignore[arg-type]
 
 
+def timed_out(exc: ShardUnavailableError) -> bool:
+    """True if the node took the call but did not finish it in time (not: could not be reached).
+
+    A write that timed out may still commit; a refused connection never reached a node.
+    """
+    return type(exc.__cause__).__name__ == "FlightTimedOutError" or getattr(exc, "timed_out", False) is True
+
+
 def default_connect(
     token: str | None, timeout: float, tls_root_certs: bytes | None
 ) -> Connect:  # pragma: no cover - exercised by the cluster tests
@@ -367,7 +375,7 @@ class DistributedSemanticKV(KVHelpers):
         """
         route = self._routes[shard_id]
         deadline = self._clock() + timeout
-        answered = False  # did any replica answer at all (even "not leader")?
+        answered = False  # did any replica answer at all (even "not leader"), or take the call and time out?
         last: ClusterError | None = None
         attempt = 0
         while True:
@@ -392,6 +400,7 @@ class DistributedSemanticKV(KVHelpers):
                         break  # the leader is up but cannot commit: back off rather than hop replicas
                     except ShardUnavailableError as exc:
                         last = exc
+                        answered = answered or timed_out(exc)  # reachable, but could not finish in time
                         if route.leader == address:
                             route.leader = None
                         route.next_replica += 1

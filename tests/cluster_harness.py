@@ -18,14 +18,16 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from semcache.client import DistributedSemanticKV
 from semcache.cluster import LocalCluster
-from semcache.errors import ClusterError
+from semcache.errors import ClusterError, NoQuorumError, NotLeaderError, ShardUnavailableError
 from semcache.transport import NodeClient
 
 T = TypeVar("T")
@@ -203,3 +205,106 @@ class ClusterHarness:
             return states.pop() if None not in digests and len(states) == 1 else None
 
         return wait_until(same, timeout, interval=0.25, what=f"replicas of {shard_id} to converge")
+
+
+# ------------------------------------------------------------------ history
+@dataclass(frozen=True)
+class Op:
+    """One client operation on one key, as a history records it.
+
+    ``outcome`` is ``"ok"`` (acknowledged), ``"fail"`` (a definite refusal that
+    changed nothing) or ``"unknown"`` (timed out, no quorum, connection lost:
+    it may have happened, at any time after ``start``).  For a read, ``value``
+    is what it returned; for a write, what it wrote.
+    """
+
+    kind: str  # "write" or "read"
+    key: str
+    value: bytes | None
+    start: float
+    end: float
+    outcome: str
+
+
+class History:
+    """A thread-safe log of operations, timed with one monotonic clock."""
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+        self._lock = threading.Lock()
+
+    def write(self, kv: Any, key: str, value: bytes) -> str:
+        """Put through ``kv`` and record it; the outcome."""
+        start = time.monotonic()
+        try:
+            kv.put(key, value)
+            outcome = "ok"
+        except (NoQuorumError, ShardUnavailableError, NotLeaderError):
+            outcome = "unknown"  # may have committed, or may still
+        self._add(Op("write", key, value, start, time.monotonic(), outcome))
+        return outcome
+
+    def read(self, kv: Any, key: str) -> bytes | None:
+        """Get through ``kv`` and record it (a failed read records nothing: it observed nothing)."""
+        start = time.monotonic()
+        try:
+            value = kv.get(key)
+        except ClusterError:
+            return None
+        self._add(Op("read", key, value, start, time.monotonic(), "ok"))
+        return value
+
+    def _add(self, op: Op) -> None:
+        with self._lock:
+            self.ops.append(op)
+
+    def acknowledged(self) -> dict[str, list[Op]]:
+        out: dict[str, list[Op]] = {}
+        for op in self.ops:
+            if op.kind == "write" and op.outcome == "ok":
+                out.setdefault(op.key, []).append(op)
+        return out
+
+
+def check_history(ops: list[Op]) -> list[str]:
+    """Anomalies in a history of puts and gets of single keys (empty: none found).
+
+    Per key, a read of value ``x`` at ``[s, e]`` is explained by a write ``w`` of
+    ``x`` (acknowledged, or unknown = may have happened) that started before
+    ``e``, unless an acknowledged write ``w2`` started after ``w`` was
+    acknowledged and itself was acknowledged before ``s``: then ``x`` was
+    already overwritten when the read began (a lost write, or a stale read).
+    A read of None is explained only if no acknowledged write finished before
+    ``s``.  Unknown writes never finish, so they never overwrite for sure.
+    Writers must write distinct values (a value identifies its write).
+
+    Reports: values never written, values older than an acknowledged
+    overwrite (acknowledged data lost or rolled back), and missing keys.
+    """
+    problems: list[str] = []
+    by_key: dict[str, list[Op]] = {}
+    for op in ops:
+        by_key.setdefault(op.key, []).append(op)
+    for key, key_ops in by_key.items():
+        writes = [op for op in key_ops if op.kind == "write" and op.outcome != "fail"]
+        acked = [op for op in writes if op.outcome == "ok"]
+        for read in (op for op in key_ops if op.kind == "read"):
+            if read.value is None:
+                done = [w for w in acked if w.end < read.start]
+                if done:
+                    problems.append(f"{key}: read None at {read.start:.3f} after {done[-1].value!r} was acknowledged")
+                continue
+            sources = [w for w in writes if w.value == read.value and w.start < read.end]
+            if not sources:
+                problems.append(f"{key}: read {read.value!r}, which no write (before the read ended) wrote")
+                continue
+            source = sources[0]
+            if source.outcome != "ok":
+                continue  # an unknown write may take effect at any time after it started
+            newer = [w for w in acked if w.start > source.end and w.end < read.start]
+            if newer:
+                problems.append(
+                    f"{key}: read {read.value!r} at {read.start:.3f}, but {newer[-1].value!r} had overwritten it "
+                    f"(acknowledged at {newer[-1].end:.3f})"
+                )
+    return problems

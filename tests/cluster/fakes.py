@@ -45,6 +45,7 @@ class FakeShard:
     kv: SemanticKV
     leader: str | None
     down: set[str] = field(default_factory=set)
+    slow: set[str] = field(default_factory=set)  # take the call, then time out
     elect_at: float | None = None  # fake time at which ``next_leader`` takes over
     next_leader: str | None = None
 
@@ -115,6 +116,10 @@ class FakeNode:
         shard = self.shard
         if shard is None or self.address in shard.down:
             raise ShardUnavailableError(f"{self.address} is down")
+        if self.address in shard.slow:
+            error = ShardUnavailableError(f"{self.address} did not answer in time")
+            error.timed_out = True  # type: ignore[attr-defined]
+            raise error
         self.cluster.tick(shard)
         if (write or leader_only) and shard.leader != self.address:
             raise NotLeaderError("not the leader", shard_id=shard.id, leader_hint=shard.leader)

@@ -128,6 +128,15 @@ def test_a_shard_with_every_replica_down_is_unavailable(cluster: FakeCluster, cl
     assert info.value.shard_id == "shard-1"
 
 
+def test_a_shard_whose_replicas_take_calls_but_time_out_has_no_quorum(
+    cluster: FakeCluster, client: DistributedSemanticKV
+) -> None:
+    key = next(f"k{i}" for i in range(100) if client.shard_for(f"k{i}") == "shard-1")
+    cluster.shards["shard-1"].slow.update(cluster.shards["shard-1"].replicas)
+    with pytest.raises(NoQuorumError, match="shard-1"):
+        client.put(key, "v")
+
+
 def test_search_merges_the_top_k_of_every_shard_like_one_store(
     cluster: FakeCluster, client: DistributedSemanticKV
 ) -> None:
