@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "semcache.integrations._conversation",
     "semcache.integrations._writes",
+    "semcache.integrations.langchain",
     "semcache.integrations.openai",
     "semcache.testing.openai_server",
 ]
