@@ -1,0 +1,380 @@
+"""The cluster benchmark behind ``semcache bench --cluster``.
+
+It starts a local cluster (2 shards × 3 replicas of node processes on
+127.0.0.1), reproduces the seed's table (GET, PUT, DELETE, SEARCH at 1K and
+10K keys, one thread and 8 threads), and measures in the same run the two
+baselines the targets are stated against:
+
+* **raw Flight round trip**: a bare Arrow Flight server process echoing a
+  payload of the GET reply's size (no semcache code on either side);
+* **raw pysyncobj commit**: a bare 3-process ``SyncObj`` group with the same
+  settings as the nodes (password, no batching, same timeouts) committing a
+  payload the size of a PUT command (value + 384-dim vector), measured in the
+  leader's process, one at a time and from 8 threads.
+
+Vectors are precomputed (random unit vectors of dim 384), so the figures are
+the store's, not the embedder's.  Targets (benchmark, not tests):
+
+* GET p50 ≤ 1.5 × raw Flight RTT;
+* sync PUT p50 ≤ 1.5 × (raw commit p50 + raw Flight RTT);
+* pipelined PUT throughput (8 threads) ≥ 0.7 × raw pysyncobj (8 threads);
+* SEARCH at 10K keys with 8 threads ≥ 460 ops/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bench import Summary, unit_vectors
+from .cluster import LocalCluster, free_ports
+
+DIM = 384
+VALUE_BYTES = 200
+VALUE = b"v" * VALUE_BYTES
+THREADS = 8
+DEFAULT_SIZES = (1_000, 10_000)
+TARGETS = {"get": 1.5, "put": 1.5, "pipelined_put": 0.7, "search_ops": 460.0}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: latency of one thread, throughput of ``THREADS`` threads."""
+
+    op: str
+    keys: int
+    latency: Summary
+    ops_per_second: float
+
+
+@dataclass
+class ClusterBenchReport:
+    rows: list[Row]
+    flight_rtt: Summary
+    raft_commit: Summary
+    raft_ops_per_second: float
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def row(self, op: str, keys: int) -> Row:
+        return next(r for r in self.rows if r.op == op and r.keys == keys)
+
+
+# ------------------------------------------------------------ measuring
+def latencies(fn: Callable[[int], Any], count: int) -> Summary:
+    """``fn(i)`` for i in range(count), one at a time: per-call latency."""
+    samples = []
+    for i in range(count):
+        start = time.perf_counter()
+        fn(i)
+        samples.append(time.perf_counter() - start)
+    return Summary.of(samples)
+
+
+def throughput(fn: Callable[[int], Any], count: int, threads: int = THREADS) -> float:
+    """Calls per second of ``fn(i)`` for i in range(count) spread over ``threads`` threads."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(fn, range(count)))
+    return count / (time.perf_counter() - start)
+
+
+# ------------------------------------------------------------ baselines
+def _python_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def _processes(commands: Sequence[list[str]]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    processes = [
+        subprocess.Popen(c, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=_python_env())
+        for c in commands
+    ]
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            process.kill()
+        for process in processes:
+            process.wait(timeout=10)
+
+
+def measure_flight_rtt(count: int) -> Summary:
+    """Round trip of a bare Flight action (GET-sized request and reply) to a server process."""
+    import pyarrow.flight as flight
+
+    (port,) = free_ports(1)
+    command = [sys.executable, "-m", "semcache.bench_cluster", "flight-echo", "--port", str(port)]
+    with _processes([command]):
+        client = flight.FlightClient(f"grpc://127.0.0.1:{port}")
+        request = flight.Action("get", b'{"k":"key:000123","r":"leader"}')
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                list(client.do_action(request))
+                break
+            except flight.FlightError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        for _ in range(50):
+            list(client.do_action(request))  # warm up
+        summary = latencies(lambda _: list(client.do_action(request)), count)
+        client.close()
+        return summary
+
+
+def measure_raw_raft(count: int, secret: str = "bench-secret") -> tuple[Summary, float]:
+    """Sync commit latency and 8-thread throughput of a bare 3-process pysyncobj group."""
+    ports = free_ports(3)
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    with tempfile.TemporaryDirectory(prefix="semcache-raft-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        commands = [
+            [sys.executable, "-m", "semcache.bench_cluster", "raft-worker", "--self", address,
+             "--partners", ",".join(a for a in addresses if a != address), "--secret", secret,
+             "--out", str(out), "--count", str(count), "--journal", str(Path(tmp) / f"journal-{i}")]
+            for i, address in enumerate(addresses)
+        ]
+        with _processes(commands):
+            deadline = time.monotonic() + 600
+            while not out.exists():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the raw pysyncobj baseline did not finish")
+                time.sleep(0.2)
+            result = json.loads(out.read_text())
+    return Summary(**result["latency"]), float(result["ops_per_second"])
+
+
+def _flight_echo(port: int) -> None:
+    import pyarrow.flight as flight
+
+    reply = b'{"f":true}' + b"x" * VALUE_BYTES
+
+    class Echo(flight.FlightServerBase):
+        def do_action(self, context: Any, action: Any) -> list[Any]:
+            return [flight.Result(reply)]
+
+    Echo(f"grpc://127.0.0.1:{port}").serve()
+
+
+def _raft_worker(me: str, partners: list[str], secret: str, out: Path, count: int, journal: str) -> None:
+    from pysyncobj import SyncObj, SyncObjConf, replicated
+
+    from .config import DEFAULT_ELECTION_MAX, DEFAULT_ELECTION_MIN, DEFAULT_HEARTBEAT
+
+    class Store(SyncObj):
+        def __init__(self) -> None:
+            conf = SyncObjConf(
+                password=secret, bindAddress=me, appendEntriesUseBatch=False, appendEntriesPeriod=DEFAULT_HEARTBEAT,
+                raftMinTimeout=DEFAULT_ELECTION_MIN, raftMaxTimeout=DEFAULT_ELECTION_MAX, journalFile=journal,
+            )
+            super().__init__(me, partners, conf)
+            self.data: dict[str, bytes] = {}
+
+        @replicated
+        def put(self, key: str, value: bytes) -> None:
+            self.data[key] = value
+
+    store = Store()
+    payload = b"v" * VALUE_BYTES + np.ones(DIM, dtype=np.float32).tobytes()  # a PUT command's bulk
+    while store._getLeader() is None:
+        time.sleep(0.05)
+    if store._getLeader() != store.selfNode:
+        while True:  # a follower: just replicate until the parent kills it
+            time.sleep(1)
+    for i in range(50):
+        store.put(f"warm{i}", payload, sync=True, timeout=10)
+    latency = latencies(lambda i: store.put(f"k{i}", payload, sync=True, timeout=10), count)
+    ops = throughput(lambda i: store.put(f"p{i}", payload, sync=True, timeout=10), count * 2)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"latency": latency.__dict__, "ops_per_second": ops}))
+    tmp.replace(out)
+    while True:
+        time.sleep(1)
+
+
+# ------------------------------------------------------------- the run
+def measure_size(kv: Any, size: int, vectors: np.ndarray, queries: np.ndarray, ops: int) -> list[Row]:
+    """GET, PUT, SEARCH and DELETE rows on a cluster holding ``key:000000`` .. ``size - 1``."""
+
+    def spread(i: int) -> int:
+        return (i * 7919) % size  # a prime stride visits keys of both shards in no cache-friendly order
+
+    def get(i: int) -> Any:
+        return kv.get(f"key:{spread(i):06d}")
+
+    def put(i: int) -> Any:
+        return kv.put(f"key:{spread(i):06d}", VALUE, vector=vectors[spread(i)])
+
+    def search(i: int) -> Any:
+        return kv.search(None, top_k=5, vector=queries[i % len(queries)])
+
+    def doomed(i: int) -> Any:
+        return kv.put(f"gone:{size}:{i}", VALUE, vector=queries[i % len(queries)])
+
+    def delete(i: int) -> Any:
+        return kv.delete(f"gone:{size}:{i}")
+
+    rows = []
+    for name, fn in (("GET", get), ("PUT", put), ("SEARCH", search)):
+        fn(0)  # warm the connection and leader cache
+        rows.append(Row(name, size, latencies(fn, ops), throughput(fn, ops * 2)))
+    throughput(doomed, ops * 3)  # every delete below removes a key that exists
+    rows.append(Row("DELETE", size, latencies(delete, ops), throughput(lambda i: delete(ops + i), ops * 2)))
+    return rows
+
+
+def run(sizes: Sequence[int] = DEFAULT_SIZES, *, ops: int = 500, directory: str | None = None,
+        progress: Callable[[str], None] = print) -> ClusterBenchReport:
+    """Start a 2×3 cluster, measure the table and the baselines, stop the cluster."""
+    from .client import DistributedSemanticKV
+    from .embeddings import HashEmbedding
+
+    progress("baseline: raw Flight round trip")
+    flight_rtt = measure_flight_rtt(ops * 2)
+    progress("baseline: raw pysyncobj commit (3 processes)")
+    raft_commit, raft_ops = measure_raw_raft(ops)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="semcache-cluster-bench-") as tmp:
+        cluster = LocalCluster(directory or tmp)
+        try:
+            progress("starting a local cluster: 2 shards x 3 replicas")
+            cluster.up(2, 3, embedding=f"hash:{DIM}")
+            kv = DistributedSemanticKV(cluster.addresses(), embedding=HashEmbedding(DIM), max_workers=16)
+            rng = np.random.default_rng(5)
+            vectors = unit_vectors(rng, max(sizes), DIM)
+            loaded = 0
+            for size in sorted(sizes):
+                progress(f"loading keys {loaded}..{size}")
+
+                def load(i: int, start: int = loaded) -> Any:
+                    return kv.put(f"key:{start + i:06d}", VALUE, vector=vectors[start + i])
+
+                throughput(load, size - loaded)
+                loaded = size
+                progress(f"measuring at {size} keys")
+                rows += measure_size(kv, size, vectors, unit_vectors(rng, ops, DIM), ops)
+            kv.close()
+        finally:
+            cluster.down()
+    return ClusterBenchReport(rows, flight_rtt, raft_commit, raft_ops, environment())
+
+
+def environment() -> dict[str, str]:
+    from importlib.metadata import version
+
+    from . import __version__
+
+    cpu = platform.machine()
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as handle:
+        cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    return {
+        "cpu": f"{cpu} ({os.cpu_count()} cores visible, shared with the 6 node processes)",
+        "python": platform.python_version(),
+        "semcache": __version__,
+        "pyarrow": version("pyarrow"),
+        "pysyncobj": version("pysyncobj"),
+        "hnswlib": version("hnswlib"),
+        "cluster": "2 shards x 3 replicas on 127.0.0.1, hash:384 stamp, precomputed vectors",
+    }
+
+
+def format_report(report: ClusterBenchReport) -> str:
+    """The Markdown tables ``semcache bench --cluster`` prints."""
+    ms = lambda s: f"{s * 1000:.2f}"  # noqa: E731 - a local formatter
+    lines = [
+        f"| operation | keys | p50 ms | p90 ms | p99 ms | 1 thread ops/s | {THREADS} threads ops/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report.rows:
+        lines.append(
+            f"| {r.op} | {r.keys:,} | {ms(r.latency.median)} | {ms(r.latency.p90)} | {ms(r.latency.p99)} | "
+            f"{1 / r.latency.median:,.0f} | {r.ops_per_second:,.0f} |"
+        )
+    lines += [
+        "",
+        "| baseline (same run) | p50 ms | p99 ms | ops/s |",
+        "|---|---|---|---|",
+        f"| raw Flight round trip | {ms(report.flight_rtt.median)} | {ms(report.flight_rtt.p99)} | "
+        f"{1 / report.flight_rtt.median:,.0f} |",
+        f"| raw pysyncobj commit, 3 replicas (1 thread / {THREADS} threads) | {ms(report.raft_commit.median)} | "
+        f"{ms(report.raft_commit.p99)} | {1 / report.raft_commit.median:,.0f} / {report.raft_ops_per_second:,.0f} |",
+        "",
+        "| target | measured | ratio | goal | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    largest = max(r.keys for r in report.rows)
+    rtt, commit = report.flight_rtt.median, report.raft_commit.median
+    get = report.row("GET", largest).latency.median
+    put = report.row("PUT", largest).latency.median
+    put_ops = report.row("PUT", largest).ops_per_second
+    search_ops = report.row("SEARCH", largest).ops_per_second
+    checks = [
+        ("GET p50 vs raw Flight RTT", f"{ms(get)} ms vs {ms(rtt)} ms", get / rtt, f"<= {TARGETS['get']}x",
+         get / rtt <= TARGETS["get"]),
+        ("sync PUT p50 vs raw commit + RTT", f"{ms(put)} ms vs {ms(commit + rtt)} ms", put / (commit + rtt),
+         f"<= {TARGETS['put']}x", put / (commit + rtt) <= TARGETS["put"]),
+        (f"PUT throughput ({THREADS} threads) vs raw pysyncobj", f"{put_ops:,.0f} vs {report.raft_ops_per_second:,.0f}"
+         " ops/s", put_ops / report.raft_ops_per_second, f">= {TARGETS['pipelined_put']}x",
+         put_ops / report.raft_ops_per_second >= TARGETS["pipelined_put"]),
+        (f"SEARCH at {largest:,} keys, {THREADS} threads", f"{search_ops:,.0f} ops/s",
+         search_ops / TARGETS["search_ops"], f">= {TARGETS['search_ops']:.0f} ops/s (1.0x)",
+         search_ops >= TARGETS["search_ops"]),
+    ]
+    for name, measured, ratio, goal, ok in checks:
+        lines.append(f"| {name} | {measured} | {ratio:.2f}x | {goal} | {'met' if ok else 'MISSED'} |")
+    lines += ["", *(f"- {k}: {v}" for k, v in report.environment.items())]
+    return "\n".join(lines)
+
+
+def run_cluster_bench(args: argparse.Namespace) -> int:
+    """``semcache bench --cluster``: run and print the tables (``args.sizes``, ``args.ops`` optional)."""
+    sizes = tuple(getattr(args, "sizes", None) or DEFAULT_SIZES)
+    ops = int(getattr(args, "ops", None) or 500)
+    report = run(sizes, ops=ops, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
+    print(format_report(report))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m semcache.bench_cluster")
+    sub = parser.add_subparsers(dest="what", required=True)
+    bench = sub.add_parser("run", help="the whole benchmark")
+    bench.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
+    bench.add_argument("--ops", type=int, default=500)
+    echo = sub.add_parser("flight-echo")
+    echo.add_argument("--port", type=int, required=True)
+    worker = sub.add_parser("raft-worker")
+    worker.add_argument("--self", dest="me", required=True)
+    worker.add_argument("--partners", required=True)
+    worker.add_argument("--secret", required=True)
+    worker.add_argument("--out", required=True)
+    worker.add_argument("--count", type=int, required=True)
+    worker.add_argument("--journal", required=True)
+    args = parser.parse_args(argv)
+    if args.what == "flight-echo":
+        _flight_echo(args.port)
+    elif args.what == "raft-worker":
+        _raft_worker(args.me, args.partners.split(","), args.secret, Path(args.out), args.count, args.journal)
+    else:
+        return run_cluster_bench(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
