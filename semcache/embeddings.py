@@ -150,7 +150,8 @@ class BaseEmbedding:
         self.model_calls = 0
         self.memo_hits = 0
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
+    def _encode(self, texts: list[str]) -> Any:
+        """The model's raw output for ``texts``; :func:`validate_vectors` checks and converts it."""
         raise NotImplementedError
 
     def _encode_checked(self, texts: list[str]) -> np.ndarray:
@@ -298,8 +299,8 @@ class OpenAIEmbedding(BaseEmbedding):
         rows = sorted(response.data, key=lambda item: item.index)
         return [row.embedding for row in rows]
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(self._request(texts), dtype=np.float32)
+    def _encode(self, texts: list[str]) -> Any:
+        return self._request(texts)
 
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
@@ -350,8 +351,8 @@ class CallableEmbedding(BaseEmbedding):
         self.model_id = model_id or f"callable:{getattr(fn, '__qualname__', type(fn).__name__)}"
         self.dim = dim if dim is not None else int(np.asarray(fn(["dimension probe"])).reshape(1, -1).shape[1])
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(self._fn(texts), dtype=np.float32)
+    def _encode(self, texts: list[str]) -> Any:
+        return self._fn(texts)
 
 
 def as_embedding(embedding: Any = None) -> BaseEmbedding:

@@ -444,6 +444,7 @@ class SemanticKV(KVHelpers):
         """Remove expired entries now (the background thread does this every ``purge_interval``)."""
         now = self._clock()
         with self._lock:
+            self._check_open()
             if not self._expiries or self._expiries[0][0] > now:
                 return 0
             while self._expiries and self._expiries[0][0] <= now:
