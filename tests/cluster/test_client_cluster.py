@@ -12,12 +12,18 @@ from pathlib import Path
 
 import pytest
 from cluster_harness import ClusterHarness, wait_until  # tests/ is on sys.path
+from langchain_core.globals import set_llm_cache
+from langchain_openai import ChatOpenAI
+from openai import OpenAI
+from semcache.integrations.langchain import LangChainSemanticCache
+from semcache.integrations.openai import wrap
 
 from semcache import SemanticCache
 from semcache.backend import Backend
 from semcache.client import DistributedSemanticKV
 from semcache.embeddings import HashEmbedding, SentenceTransformerEmbedding
 from semcache.errors import AuthenticationError, EmbeddingMismatchError, InvalidInputError, LimitExceededError
+from semcache.testing import FakeOpenAIServer, fake_answer
 
 pytestmark = [pytest.mark.slow, pytest.mark.model, pytest.mark.timeout(300)]
 
@@ -170,6 +176,39 @@ def test_health_check_and_cluster_stats(kv: DistributedSemanticKV) -> None:
         assert roles == ["follower", "follower", "leader"]
         assert len({h["term"] for h in replicas.values()}) == 1
     assert kv.stats()["entries"] >= len(DOCS)
+
+
+def test_langchain_chat_model_is_cached_on_the_cluster(
+    cluster: ClusterHarness, minilm: SentenceTransformerEmbedding
+) -> None:
+    lc_cache = LangChainSemanticCache(SemanticCache(backend=cluster.client(embedding=minilm)), write_behind=False)
+    with FakeOpenAIServer() as server:
+        set_llm_cache(lc_cache)
+        try:
+            llm = ChatOpenAI(model="gpt-4o-mini", base_url=server.base_url, api_key="test", max_retries=0)
+            first = llm.invoke("How do I reverse a list in Python?")
+            second = llm.invoke("How can I reverse a Python list?")
+            assert server.count("chat.completions") == 1
+            assert second.content == first.content == fake_answer("gpt-4o-mini", "How do I reverse a list in Python?")
+            llm.invoke("How do I sort a list in Python?")
+            assert server.count("chat.completions") == 2
+        finally:
+            set_llm_cache(None)
+
+
+def test_openai_client_wrapped_with_the_cluster_cache(
+    cluster: ClusterHarness, minilm: SentenceTransformerEmbedding
+) -> None:
+    cache = SemanticCache(backend=cluster.client(embedding=minilm))
+    with FakeOpenAIServer() as server, OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as raw:
+        client = wrap(raw, cache=cache)
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        miss = client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+        client.semcache.flush()
+        paraphrase = [{"role": "user", "content": "what is the capital of France"}]
+        hit = client.chat.completions.create(model="gpt-4o-mini", messages=paraphrase)
+        assert server.count("chat.completions") == 1
+        assert hit.choices[0].message.content == miss.choices[0].message.content
 
 
 def test_zz_search_with_a_shard_down_returns_the_rest_and_names_it(
