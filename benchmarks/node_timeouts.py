@@ -118,10 +118,11 @@ def elections(seconds: float, hogs: int, window: tuple[float, float]) -> dict[st
     return {"window": f"{window[0]}-{window[1]} s", "elections": elections_seen, **load}
 
 
-def compaction(seconds: float, entries_per_snapshot: int) -> dict[str, Any]:
+def compaction(seconds: float, entries_per_snapshot: int, fork: bool = True) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="semcache-compaction-") as tmp:
         cluster = LocalCluster(tmp)
-        cluster.create(1, 3, embedding="all-MiniLM-L6-v2", compaction_entries=entries_per_snapshot)
+        cluster.create(1, 3, embedding="all-MiniLM-L6-v2", compaction_entries=entries_per_snapshot,
+                       fork_snapshots=fork)
         cluster.start_all()
         try:
             cluster.wait_for_leaders(60)
@@ -136,6 +137,7 @@ def compaction(seconds: float, entries_per_snapshot: int) -> dict[str, Any]:
         "entries": max(h.get("entries", 0) for h in health.values()),
         "snapshots": {rid: h.get("snapshots") for rid, h in health.items()},
         "last_snapshot_s": {rid: h.get("last_snapshot_seconds") for rid, h in health.items()},
+        "tick_stall_s": {rid: h.get("last_snapshot_stall_seconds") for rid, h in health.items()},
     }
 
 
@@ -144,19 +146,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--hogs", type=int, default=2)
     parser.add_argument("--compaction-entries", type=int, default=2000)
+    parser.add_argument("--only", choices=("elections", "compaction"), default=None)
     args = parser.parse_args()
     print(f"# {platform.platform()}, {multiprocessing.cpu_count()} cores, python {platform.python_version()}, "
           f"pysyncobj {VERSION}")
-    print(f"\n## elections under load: {args.hogs} CPU hogs + 8 sync writers, {args.seconds:.0f} s each")
-    print("| election window | elections | writes | failed | p50 ms | p99 ms | longest stall ms |")
-    print("|---|---|---|---|---|---|---|")
-    for window in ((0.4, 1.4), (1.0, 2.0)):
+    if args.only != "compaction":
+        print(f"\n## elections under load: {args.hogs} CPU hogs + 8 sync writers, {args.seconds:.0f} s each")
+        print("| election window | elections | writes | failed | p50 ms | p99 ms | longest stall ms |")
+        print("|---|---|---|---|---|---|---|")
+    for window in ((0.4, 1.4), (1.0, 2.0)) if args.only != "compaction" else ():
         row = elections(args.seconds, args.hogs, window)
         print(f"| {row['window']} | {row['elections']} | {row['writes']} | {row['failures']} | "
               f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['max_ms']:.1f} |", flush=True)
     print(f"\n## compaction under load: dim 384, 1 KB values, snapshot every {args.compaction_entries} entries")
-    row = compaction(args.seconds, args.compaction_entries)
-    print(row)
+    for fork in (False, True) if args.only != "elections" else ():
+        row = compaction(args.seconds, args.compaction_entries, fork)
+        print(f"fork_snapshots={fork}: {row}", flush=True)
 
 
 if __name__ == "__main__":

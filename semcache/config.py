@@ -96,6 +96,8 @@ class ClusterConfig:
         commit_timeout: how long a node waits for a write to commit before NoQuorumError.
         compaction_entries, compaction_seconds: take a snapshot after this many
             log entries or this much time.
+        fork_snapshots: write snapshots in a forked child so they never hold up
+            Raft's tick thread (ignored where the OS cannot fork).
         capacity, eviction: per-shard entry limit and the policy that picks victims.
         max_value_bytes: largest value; it must leave the encoded command under one Raft entry.
     """
@@ -123,6 +125,7 @@ class ClusterConfig:
     compaction_entries: int = DEFAULT_COMPACTION_ENTRIES
     compaction_seconds: float = DEFAULT_COMPACTION_SECONDS
     maintenance_interval: float = DEFAULT_MAINTENANCE_INTERVAL
+    fork_snapshots: bool = True
     path: str | None = field(default=None, compare=False)  # the file it was loaded from
 
     def __post_init__(self) -> None:

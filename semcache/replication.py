@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, replicated
+from pysyncobj import FAIL_REASON, SERIALIZER_STATE, SyncObj, SyncObjConf, SyncObjException, replicated
 from pysyncobj.node import TCPNode
 
 from .commands import Command, Evict, Expire, Put, decode_command, encode_command
@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 # replication; the pickled wrapper adds a few dozen bytes to the encoded command.
 MAX_ENTRY_BYTES = 60 * 1024
 SNAPSHOT_FORMAT = 1
+SNAPSHOT_FILE = "raft.snapshot"
 ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 
 
@@ -105,8 +106,12 @@ class ReplicatedShard(SyncObj):
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self.role_changes = 0
-        self.last_snapshot_seconds = 0.0
         self.snapshots = 0
+        self.snapshot_seconds = 0.0  # how long the last snapshot took to write
+        self.snapshot_stall_seconds = 0.0  # how long it held up the tick thread
+        self._fork_snapshots = hasattr(os, "fork") and config.fork_snapshots
+        self._snapshot_child: tuple[int, float] | None = None
+        self._snapshot_outcome = SERIALIZER_STATE.NOT_SERIALIZING
         self._data_dir = config.data_dir_of(replica_id)
         self._data_dir.mkdir(parents=True, exist_ok=True)
         me = self._members[replica_id]
@@ -122,8 +127,9 @@ class ReplicatedShard(SyncObj):
             connectionRetryTime=0.5,
             leaderFallbackTimeout=config.election_timeout_max * 2,
             journalFile=str(self._data_dir / "raft.journal"),
-            fullDumpFile=str(self._data_dir / "raft.snapshot"),
+            fullDumpFile=str(self._data_dir / SNAPSHOT_FILE),
             serializer=self._serialize,
+            serializeChecker=self._snapshot_state,
             deserializer=self._deserialize,
             logCompactionMinEntries=config.compaction_entries,
             logCompactionMinTime=config.compaction_seconds,
@@ -337,7 +343,8 @@ class ReplicatedShard(SyncObj):
             "replicas": replicas,
             "role_changes": self.role_changes,
             "snapshots": self.snapshots,
-            "last_snapshot_seconds": round(self.last_snapshot_seconds, 4),
+            "last_snapshot_seconds": round(self.snapshot_seconds, 4),
+            "last_snapshot_stall_seconds": round(self.snapshot_stall_seconds, 4),
         }
 
     def _raw_status(self) -> dict[str, Any]:
@@ -396,29 +403,78 @@ class ReplicatedShard(SyncObj):
         return removed
 
     # ------------------------------------------------------------- snapshots
+    # pysyncobj calls the serializer in its tick thread, and a snapshot of a large
+    # shard takes long enough (0.2 s at 10K MiniLM vectors, growing linearly) to
+    # delay heartbeats.  Where the OS can fork, the tick thread only forks: the
+    # child writes the copy-on-write image of the state at exactly the applied
+    # index and exits, and the serialize checker reports when it is done.
     def _serialize(self, filename: str, raft_data: tuple[Any, Any, Any]) -> None:
-        """pysyncobj's serializer hook (tick thread): the state snapshot plus Raft metadata, as a tar."""
+        """pysyncobj's serializer hook (tick thread): write the snapshot, in a forked child if possible."""
         started = time.perf_counter()
+        if self._fork_snapshots:
+            pid = os.fork()
+            if pid == 0:  # the child: write, then leave without running any cleanup of the parent's
+                code = 1
+                try:
+                    self._write_snapshot(raft_data)
+                    code = 0
+                finally:
+                    os._exit(code)
+            self._snapshot_child = (pid, started)
+        else:
+            try:
+                self._write_snapshot(raft_data)
+                self._snapshot_outcome = SERIALIZER_STATE.SUCCESS
+            except Exception:  # noqa: BLE001 - pysyncobj retries at the next compaction
+                logger.exception("replica %s: snapshot failed", self.replica_id)
+                self._snapshot_outcome = SERIALIZER_STATE.FAILED
+            self.snapshot_seconds = time.perf_counter() - started
+            self.snapshots += self._snapshot_outcome == SERIALIZER_STATE.SUCCESS
+        self.snapshot_stall_seconds = time.perf_counter() - started
+        # pysyncobj now renames ``filename`` into place; this hook never creates
+        # it (the snapshot went straight to the real file), so that rename fails
+        # harmlessly and _snapshot_state tells pysyncobj the outcome.
+
+    def _snapshot_state(self) -> int:
+        """pysyncobj's serialize checker (tick thread): has the last snapshot finished?"""
+        if self._snapshot_child is not None:
+            pid, started = self._snapshot_child
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == 0:
+                return int(SERIALIZER_STATE.SERIALIZING)
+            self._snapshot_child = None
+            self.snapshot_seconds = time.perf_counter() - started
+            if status == 0:
+                self.snapshots += 1
+                return int(SERIALIZER_STATE.SUCCESS)
+            logger.error("replica %s: snapshot child failed with status %s", self.replica_id, status)
+            return int(SERIALIZER_STATE.FAILED)
+        outcome, self._snapshot_outcome = self._snapshot_outcome, SERIALIZER_STATE.NOT_SERIALIZING
+        return int(outcome)
+
+    def _write_snapshot(self, raft_data: tuple[Any, Any, Any]) -> None:
+        """The state plus Raft metadata as an uncompressed tar, atomically replacing the snapshot file."""
         last, prev, cluster = raft_data
+        target = self._data_dir / SNAPSHOT_FILE
+        part = target.with_name(target.name + ".part")
         with tempfile.TemporaryDirectory(prefix="snap-", dir=self._data_dir) as tmp:
             root = Path(tmp)
-            # Only the tick thread (this one) mutates the state, so no lock is needed to read it.
+            # Only the tick thread mutates the state, and it is here (or this is its forked copy).
             self._state.snapshot(root / "state")
             meta = {
                 "format": SNAPSHOT_FORMAT,
                 "last": _entry_to_json(last),
                 "prev": _entry_to_json(prev),
                 "cluster": sorted(node.id for node in cluster),
-                "members": [vars(member) for member in self.members.values()],
+                "members": [vars(member) for member in self._members.values()],
             }
             (root / "raft.json").write_text(json.dumps(meta, sort_keys=True))
-            with tarfile.open(filename, "w") as tar:
+            with tarfile.open(part, "w") as tar:
                 tar.add(root / "raft.json", arcname="raft.json")
                 tar.add(root / "state", arcname="state")
-            with open(filename, "rb") as handle:
-                os.fsync(handle.fileno())
-        self.snapshots += 1
-        self.last_snapshot_seconds = time.perf_counter() - started
+        with open(part, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(part, target)
 
     def _deserialize(self, filename: str) -> tuple[Any, Any, Any]:
         """pysyncobj's deserializer hook: restore the state; return the Raft metadata."""
@@ -434,6 +490,10 @@ class ReplicatedShard(SyncObj):
         with self._lock:
             self._state = state
             self._members = {m["id"]: Member(**m) for m in meta["members"]}
+        # We are inside the leader's snapshot message, i.e. we just heard from it:
+        # restart the election timer, or a restore longer than the election timeout
+        # would make this follower campaign at its next tick and depose a healthy leader.
+        self._SyncObj__raftElectionDeadline = time.monotonic() + self.config.election_timeout_max
         return _entry_from_json(meta["last"]), _entry_from_json(meta["prev"]), [TCPNode(a) for a in meta["cluster"]]
 
     # ------------------------------------------------------------- lifecycle

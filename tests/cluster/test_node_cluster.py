@@ -319,8 +319,8 @@ def test_compaction_under_write_load_does_not_stall_or_elect(make_shard: Callabl
     print(
         f"\ncompaction under load: {len(latencies)} writes, p50 {stalls[len(stalls) // 2] * 1e3:.1f} ms, "
         f"p99 {stalls[int(len(stalls) * 0.99)] * 1e3:.1f} ms, longest write stall {stalls[-1] * 1e3:.1f} ms; "
-        "snapshot seconds per replica: "
-        + ", ".join(f"{rid}={h['last_snapshot_seconds']}" for rid, h in health.items())
+        "snapshot write / tick-thread stall seconds per replica: "
+        + ", ".join(f"{r}={h['last_snapshot_seconds']}/{h['last_snapshot_stall_seconds']}" for r, h in health.items())
     )
     assert errors == []
     assert {rid: h["term"] for rid, h in health.items()} == terms  # no election happened
