@@ -1,0 +1,255 @@
+"""SemanticCache: exact path, round-trips, TTL, single-flight, clear, scopes, stats."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from semcache import Backend, SemanticCache, SemanticKV, canonical_scope, normalize_prompt
+from semcache.embeddings import HashEmbedding
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def cache(clock) -> Iterator[SemanticCache]:
+    backend = SemanticKV(embedding=HashEmbedding(dim=64), clock=clock, purge_interval=3600)
+    with SemanticCache(backend, threshold=0.7) as c:
+        yield c
+
+
+def wait_until(condition, bound: float = 60.0) -> None:
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.001)
+
+
+def test_the_embedded_store_is_a_backend():
+    with SemanticKV(embedding=HashEmbedding(dim=8)) as kv:
+        assert isinstance(kv, Backend)
+
+
+def test_exact_hits_do_not_touch_the_embedder(cache):
+    cache.store("What is the capital of France?", "Paris")
+    emb = cache.embedding
+    calls, memo = emb.model_calls, emb.memo_hits
+    variants = [
+        "What is the capital of France?",
+        " What is the  capital of France?\n",
+        "What\u3000is the capital of France?",  # NFKC turns the ideographic space into a space
+    ]
+    for variant in variants:
+        hit = cache.lookup(variant)
+        assert hit is not None and hit.exact and hit.similarity == 1.0 and hit.response == "Paris"
+    assert (emb.model_calls, emb.memo_hits) == (calls, memo)
+    assert cache.stats.exact_hits == 3 and cache.stats.semantic_hits == 0
+
+
+def test_a_semantic_hit_goes_through_the_embedder(cache):
+    cache.store("how do i reset my account password", "Use the reset link.")
+    hit = cache.lookup("how can i reset my account password")
+    assert hit is not None and not hit.exact
+    assert 0.7 <= hit.similarity < 1.0
+    assert hit.cached_prompt == "how do i reset my account password"
+    assert cache.lookup("what is the weather like on mars today") is None
+    assert (cache.stats.semantic_hits, cache.stats.misses) == (1, 1)
+    assert cache.stats.hit_rate == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "plain text ünïcode",
+        "",
+        b"\x00\xffraw bytes, not UTF-8",
+        {"choices": [{"message": {"content": "hi"}}], "usage": {"total_tokens": 3}},
+        ["a", 1, 2.5, None, True],
+        42,
+        None,
+    ],
+    ids=["str", "empty-str", "bytes", "dict", "list", "int", "none"],
+)
+def test_responses_come_back_as_they_were_given(cache, response):
+    key = cache.store("a prompt to cache", response, metadata={"model": "gpt-4o", "tokens": 3})
+    hit = cache.lookup("a prompt to cache")
+    assert hit is not None and hit.key == key
+    assert hit.response == response and type(hit.response) is type(response)
+    assert hit.metadata == {"model": "gpt-4o", "tokens": 3}
+
+
+def test_a_tuple_comes_back_as_a_list(cache):
+    """JSON has no tuples: documented, not silent."""
+    cache.store("tuple prompt", ("a", 1))
+    assert cache.lookup("tuple prompt").response == ["a", 1]
+
+
+def test_ttl_is_in_seconds(cache, clock):
+    cache.store("short lived prompt", "soon gone", ttl=1.5)
+    cache.store("another prompt entirely", "stays")
+    clock.now += 1_499
+    assert cache.lookup("short lived prompt") is not None
+    clock.now += 1
+    assert cache.lookup("short lived prompt") is None
+    assert cache.lookup("another prompt entirely") is not None
+
+
+def test_the_default_ttl_applies_unless_store_overrides_it(clock):
+    backend = SemanticKV(embedding=HashEmbedding(dim=64), clock=clock, purge_interval=3600)
+    with SemanticCache(backend, ttl=10) as cache:
+        cache.store("default ttl prompt", "a")
+        cache.store("longer ttl prompt", "b", ttl=60)
+        cache.store("tiny ttl prompt", "c", ttl=0.0001)  # rounds up to 1 ms, never to "no expiry"
+        clock.now += 1
+        assert cache.lookup("tiny ttl prompt") is None
+        clock.now += 10_000
+        assert cache.lookup("default ttl prompt") is None
+        assert cache.lookup("longer ttl prompt").response == "b"
+
+
+def test_get_or_compute_calls_fn_once_for_concurrent_misses(cache):
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow_llm() -> str:
+        calls.append(1)
+        assert release.wait(timeout=60)
+        return "computed once"
+
+    results: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.get_or_compute("expensive question", slow_llm)))
+        for _ in range(16)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: cache.stats.single_flight_waits == 15)  # everyone but the leader is waiting
+    release.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(calls) == 1 and results == ["computed once"] * 16
+    assert cache.stats.computes == 1
+    assert cache.lookup("expensive question").response == "computed once"
+
+
+def test_a_leader_arriving_after_the_previous_one_stored_does_not_recompute(cache):
+    """Regression: a miss that loses the race to a finished leader re-checks before calling fn."""
+    assert cache.get_or_compute("the question", lambda: "first answer") == "first answer"
+    cache.lookup = lambda *args, **kwargs: None  # type: ignore[method-assign] # a stale miss
+
+    def must_not_run() -> str:
+        raise AssertionError("fn ran twice")
+
+    assert cache.get_or_compute("the question", must_not_run) == "first answer"
+
+
+def test_an_exception_in_fn_reaches_every_waiter_and_is_not_cached(cache):
+    release = threading.Event()
+
+    def failing() -> str:
+        assert release.wait(timeout=60)
+        raise RuntimeError("upstream down")
+
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            cache.get_or_compute("fragile question", failing)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: cache.stats.single_flight_waits == 3)
+    release.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(errors) == 4
+    assert cache.lookup("fragile question") is None
+    assert cache.get_or_compute("fragile question", lambda: "recovered") == "recovered"
+
+
+def test_clear_scope_drops_only_that_scope_and_clear_drops_the_namespace(clock):
+    backend = SemanticKV(embedding=HashEmbedding(dim=64), clock=clock)
+    mine = SemanticCache(backend, threshold=0.7)
+    other = SemanticCache(backend, threshold=0.7, namespace="other-app")
+    for scope in ("a", "b", None):
+        mine.store("shared prompt", f"answer {scope}", scope=scope)
+    other.store("shared prompt", "other app answer", scope="a")
+
+    assert mine.clear("a") == 1  # regression: used to match nothing
+    assert mine.lookup("shared prompt", scope="a") is None
+    assert mine.lookup("shared prompt", scope="b").response == "answer b"
+    assert mine.clear(None) == 1  # the default scope only
+    assert mine.lookup("shared prompt") is None
+    assert mine.lookup("shared prompt", scope="b") is not None
+    assert mine.clear() == 1  # everything left in this namespace
+    assert mine.lookup("shared prompt", scope="b") is None
+    assert other.lookup("shared prompt", scope="a").response == "other app answer"
+    backend.close()
+
+
+def test_scopes_are_canonical_mappings(cache):
+    assert canonical_scope({"a": 1, "b": 2}) == canonical_scope({"b": 2, "a": 1})
+    assert canonical_scope({"x": {"p": 1, "q": [1, 2]}}) == canonical_scope({"x": {"q": [1, 2], "p": 1}})
+    assert canonical_scope("a") != canonical_scope({"a": None}) != canonical_scope(None)
+    assert canonical_scope(None) != canonical_scope("null")
+    cache.store("scoped prompt", "scoped answer", scope={"tenant": "t1", "model": "m", "temperature": 0.2})
+    hit = cache.lookup("scoped prompt", scope={"temperature": 0.2, "model": "m", "tenant": "t1"})
+    assert hit is not None and hit.exact
+    assert cache.lookup("scoped prompt", scope={"tenant": "t1", "model": "m", "temperature": 0.3}) is None
+    assert cache.lookup("scoped prompt") is None
+
+
+def test_normalize_prompt():
+    assert normalize_prompt("  Hello\t\n  world ") == "Hello world"
+    assert normalize_prompt("ｆｕｌｌ width") == "full width"
+
+
+def test_delete_removes_the_exact_prompt(cache):
+    cache.store("to be deleted", "x")
+    assert cache.delete("  to be   deleted ")
+    assert cache.lookup("to be deleted") is None
+    assert not cache.delete("to be deleted")
+
+
+def test_the_guard_vetoes_a_near_miss_and_counts_it(clock):
+    backend = SemanticKV(embedding=HashEmbedding(dim=64), clock=clock)
+    with SemanticCache(backend, threshold=0.6) as guarded:
+        guarded.store("how do i enable dark mode", "Settings > Enable")
+        assert guarded.lookup("how do i disable dark mode") is None
+        assert guarded.stats.guard_vetoes == 1 and guarded.stats.vetoes_by_reason == {"antonym": 1}
+        unguarded = SemanticCache(backend, threshold=0.6, guard=False)
+        assert unguarded.lookup("how do i disable dark mode").response == "Settings > Enable"
+
+
+def test_a_foreign_value_under_a_cache_key_is_ignored(cache):
+    key = cache.key_for("some prompt")
+    cache.backend.put(key, b"not json at all", scope=cache.scope_id(None))
+    assert cache.lookup("some prompt") is None
+
+
+def test_a_persistent_cache_survives_a_restart(tmp_path):
+    emb = HashEmbedding(dim=64)
+    with SemanticCache(SemanticKV(tmp_path, embedding=emb), threshold=0.7) as cache:
+        cache.store("how do i rotate my api keys", {"answer": "Use the console."}, scope="t1", metadata={"v": 1})
+    with SemanticCache(SemanticKV(tmp_path, embedding=emb), threshold=0.7) as cache:
+        exact = cache.lookup("how do i rotate my api keys", scope="t1")
+        semantic = cache.lookup("how can i rotate my api keys", scope="t1")
+        assert exact.exact and exact.response == {"answer": "Use the console."} and exact.metadata == {"v": 1}
+        assert semantic is not None and not semantic.exact
