@@ -3,8 +3,10 @@
 * :class:`~semcache.testing.openai_server.FakeOpenAIServer`: a local
   OpenAI-compatible HTTP server (chat completions, streaming, tool calls,
   responses, embeddings) that counts its calls and can inject failures.
+* :func:`~semcache.testing.openai_server.openai_endpoint`: OpenAI itself when
+  ``OPENAI_API_KEY`` is set, else the bundled server (what the examples use).
 """
 
-from .openai_server import FakeOpenAIServer, fake_answer, fake_embedding
+from .openai_server import Endpoint, FakeOpenAIServer, fake_answer, fake_embedding, openai_endpoint
 
-__all__ = ["FakeOpenAIServer", "fake_answer", "fake_embedding"]
+__all__ = ["Endpoint", "FakeOpenAIServer", "fake_answer", "fake_embedding", "openai_endpoint"]

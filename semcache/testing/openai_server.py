@@ -38,10 +38,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -340,6 +344,45 @@ class FakeOpenAIServer:
             "data": data,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where an example sends its OpenAI calls.
+
+    Attributes:
+        base_url: the API URL (None: the client's default, OpenAI itself).
+        api_key: the key to use.
+        server: the bundled server when running offline, else None.
+    """
+
+    base_url: str | None
+    api_key: str
+    server: FakeOpenAIServer | None
+
+    @property
+    def offline(self) -> bool:
+        return self.server is not None
+
+    def describe(self) -> str:
+        if self.server is None:
+            return "[online] OPENAI_API_KEY is set: talking to OpenAI"
+        return f"[offline] no OPENAI_API_KEY: using the bundled OpenAI-compatible server at {self.base_url}"
+
+
+@contextmanager
+def openai_endpoint(*, latency: float = 0.2) -> Iterator[Endpoint]:
+    """OpenAI itself when ``OPENAI_API_KEY`` is set, else a :class:`FakeOpenAIServer` for the block.
+
+    Args:
+        latency: seconds the local server waits per request, so hits and misses look as they would.
+    """
+    api_key = os.environ.get("OPENAI_API_KEY")
+    if api_key:
+        yield Endpoint(os.environ.get("OPENAI_BASE_URL"), api_key, None)
+        return
+    with FakeOpenAIServer(latency=latency) as server:
+        yield Endpoint(server.base_url, "offline", server)
 
 
 def _require(body: dict[str, Any], name: str, kind: type) -> Any:
