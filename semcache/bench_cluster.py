@@ -210,7 +210,7 @@ def _raft_worker(me: str, partners: list[str], secret: str, out: Path, count: in
 
 # ------------------------------------------------------------- the run
 def measure_size(kv: Any, size: int, vectors: np.ndarray, queries: np.ndarray, ops: int) -> list[Row]:
-    """GET, PUT, SEARCH and DELETE rows on a cluster holding ``key:000000`` .. ``size - 1``."""
+    """GET, PUT (new key), PUT overwrite, SEARCH and DELETE rows on a cluster holding ``key:000000`` .. ``size - 1``."""
 
     def spread(i: int) -> int:
         return (i * 7919) % size  # a prime stride visits keys of both shards in no cache-friendly order
@@ -218,8 +218,11 @@ def measure_size(kv: Any, size: int, vectors: np.ndarray, queries: np.ndarray, o
     def get(i: int) -> Any:
         return kv.get(f"key:{spread(i):06d}")
 
-    def put(i: int) -> Any:
-        return kv.put(f"key:{spread(i):06d}", VALUE, vector=vectors[spread(i)])
+    def put(i: int) -> Any:  # a new key (an insert)
+        return kv.put(f"put:{size}:{i}", VALUE, vector=queries[i % len(queries)])
+
+    def overwrite(i: int) -> Any:  # an existing key gets a new value and vector
+        return kv.put(f"key:{spread(i):06d}", VALUE, vector=vectors[spread(i + 1)])
 
     def search(i: int) -> Any:
         return kv.search(None, top_k=5, vector=queries[i % len(queries)])
@@ -230,12 +233,15 @@ def measure_size(kv: Any, size: int, vectors: np.ndarray, queries: np.ndarray, o
     def delete(i: int) -> Any:
         return kv.delete(f"gone:{size}:{i}")
 
+    def after(fn: Callable[[int], Any]) -> Callable[[int], Any]:
+        return lambda i: fn(ops + i)  # throughput runs on calls ops.., so PUT keys stay new
+
     rows = []
-    for name, fn in (("GET", get), ("PUT", put), ("SEARCH", search)):
-        fn(0)  # warm the connection and leader cache
-        rows.append(Row(name, size, latencies(fn, ops), throughput(fn, ops * 2)))
+    for name, fn in (("GET", get), ("PUT", put), ("PUT overwrite", overwrite), ("SEARCH", search)):
+        fn(ops * 10)  # warm the connection and leader cache
+        rows.append(Row(name, size, latencies(fn, ops), throughput(after(fn), ops * 2)))
     throughput(doomed, ops * 3)  # every delete below removes a key that exists
-    rows.append(Row("DELETE", size, latencies(delete, ops), throughput(lambda i: delete(ops + i), ops * 2)))
+    rows.append(Row("DELETE", size, latencies(delete, ops), throughput(after(delete), ops * 2)))
     return rows
 
 

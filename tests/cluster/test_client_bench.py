@@ -1,0 +1,41 @@
+"""The cluster benchmark's report: ratios against the same-run baselines and verdicts (no cluster needed)."""
+
+from __future__ import annotations
+
+from semcache.bench import Summary
+from semcache.bench_cluster import ClusterBenchReport, Row, format_report, latencies, throughput
+
+
+def summary(ms: float) -> Summary:
+    return Summary(100, ms / 1000, ms / 1000, ms / 1000, ms / 1000)
+
+
+def report(get_ms: float, put_ms: float, put_ops: float, search_ops: float) -> ClusterBenchReport:
+    rows = [
+        Row("GET", 10_000, summary(get_ms), 1000.0),
+        Row("PUT", 10_000, summary(put_ms), put_ops),
+        Row("SEARCH", 10_000, summary(2.0), search_ops),
+        Row("DELETE", 10_000, summary(3.0), 300.0),
+    ]
+    return ClusterBenchReport(rows, summary(0.4), summary(1.6), 700.0, {"cpu": "test"})
+
+
+def test_ratios_are_against_the_baselines_of_the_same_run() -> None:
+    text = format_report(report(get_ms=0.5, put_ms=2.5, put_ops=560.0, search_ops=500.0))
+    assert "| GET p50 vs raw Flight RTT | 0.50 ms vs 0.40 ms | 1.25x | <= 1.5x | met |" in text
+    assert "| sync PUT p50 vs raw commit + RTT | 2.50 ms vs 2.00 ms | 1.25x | <= 1.5x | met |" in text
+    assert "560 vs 700 ops/s | 0.80x | >= 0.7x | met |" in text
+    assert "| SEARCH at 10,000 keys, 8 threads | 500 ops/s | 1.09x |" in text and "- cpu: test" in text
+
+
+def test_a_missed_target_says_so() -> None:
+    text = format_report(report(get_ms=0.7, put_ms=9.0, put_ops=100.0, search_ops=400.0))
+    assert text.count("MISSED") == 4 and "| met |" not in text
+
+
+def test_latency_and_throughput_helpers_call_every_index() -> None:
+    seen: list[int] = []
+    assert latencies(seen.append, 5).count == 5 and seen == [0, 1, 2, 3, 4]
+    got: list[int] = []
+    assert throughput(got.append, 40, threads=4) > 0 and sorted(got) == list(range(40))
+
