@@ -349,9 +349,10 @@ def format_report(report: ClusterBenchReport) -> str:
 
 
 def run_cluster_bench(args: argparse.Namespace) -> int:
-    """``semcache bench --cluster``: run and print the tables (``args.sizes``, ``args.ops`` optional)."""
-    sizes = tuple(getattr(args, "sizes", None) or DEFAULT_SIZES)
-    ops = int(getattr(args, "ops", None) or 500)
+    """``semcache bench --cluster``: run and print the tables (optional ``args.sizes``, ``ops``, ``quick``)."""
+    quick = bool(getattr(args, "quick", False))  # a smoke run, not a measurement
+    sizes = tuple(getattr(args, "sizes", None) or ((200, 1_000) if quick else DEFAULT_SIZES))
+    ops = int(getattr(args, "ops", None) or (100 if quick else 500))
     report = run(sizes, ops=ops, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
     print(format_report(report))
     return 0
