@@ -1,0 +1,351 @@
+"""The embedded benchmark behind ``semcache bench --embedded``.
+
+Every figure is set against a baseline measured in the same run, so the
+ratios hold on any machine:
+
+* **semantic lookup** (embed + search + guard, the model memo disabled) against
+  the bare model call on the same text, measured interleaved;
+* **exact hit** (normalise, hash, one dict read) against the same bare embedding;
+* **put throughput** with precomputed vectors (the engine alone), in memory and
+  with a write-ahead log;
+* **search** at growing sizes (random unit vectors), as time added over a
+  1-entry index;
+* **memory per entry**: resident-set growth over the fill, per entry, minus the
+  key and value bytes.
+
+>>> Summary.of([0.001, 0.002, 0.003]).median
+0.002
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .cache import SemanticCache
+from .embeddings import BaseEmbedding
+from .kv import SemanticKV
+
+DEFAULT_SIZES = (1_000, 10_000, 100_000)
+TARGETS = {
+    "semantic": 1.10,  # semantic lookup p50 / bare embedding p50
+    "exact": 0.02,  # exact hit p50 / bare embedding p50
+    "search_ms": 0.5,  # search at 100K: added over a 1-entry index
+    "bytes_per_entry": 2560,  # RSS per entry beyond the payload
+}
+PAYLOAD_BYTES = 200  # value size of the fill entries (a short cached answer)
+
+CACHED = (
+    "How do I enable dark mode?",
+    "How do I read a file in Python?",
+    "What is the capital of France?",
+    "How do I reset my password?",
+    "What are the health benefits of green tea?",
+    "How many days are in a leap year?",
+    "What is the difference between TCP and UDP?",
+    "How do I center a div in CSS?",
+)
+PARAPHRASES = (
+    "How can I turn on dark mode?",
+    "In Python, how do I read a file?",
+    "What's the capital city of France?",
+    "How can I reset my password?",
+    "What health benefits does green tea have?",
+    "How many days does a leap year have?",
+    "What's the difference between UDP and TCP?",
+    "How can I center a div with CSS?",
+)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Order statistics of latency samples, in seconds."""
+
+    count: int
+    median: float
+    p90: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Summary:
+        ordered = sorted(samples)
+
+        def rank(q: float) -> float:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+        return cls(len(ordered), statistics.median(ordered), rank(0.90), rank(0.99), ordered[-1])
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds one call of ``fn`` takes."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bare_embed(embedding: BaseEmbedding) -> Callable[[str], Any]:
+    """The model call alone for one text: no memo, batching or checks (the baseline)."""
+    return lambda text: embedding._encode([text])
+
+
+@dataclass
+class LookupTimes:
+    embed: Summary
+    semantic: Summary
+    exact: Summary
+    semantic_hits: int
+
+
+def measure_lookups(cache: SemanticCache, rounds: int, *, progress: bool = False) -> LookupTimes:
+    """Interleave bare embedding, semantic lookup and exact lookup of the same texts.
+
+    ``cache`` must embed every call (a memo of 0): otherwise a repeated query
+    would skip the model and flatter the semantic path.
+    """
+    for prompt in CACHED:
+        cache.store(prompt, f"answer to: {prompt}")
+    embed = bare_embed(cache.embedding)
+    for text in PARAPHRASES[:2]:  # warm-up: first calls allocate
+        embed(text)
+        cache.lookup(text)
+    samples: dict[str, list[float]] = {"embed": [], "semantic": [], "exact": []}
+    hits = 0
+    steps: Iterable[int] = range(rounds)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc="lookups", unit="round")
+    for step in steps:
+        query = PARAPHRASES[step % len(PARAPHRASES)]
+        samples["embed"].append(timed(lambda q=query: embed(q)))  # type: ignore[misc]
+        start = time.perf_counter()
+        hit = cache.lookup(query)
+        samples["semantic"].append(time.perf_counter() - start)
+        hits += hit is not None and not hit.exact
+        prompt = CACHED[step % len(CACHED)]
+        samples["exact"].append(timed(lambda p=prompt: cache.lookup(p)))  # type: ignore[misc]
+    return LookupTimes(
+        Summary.of(samples["embed"]), Summary.of(samples["semantic"]), Summary.of(samples["exact"]), hits
+    )
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now (Linux ``/proc``; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def unit_vectors(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
+    vectors = rng.standard_normal((count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@dataclass
+class FillResult:
+    """Search latency per size and memory over the whole fill."""
+
+    search: dict[int, Summary]
+    put_per_second: float
+    bytes_per_entry: float
+    payload_per_entry: float
+    entries: int
+
+
+def measure_fill(
+    embedding: BaseEmbedding, sizes: Sequence[int], queries: int, *, seed: int = 7, progress: bool = False
+) -> FillResult:
+    """Fill one in-memory store with random unit vectors, timing search at 1 entry and at each size."""
+    rng = np.random.default_rng(seed)
+    value = bytes(rng.integers(32, 127, PAYLOAD_BYTES, dtype=np.uint8))
+    query_vectors = unit_vectors(rng, queries, embedding.dim)
+    largest = max(sizes)
+    bar: Any = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=largest, desc="fill", unit="entry", unit_scale=True)
+    search: dict[int, Summary] = {}
+    payload = 0
+    put_seconds = 0.0
+    before = rss_bytes()
+    with SemanticKV(embedding=embedding, max_entries=largest, purge_interval=3600) as kv:
+        filled = 0
+        for target in sorted({1, *sizes}):
+            batch = unit_vectors(rng, target - filled, embedding.dim)
+            start = time.perf_counter()
+            for row in range(target - filled):
+                key = f"bench:{filled + row:09d}"
+                kv.put(key, value, vector=batch[row])
+                payload += len(key) + len(value)
+                if bar is not None and row % 512 == 511:
+                    bar.update(512)
+            put_seconds += time.perf_counter() - start
+            if bar is not None:
+                bar.n = target
+                bar.refresh()
+            filled = target
+            del batch
+            search[target] = Summary.of(
+                [timed(lambda v=vector: kv.search(None, 3, vector=v)) for vector in query_vectors]  # type: ignore[misc]
+            )
+        grown = rss_bytes() - before
+    if bar is not None:
+        bar.close()
+    return FillResult(search, filled / put_seconds, grown / filled, payload / filled, filled)
+
+
+def measure_durable_puts(embedding: BaseEmbedding, count: int, *, seed: int = 11) -> float:
+    """Puts per second with precomputed vectors into a store with a write-ahead log."""
+    rng = np.random.default_rng(seed)
+    vectors = unit_vectors(rng, count, embedding.dim)
+    value = b"x" * PAYLOAD_BYTES
+    with (
+        tempfile.TemporaryDirectory(prefix="semcache-bench-") as tmp,
+        SemanticKV(tmp, embedding=embedding, purge_interval=3600) as kv,
+    ):
+        start = time.perf_counter()
+        for row in range(count):
+            kv.put(f"bench:{row:09d}", value, vector=vectors[row])
+        return count / (time.perf_counter() - start)
+
+
+@dataclass
+class BenchReport:
+    lookups: LookupTimes
+    fill: FillResult
+    durable_puts_per_second: float
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def environment(embedding: BaseEmbedding) -> dict[str, str]:
+    """Hardware and library versions, for the table's footer."""
+    import hnswlib  # noqa: F401 - imported for its version below
+    import sentence_transformers
+    import torch
+
+    from . import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    from importlib.metadata import version
+
+    return {
+        "cpu": f"{cpu} ({os.cpu_count()} cores visible)",
+        "python": platform.python_version(),
+        "semcache": __version__,
+        "numpy": np.__version__,
+        "hnswlib": version("hnswlib"),
+        "torch": torch.__version__,
+        "sentence-transformers": sentence_transformers.__version__,
+        "model": f"{embedding.model_id} (dim {embedding.dim})",
+        "torch threads": str(torch.get_num_threads()),
+    }
+
+
+def run(
+    embedding: BaseEmbedding,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    *,
+    rounds: int = 300,
+    queries: int = 500,
+    durable_puts: int = 5_000,
+    progress: bool = False,
+) -> BenchReport:
+    """Run every measurement; ``embedding`` should have ``memo_size=0``."""
+    cache = SemanticCache(SemanticKV(embedding=embedding, purge_interval=3600))
+    try:
+        lookups = measure_lookups(cache, rounds, progress=progress)
+    finally:
+        cache.close()
+    fill = measure_fill(embedding, sizes, queries, progress=progress)
+    durable = measure_durable_puts(embedding, durable_puts)
+    return BenchReport(lookups, fill, durable, environment(embedding))
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def format_report(report: BenchReport) -> str:
+    """The Markdown tables ``semcache bench`` prints."""
+    look = report.lookups
+    base = look.embed.median
+    lines = [
+        "| operation | median ms | p90 ms | p99 ms | max ms | median / bare embedding | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    semantic_ratio = look.semantic.median / base
+    exact_ratio = look.exact.median / base
+    rows: list[tuple[str, Summary, str]] = [
+        ("bare embedding (model call, 1 text)", look.embed, "1.00x"),
+        (
+            "semantic lookup (embed + search + guard)",
+            look.semantic,
+            f"{semantic_ratio:.3f}x (p99 {look.semantic.p99 / look.embed.p99:.3f}x)",
+        ),
+        ("exact hit", look.exact, f"{exact_ratio:.4f}x"),
+    ]
+    semantic_target = f"<= {TARGETS['semantic']:.2f}x: {_verdict(semantic_ratio <= TARGETS['semantic'])}"
+    targets = {
+        "semantic lookup (embed + search + guard)": semantic_target,
+        "exact hit": f"<= {TARGETS['exact']:.2f}x: {_verdict(exact_ratio <= TARGETS['exact'])}",
+    }
+    for name, summary, ratio in rows:
+        lines.append(
+            f"| {name} | {_ms(summary.median)} | {_ms(summary.p90)} | {_ms(summary.p99)} | {_ms(summary.max)} "
+            f"| {ratio} | {targets.get(name, '')} |"
+        )
+    lines.append(f"\nsemantic hits: {look.semantic_hits} of {look.semantic.count} paraphrase lookups\n")
+
+    fill = report.fill
+    one = fill.search[1].median
+    lines += [
+        "| search (top 3, random unit vectors) | median ms | p90 ms | p99 ms | max ms | added over 1 entry (median) "
+        "| target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    largest = max(fill.search)
+    for size, summary in sorted(fill.search.items()):
+        added = summary.median - one
+        target = ""
+        if size == largest and size >= 100_000:
+            target = f"<= {TARGETS['search_ms']} ms: {_verdict(added * 1000 <= TARGETS['search_ms'])}"
+        lines.append(
+            f"| {size:,} entries | {_ms(summary.median)} | {_ms(summary.p90)} | {_ms(summary.p99)} "
+            f"| {_ms(summary.max)} | {added * 1000:+.3f} ms | {target} |"
+        )
+    overhead = fill.bytes_per_entry - fill.payload_per_entry
+    lines += [
+        "",
+        "| throughput and memory | value | target |",
+        "|---|---|---|",
+        f"| put, in memory (precomputed vector) | {fill.put_per_second:,.0f} /s | |",
+        f"| put, with write-ahead log (precomputed vector) | {report.durable_puts_per_second:,.0f} /s | |",
+        f"| memory per entry ({fill.entries:,} entries, RSS growth) | {fill.bytes_per_entry:,.0f} B "
+        f"= {fill.payload_per_entry:,.0f} B payload + {overhead:,.0f} B | "
+        f"<= {TARGETS['bytes_per_entry']:,} B + payload: {_verdict(overhead <= TARGETS['bytes_per_entry'])} |",
+        "",
+        "environment: " + "; ".join(f"{k} {v}" for k, v in report.environment.items()),
+    ]
+    return "\n".join(lines)

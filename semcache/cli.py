@@ -1,0 +1,348 @@
+"""The ``semcache`` command line: ``demo``, ``stats``, ``calibrate`` and ``bench``.
+
+>>> main(["--version"])  # doctest: +ELLIPSIS
+semcache ...
+0
+
+Progress bars go to stderr, results to stdout, so ``semcache bench > out.md``
+keeps only the tables.  The cluster commands are added by
+:mod:`semcache.cli_cluster` when it is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .embeddings import BaseEmbedding
+from .errors import ConfigurationError, SemcacheError
+
+# The packaged model loads offline; never let sentence-transformers reach for the hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def load_model(model: str | None = None, *, memo_size: int | None = None, progress: bool = True) -> Any:
+    """The sentence-transformers embedder, with a progress bar while it loads."""
+    from .embeddings import DEFAULT_MODEL, SentenceTransformerEmbedding
+
+    kwargs: dict[str, Any] = {} if memo_size is None else {"memo_size": memo_size}
+    name = model or DEFAULT_MODEL
+    if not progress:
+        return SentenceTransformerEmbedding(name, **kwargs)
+    from tqdm import tqdm
+
+    with tqdm(total=1, desc=f"loading {name}", bar_format="{desc}: {elapsed}", file=sys.stderr) as bar:
+        embedding = SentenceTransformerEmbedding(name, **kwargs)
+        bar.update(1)
+    return embedding
+
+
+# --------------------------------------------------------------------- demo
+@dataclass(frozen=True)
+class DemoQuery:
+    text: str
+    kind: str  # what the demo expects: "paraphrase", "hard negative", "exact", "unrelated"
+
+
+DEMO_CACHED = (
+    "How do I enable dark mode?",
+    "How do I read a file in Python?",
+    "What is the capital of France?",
+    "How do I reset my password?",
+    "What are the health benefits of green tea?",
+    "Is it safe to eat raw eggs?",
+    "How do I sort a list in Python in ascending order?",
+    "What was the GDP of France in 2019?",
+)
+DEMO_QUERIES = (
+    DemoQuery("How can I enable dark mode?", "paraphrase"),
+    DemoQuery("In Python, how do I read a file?", "paraphrase"),
+    DemoQuery("What's the capital of France?", "paraphrase"),
+    DemoQuery("What health benefits does green tea have?", "paraphrase"),
+    DemoQuery("How do I reset my password?", "exact"),
+    DemoQuery("How do I disable dark mode?", "hard negative"),
+    DemoQuery("How do I read a file in Rust?", "hard negative"),
+    DemoQuery("What is the capital of Germany?", "hard negative"),
+    # Hard negatives that embeddings place above the threshold: only the guard stops them.
+    DemoQuery("Is it not safe to eat raw eggs?", "hard negative"),
+    DemoQuery("How do I sort a list in Python in descending order?", "hard negative"),
+    DemoQuery("What was the GDP of France in 2020?", "hard negative"),
+    DemoQuery("Recommend a good science fiction novel.", "unrelated"),
+)
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    query: DemoQuery
+    nearest: str
+    similarity: float
+    guard: str | None
+    outcome: str
+
+
+def demo_rows(cache: Any, queries: Sequence[DemoQuery] = DEMO_QUERIES) -> list[DemoRow]:
+    """Look each query up and explain the outcome: nearest prompt, similarity, guard verdict."""
+    from .cache import normalize_prompt
+    from .guard import conflict
+
+    rows = []
+    for query in queries:
+        hit = cache.lookup(query.text)
+        vector = cache.embedding.embed_one(normalize_prompt(query.text))
+        nearest = cache.backend.search(None, 1, None, scope=cache.scope_id(None), vector=vector)
+        prompt = json.loads(nearest[0].value)["prompt"] if nearest else ""
+        similarity = nearest[0].similarity if nearest else 0.0
+        reason = conflict(prompt, query.text) if prompt else None
+        if hit is not None:
+            outcome = "HIT (exact)" if hit.exact else "HIT"
+        elif similarity < cache.threshold:
+            outcome = f"miss (below {cache.threshold:.2f})"
+        else:
+            outcome = f"miss (guard: {reason})"
+        rows.append(DemoRow(query, prompt, 1.0 if hit is not None and hit.exact else similarity, reason, outcome))
+    return rows
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_demo(rows: Sequence[DemoRow]) -> str:
+    head = f"{'query':<44} {'kind':<13} {'nearest cached prompt':<36} {'sim':>5}  {'guard':<9} result"
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        lines.append(
+            f"{_clip(row.query.text, 44):<44} {row.query.kind:<13} {_clip(row.nearest, 36):<36} "
+            f"{row.similarity:5.3f}  {row.guard or 'ok':<9} {row.outcome}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .bench import measure_lookups
+    from .cache import SemanticCache
+    from .kv import SemanticKV
+
+    # memo_size=0: every lookup really embeds, so the latency figures are honest.
+    embedding = load_model(args.model, memo_size=0)
+    with SemanticCache(SemanticKV(embedding=embedding, purge_interval=3600), threshold=args.threshold) as cache:
+        for prompt in DEMO_CACHED:
+            cache.store(prompt, f"(cached answer to: {prompt})")
+        print(f"semcache demo: embedded SemanticCache, {embedding.model_id}, threshold {cache.threshold:.2f}")
+        print(f"cached {len(DEMO_CACHED)} prompts:")
+        for prompt in DEMO_CACHED:
+            print(f"  - {prompt}")
+        print()
+        print(format_demo(demo_rows(cache)))
+        print(
+            "\nguard: a lexical check run on each semantic hit above the threshold; it vetoes changed numbers,"
+            "\nnegation, antonyms (enable/disable) and swapped names (Python/Rust), which embeddings place close"
+            "\ntogether. The guard column is its verdict on the nearest prompt, whatever the similarity."
+        )
+    with SemanticCache(SemanticKV(embedding=embedding, purge_interval=3600)) as timing:
+        times = measure_lookups(timing, args.rounds, progress=True)
+    base = times.embed.median
+    print(f"\nlatency, median of {args.rounds} (p90):")
+    for name, summary in (
+        ("bare embedding (model call)", times.embed),
+        ("semantic hit (embed + search + guard)", times.semantic),
+        ("exact hit (no embedding)", times.exact),
+    ):
+        print(
+            f"  {name:<40} {summary.median * 1000:8.3f} ms ({summary.p90 * 1000:.3f})"
+            f"   {summary.median / base:7.4f}x embedding"
+        )
+    return 0
+
+
+# -------------------------------------------------------------------- stats
+class StampOnlyEmbedding(BaseEmbedding):
+    """Stands in for the embedder when a store is opened only to be inspected: it never embeds.
+
+    It carries the stored model id and dimension, so the store's own check
+    (:class:`~semcache.errors.EmbeddingMismatchError`) still applies.
+    """
+
+    def __init__(self, model_id: str, dim: int) -> None:
+        super().__init__(memo_size=0)
+        self.model_id, self.dim = model_id, dim
+
+    def _encode(self, texts: list[str]) -> Any:
+        raise ConfigurationError("this store was opened for stats only; it cannot embed")
+
+
+def stored_stamp(path: Path) -> tuple[str, int] | None:
+    """The model id and dimension a persisted store's last snapshot was built with."""
+    header = path / "snapshot" / "state.json"
+    if not header.is_file():
+        return None
+    data = json.loads(header.read_text())
+    return str(data["model_id"]), int(data["dim"])
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .embeddings import PACKAGED_MODEL_ID
+    from .errors import InvalidInputError
+    from .kv import SemanticKV
+
+    path = Path(args.path)
+    if not ((path / "wal.log").is_file() or (path / "snapshot").is_dir()):
+        raise InvalidInputError(f"{path} is not a semcache data directory (no wal.log or snapshot/)")
+    model_id, dim = stored_stamp(path) or (PACKAGED_MODEL_ID, 384)
+    # No model is needed to count: by default, open with a stand-in carrying the stored stamp.
+    embedding = load_model(args.model) if args.model else StampOnlyEmbedding(model_id, dim)
+    with SemanticKV(path, embedding=embedding, purge_interval=3600) as kv:
+        stats = kv.stats()
+    stats["disk_bytes"] = _disk_bytes(path)
+    if args.json:
+        print(json.dumps(stats, indent=1, sort_keys=True))
+        return 0
+    rows = [
+        ("path", stats["path"]),
+        ("model", f"{stats['model_id']} (dim {stats['dim']})"),
+        ("entries", f"{stats['entries']:,} ({stats['searchable']:,} searchable)"),
+        ("scopes", f"{stats['scopes']:,}"),
+        ("index slots", f"{stats['index_slots']:,}"),
+        ("value bytes", f"{stats['value_bytes']:,}"),
+        ("disk bytes", f"{stats['disk_bytes']:,} (write-ahead log {stats['wal_bytes']:,})"),
+        ("commands applied", f"{stats['applied']:,}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+# ---------------------------------------------------------------- calibrate
+def _thresholds(text: str) -> tuple[float, ...]:
+    """``0.7:0.98:0.01`` (start:stop:step, inclusive) or ``0.8,0.9,0.95``."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(part) for part in text.split(":"))
+            count = int(round((stop - start) / step)) + 1
+            return tuple(round(start + step * n, 4) for n in range(count))
+        return tuple(float(part) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad thresholds {text!r}: use 0.7:0.98:0.01 or 0.8,0.9") from exc
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate, format_report, load_datasets
+
+    datasets = load_datasets(args.data, args.datasets.split(","))
+    embedding = load_model(args.model)
+    result = calibrate(datasets, embedding, args.thresholds, progress=True)
+    print(format_report(result))
+    return 0
+
+
+# -------------------------------------------------------------------- bench
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part.replace("_", "")) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad sizes {text!r}: use 1000,10000,100000") from exc
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("sizes must be positive")
+    return sizes
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.cluster:
+        from .bench_cluster import run_cluster_bench
+
+        return run_cluster_bench(args)
+    from .bench import DEFAULT_SIZES, format_report, run
+
+    embedding = load_model(args.model, memo_size=0)
+    rounds, queries, durable = (40, 100, 500) if args.quick else (args.rounds, 500, 5_000)
+    sizes = args.sizes or DEFAULT_SIZES
+    report = run(embedding, sizes, rounds=rounds, queries=queries, durable_puts=durable, progress=True)
+    print(format_report(report))
+    return 0
+
+
+# --------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .cache import DEFAULT_THRESHOLD
+    from .calibrate import DATA_FILES, DEFAULT_THRESHOLDS
+
+    parser = argparse.ArgumentParser(prog="semcache", description="A semantic cache for LLM calls.")
+    parser.add_argument("--version", action="version", version=f"semcache {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="paraphrases hit, hard negatives miss, with latencies (real MiniLM)")
+    demo.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="similarity threshold")
+    demo.add_argument("--rounds", type=int, default=60, help="timed lookups per latency figure")
+    demo.add_argument("--model", help="sentence-transformers model (default: packaged all-MiniLM-L6-v2)")
+    demo.set_defaults(handler=cmd_demo)
+
+    stats = commands.add_parser("stats", help="entries, scopes, model and sizes of a persisted store")
+    stats.add_argument("--path", required=True, help="the store's data directory")
+    stats.add_argument("--model", help="open with this model (default: none is loaded)")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(handler=cmd_stats)
+
+    cal = commands.add_parser("calibrate", help="right/wrong hit rates per threshold on labelled pairs")
+    cal.add_argument("--data", type=Path, default=None, help="folder of the datasets (default: ../shared/data)")
+    cal.add_argument("--datasets", default=",".join(DATA_FILES), help=f"comma-separated: {', '.join(DATA_FILES)}")
+    cal.add_argument(
+        "--thresholds", type=_thresholds, default=DEFAULT_THRESHOLDS, help="start:stop:step or a list (0.7:0.98:0.01)"
+    )
+    cal.add_argument("--model", help="sentence-transformers model (default: packaged all-MiniLM-L6-v2)")
+    cal.set_defaults(handler=cmd_calibrate)
+
+    bench = commands.add_parser("bench", help="latency, throughput and memory figures (tables)")
+    target = bench.add_mutually_exclusive_group()
+    target.add_argument("--embedded", action="store_true", help="benchmark the embedded store (the default)")
+    target.add_argument("--cluster", action="store_true", help="benchmark a local 2x3 cluster of node processes")
+    bench.add_argument("--sizes", type=_sizes, default=None, help="index sizes (embedded: 1000,10000,100000)")
+    bench.add_argument("--ops", type=int, default=None, help="operations per cluster figure")
+    bench.add_argument("--rounds", type=int, default=300, help="timed lookups per latency figure")
+    bench.add_argument("--quick", action="store_true", help="few rounds: a smoke run, not a measurement")
+    bench.add_argument("--model", help="sentence-transformers model (default: packaged all-MiniLM-L6-v2)")
+    bench.set_defaults(handler=cmd_bench)
+
+    try:
+        from .cli_cluster import add_cluster_commands
+    except ImportError:
+        pass  # the cluster commands are optional
+    else:
+        add_cluster_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for usage errors, 1 for semcache errors)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return int(exc.code or 0)
+    # Cluster commands (semcache.cli_cluster) name their handler ``func``.
+    handler = getattr(args, "handler", None) or getattr(args, "func", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except SemcacheError as exc:
+        print(f"semcache: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
