@@ -28,9 +28,11 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -348,11 +350,18 @@ def format_report(report: ClusterBenchReport) -> str:
     return "\n".join(lines)
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_cluster_bench(args: argparse.Namespace) -> int:
     """``semcache bench --cluster``: run and print the tables (optional ``args.sizes``, ``ops``, ``quick``)."""
     quick = bool(getattr(args, "quick", False))  # a smoke run, not a measurement
     sizes = tuple(getattr(args, "sizes", None) or ((200, 1_000) if quick else DEFAULT_SIZES))
     ops = int(getattr(args, "ops", None) or (100 if quick else 500))
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C, so the cluster and baseline processes are stopped on the way out.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
     report = run(sizes, ops=ops, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
     print(format_report(report))
     return 0
