@@ -334,6 +334,24 @@ class DistributedSemanticKV(KVHelpers):
         """The shard that owns ``key``."""
         return self.ring.shard_for(key)
 
+    def refresh_topology(self) -> None:
+        """Re-read every shard's replica list (after ``add-replica``/``remove-replica``).
+
+        Each shard's members are asked of one of its own replicas (they know
+        their live membership); the cached leaders are kept when still members.
+
+        Raises:
+            ShardUnavailableError: no known replica of some shard answered.
+        """
+        self._check_open()
+        for route in self._routes.values():
+            topology = self._first_topology([r.rpc for r in route.replicas])
+            fresh = {r.id: r for r in parse_topology(topology)[0]}.get(route.id)
+            if fresh is not None:
+                route.replicas = fresh.replicas
+                if route.leader not in {r.rpc for r in fresh.replicas}:
+                    route.leader = None
+
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this DistributedSemanticKV is closed")

@@ -50,7 +50,7 @@ class FakeShard:
     next_leader: str | None = None
 
     def has_quorum(self) -> bool:
-        return len(self.replicas) - len(self.down) > len(self.replicas) // 2
+        return sum(r not in self.down for r in self.replicas) > len(self.replicas) // 2
 
 
 class FakeCluster:

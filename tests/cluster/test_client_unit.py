@@ -104,6 +104,21 @@ def test_writes_ride_through_a_leader_crash_until_the_new_election(
     assert client.get(key) == b"after"
 
 
+def test_refresh_topology_learns_new_replicas(cluster: FakeCluster, client: DistributedSemanticKV) -> None:
+    shard = cluster.shards["shard-0"]
+    old = list(shard.replicas)
+    shard.replicas.append("fake://shard-0/3")  # add-replica
+    client.refresh_topology()
+    # Then the three original replicas are removed and gone: only the one learnt by the refresh is left.
+    shard.replicas, shard.leader = ["fake://shard-0/3"], "fake://shard-0/3"
+    for address in old:
+        shard.down.add(address)
+    key = next(f"k{i}" for i in range(100) if client.shard_for(f"k{i}") == "shard-0")
+    client.put(key, "v")
+    assert client.leader_of("shard-0") == "fake://shard-0/3"
+    assert client.get(key) == b"v"
+
+
 def test_a_write_without_quorum_fails_after_the_timeout_and_stores_nothing(
     cluster: FakeCluster, client: DistributedSemanticKV
 ) -> None:
