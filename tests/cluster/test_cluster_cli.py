@@ -146,6 +146,15 @@ def test_the_commands_plug_into_the_main_parser() -> None:
         assert callable(parser.parse_args(["cluster", command]).func)
 
 
+def test_the_main_semcache_cli_has_the_cluster_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from semcache.cli import build_parser, main
+
+    args = build_parser().parse_args(["cluster", "down", "--dir", str(tmp_path)])
+    assert args.cluster_command == "down" and callable(args.func)
+    assert main(["cluster", "status", "--dir", str(tmp_path / "none")]) == 1
+    assert "no cluster in" in capsys.readouterr().err
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
