@@ -233,6 +233,9 @@ class SemanticKV(KVHelpers):
                 raise
         else:
             self._state = new_state()
+        if limits is not None:
+            # Limits only check new writes, so the caller's choice wins over the stored one.
+            self._state.limits = limits
         for key, entry in self._state.entries.items():
             if entry.expires_at_ms:
                 self._expiries.append((entry.expires_at_ms, key))
@@ -329,9 +332,10 @@ class SemanticKV(KVHelpers):
     def delete(self, key: str) -> bool:
         """Remove ``key``; True if it was there."""
         check_key(key, self._state.limits)
-        removed = bool(self._submit(Delete(key)))
-        self._access.forget(key)
-        self._counters["deletes"] += 1
+        with self._lock:
+            removed = bool(self._submit(Delete(key)))
+            self._access.forget(key)
+            self._counters["deletes"] += 1
         return removed
 
     def exists(self, key: str) -> bool:

@@ -43,6 +43,8 @@ class DurableLog:
 
     def __init__(self, path: Path, *, fsync: bool = False) -> None:
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigurationError(f"{self.path} is not a directory; path= names the store's data directory")
         self.path.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
         self._lock_file = open(self.path / "LOCK", "a+b")  # noqa: SIM115 - held until close()
