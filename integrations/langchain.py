@@ -245,7 +245,8 @@ class LangChainSemanticCache(BaseCache):
         with self._lock:
             setattr(self._stats, name, getattr(self._stats, name) + 1)
 
-    def _plan(self, prompt: str, llm_string: str) -> tuple[str, dict[str, Any]] | None:
+    def _plan(self, prompt: str, llm_string: str) -> tuple[str, str] | None:
+        """The text to embed and the scope (canonical JSON text) for a LangChain prompt, or None to bypass."""
         if not isinstance(prompt, str) or not isinstance(llm_string, str):
             raise InvalidInputError("prompt and llm_string must be str")
         split = conversation_of(prompt)
@@ -253,7 +254,11 @@ class LangChainSemanticCache(BaseCache):
             self._count("bypassed")
             return None
         text, context = split
-        return text, {"adapter": "langchain", "llm_string": llm_string, "context": context}
+        try:
+            return text, canonical_scope({"adapter": "langchain", "llm_string": llm_string, "context": context})
+        except InvalidInputError:
+            self._count("bypassed")
+            return None
 
     # ------------------------------------------------------------ BaseCache
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:

@@ -277,8 +277,7 @@ class _Plan:
 
     endpoint: str
     prompt: str
-    scope: dict[str, Any]
-    key: str
+    scope: str  # the canonical JSON text of the full scope
     stream: bool
     include_usage: bool
     refresh: bool
@@ -374,7 +373,8 @@ class OpenAICache:
             "call_scope": controls.get("cache_scope"),
         }
         try:
-            key = self.cache.key_for(prompt, scope)
+            # Canonicalised once here; the cache takes the text as a str scope, cheap to hash again.
+            scope_text = canonical_scope(scope)
         except InvalidInputError as exc:
             log.debug("semcache: request not cacheable (%s); calling upstream", exc)
             self._count("bypassed")
@@ -383,8 +383,7 @@ class OpenAICache:
         return _Plan(
             endpoint=endpoint,
             prompt=prompt,
-            scope=scope,
-            key=key,
+            scope=scope_text,
             stream=bool(request.get("stream")) and not _omitted(request.get("stream")),
             include_usage=bool(isinstance(stream_options, Mapping) and stream_options.get("include_usage")),
             refresh=bool(controls.get("cache_refresh")),
@@ -401,7 +400,7 @@ class OpenAICache:
     # -------------------------------------------------------------- lookups
     def find(self, plan: _Plan) -> CacheHit | None:
         """The cached answer for ``plan``: a pending write first, then the cache."""
-        pending = self.writes.pending(plan.prompt, scope=plan.scope, key=plan.key)
+        pending = self.writes.pending(plan.prompt, scope=plan.scope)
         if pending is not None:
             self._count("pending_hits")
             return pending
@@ -516,9 +515,13 @@ def _zeroed(usage: Any) -> Any:
     """A usage record of the same shape with every count 0: a hit bills no tokens."""
     if usage is None:
         return dict(_ZERO_CHAT_USAGE)
-    if isinstance(usage, dict):
-        return {k: v if isinstance(v, str) else _zeroed(v) if isinstance(v, dict) else 0 for k, v in usage.items()}
-    return 0
+    return {k: _zero_counts(v) for k, v in usage.items()} if isinstance(usage, dict) else usage
+
+
+def _zero_counts(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _zero_counts(v) for k, v in value.items()}
+    return 0 if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 def _build(cls: Any, data: dict[str, Any]) -> Any:

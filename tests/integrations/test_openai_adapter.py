@@ -84,6 +84,7 @@ def test_hit_is_a_marked_chat_completion_with_zero_usage(client, server):
     assert hit.choices[0].message.content == miss.choices[0].message.content == fake_answer(MODEL, QUESTION)
     assert miss.usage.total_tokens > 0
     assert (hit.usage.prompt_tokens, hit.usage.completion_tokens, hit.usage.total_tokens) == (0, 0, 0)
+    assert hit.usage.completion_tokens_details is None  # same shape as upstream's: zeroed counts only
     assert client.semcache.stats.hits == 1 and client.semcache.stats.misses == 1
 
 
