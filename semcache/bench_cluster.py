@@ -293,6 +293,7 @@ def environment() -> dict[str, str]:
         cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     return {
         "cpu": f"{cpu} ({os.cpu_count()} cores visible, shared with the 6 node processes)",
+        "load average at the end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "python": platform.python_version(),
         "semcache": __version__,
         "pyarrow": version("pyarrow"),
