@@ -1,0 +1,212 @@
+"""Node overhead against its baselines, measured in one run on one machine.
+
+Run:  .venv/bin/python benchmarks/node_latency.py [--ops 2000]
+
+Two 3-replica groups run side by side as real processes on 127.0.0.1:
+
+* *raw*: a bare pysyncobj ``SyncObj`` (same settings as a semcache replica:
+  password, no batching, same timeouts) whose one ``@replicated`` method
+  stores bytes in a dict, behind a bare Flight server.  Its ``echo`` action is
+  the raw Flight round trip; its ``commit`` action is a raw sync commit plus
+  that round trip.
+* *node*: a semcache shard (``python -m semcache.node``), ``--dim`` vectors (384, MiniLM's).
+
+Reported: p50/p99 of GET vs raw echo, sync PUT vs raw commit, and the
+throughput of 8 concurrent writers, with the ratios the issue targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.flight as flight
+
+from semcache.cluster import LocalCluster, free_ports
+from semcache.errors import NotLeaderError
+
+
+# ----------------------------------------------------------------- raw group
+def raw_node(self_port: int, partner_ports: list[int], rpc_port: int, password: str) -> None:
+    """One raw replica: pysyncobj + a bare Flight server (runs in its own process)."""
+    from pysyncobj import SyncObj, SyncObjConf, replicated
+
+    class Store(SyncObj):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.data: dict[bytes, bytes] = {}
+            conf = SyncObjConf(
+                password=password, appendEntriesUseBatch=False, raftMinTimeout=1.0, raftMaxTimeout=2.0,
+                bindAddress=f"127.0.0.1:{self_port}", commandsWaitLeader=False,
+            )
+            super().__init__(f"127.0.0.1:{self_port}", [f"127.0.0.1:{p}" for p in partner_ports], conf)
+
+        @replicated
+        def set(self, key: bytes, value: bytes) -> bool:
+            self.data[key] = value
+            return True
+
+    store = Store()
+
+    class Server(flight.FlightServerBase):  # type: ignore[misc]
+        def do_action(self, context: Any, action: flight.Action) -> list[flight.Result]:
+            body = action.body.to_pybytes()
+            if action.type == "echo":
+                return [flight.Result(body)]
+            if action.type == "role":
+                return [flight.Result(b"leader" if store._isLeader() else b"follower")]
+            if action.type == "commit":
+                store.set(body[:16], body, sync=True, timeout=5.0)
+                return [flight.Result(b"ok")]
+            if action.type == "commit_local":  # n sync commits inside the leader: the raw commit itself
+                out = []
+                for i in range(int(body)):
+                    started = time.perf_counter()
+                    store.set(str(i).encode(), b"v" * 1500, sync=True, timeout=5.0)
+                    out.append(time.perf_counter() - started)
+                return [flight.Result(np.array(out).tobytes())]
+            raise flight.FlightServerError(f"unknown action {action.type}")
+
+    server = Server(f"grpc://127.0.0.1:{rpc_port}")
+    server.serve()
+
+
+def start_raw_group(password: str) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+    ports = free_ports(6)
+    raft, rpc = ports[:3], ports[3:]
+    procs = []
+    for i in range(3):
+        partners = [p for p in raft if p != raft[i]]
+        code = (
+            f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import node_latency as m; "
+            f"m.raw_node({raft[i]}, {partners!r}, {rpc[i]}, {password!r})"
+        )
+        procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    return procs, [f"grpc://127.0.0.1:{p}" for p in rpc]
+
+
+def raw_leader(addresses: list[str], timeout: float = 60.0) -> tuple[flight.FlightClient, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for address in addresses:
+            try:
+                client = flight.FlightClient(address)
+                role = list(client.do_action(flight.Action("role", b"")))[0].body.to_pybytes()
+                if role == b"leader":
+                    return client, address
+                client.close()
+            except flight.FlightError:
+                pass
+        time.sleep(0.2)
+    raise RuntimeError("the raw group elected no leader")
+
+
+# ------------------------------------------------------------------- timing
+def interleaved(fns: dict[str, Callable[[int], Any]], ops: int) -> dict[str, np.ndarray]:
+    """Time each function ``ops`` times, alternating between them op by op, so a
+    neighbour's load on this shared machine hits every row alike."""
+    out = {name: np.empty(ops) for name in fns}
+    for i in range(ops):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn(i)
+            out[name][i] = time.perf_counter() - started
+    return out
+
+
+def throughput(fn: Callable[[int, int], Any], seconds: float, threads: int = 8) -> float:
+    done = [0] * threads
+    stop = threading.Event()
+
+    def worker(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            fn(n, i)
+            i += 1
+        done[n] = i
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    started = time.perf_counter()
+    for thread in pool:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in pool:
+        thread.join(30)
+    return sum(done) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--dim", type=int, default=384)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((args.ops, args.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    value = b"x" * 100
+    raw_procs, raw_addresses = start_raw_group("bench-secret")
+    with tempfile.TemporaryDirectory(prefix="semcache-latency-") as tmp:
+        cluster = LocalCluster(tmp)
+        cluster.create(1, 3, embedding=f"hash:{args.dim}")
+        cluster.start_all()
+        try:
+            leader_address = next(iter(cluster.wait_for_leaders(60).values()))
+            node = cluster.connect(leader_address, timeout=10.0)
+            raw, raw_leader_address = raw_leader(raw_addresses)
+            local = list(raw.do_action(flight.Action("commit_local", str(args.ops).encode())))[0]
+            payload = value + vectors[0].tobytes()
+            rows = interleaved({
+                "raw commit + round trip":
+                    lambda i: list(raw.do_action(flight.Action("commit", b"%016d" % i + payload))),
+                "node sync PUT":
+                    lambda i: node.put(f"key-{i}", value, scope="", vector=vectors[i].tobytes(), ttl_ms=0),
+            }, args.ops)
+            rows |= interleaved({
+                "raw Flight round trip": lambda i: list(raw.do_action(flight.Action("echo", b"k%d" % i))),
+                "node GET (hit)": lambda i: node.get(f"key-{i}"),
+            }, args.ops)
+            rows["raw pysyncobj commit (in leader)"] = np.frombuffer(local.body.to_pybytes())
+            clients = [cluster.connect(leader_address, timeout=10.0) for _ in range(8)]
+            raws = [flight.FlightClient(raw_leader_address) for _ in range(8)]
+            raw_tput = throughput(
+                lambda n, i: list(raws[n].do_action(flight.Action("commit", b"%08d%08d" % (n, i) + payload))),
+                args.seconds)
+            node_tput = throughput(
+                lambda n, i: clients[n].put(f"t{n}-{i}", value, scope="", vector=vectors[i % args.ops].tobytes(),
+                                            ttl_ms=0), args.seconds)
+        except NotLeaderError as exc:
+            raise SystemExit(f"leadership moved during the benchmark ({exc}); run it again") from exc
+        finally:
+            cluster.stop_all()
+            for proc in raw_procs:
+                proc.terminate()
+                proc.wait(10)
+    print(f"# {platform.platform()}, python {platform.python_version()}; {args.ops} sequential ops, "
+          f"8 threads for {args.seconds:.0f} s; 100-byte values, {args.dim}-dim vectors; 1 shard x 3 replicas")
+    print("| operation | p50 ms | p90 ms | p99 ms | max ms |")
+    print("|---|---|---|---|---|")
+    for name, values in rows.items():
+        p50, p90, p99 = np.percentile(values, [50, 90, 99]) * 1e3
+        print(f"| {name} | {p50:.3f} | {p90:.3f} | {p99:.3f} | {values.max() * 1e3:.1f} |")
+    med = {name: float(np.median(values)) for name, values in rows.items()}
+    get_ratio = med["node GET (hit)"] / med["raw Flight round trip"]
+    print(f"\nGET p50 / raw round trip p50 = {get_ratio:.2f} (target <= 1.5)")
+    print(f"PUT p50 / (raw commit + round trip) p50 = "
+          f"{med['node sync PUT'] / med['raw commit + round trip']:.2f} (target <= 1.5)")
+    print(f"8-thread PUT throughput: node {node_tput:.0f} ops/s, raw {raw_tput:.0f} ops/s, "
+          f"ratio {node_tput / raw_tput:.2f} (target >= 0.7)")
+
+
+if __name__ == "__main__":
+    main()
