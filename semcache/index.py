@@ -8,6 +8,9 @@ a vector under a label that hnswlib has marked deleted overwrites that slot in
 place, so freed slots are reused without hnswlib's replace-deleted mode (whose
 slot choice depends on an unordered set and so on history).
 
+A restored index keeps inserting exactly as one that never stopped: see
+:func:`level_rng_seed`.
+
 >>> import numpy as np
 >>> idx = VectorIndex(dim=2, max_entries=2)
 >>> a = idx.add(np.array([1.0, 0.0], dtype=np.float32))
@@ -27,6 +30,29 @@ import hnswlib
 import numpy as np
 
 from .errors import ConfigurationError
+
+# hnswlib draws each new element's level from a std::minstd_rand0 engine seeded
+# with ``random_seed`` (libstdc++: x <- 16807 x mod 2^31-1), two engine steps per
+# draw (generate_canonical<double> over a 31-bit engine).  Its other generator
+# only gates neighbour updates with probability 1.0, so its state never matters.
+_MINSTD_MULTIPLIER = 16_807
+_MINSTD_MODULUS = 2**31 - 1
+_ENGINE_STEPS_PER_LEVEL = 2
+
+
+def level_rng_seed(random_seed: int, elements: int) -> int:
+    """The seed that puts hnswlib's level generator where it is after ``elements`` insertions.
+
+    ``load_index`` leaves the generator default-seeded, so a restored replica would
+    draw other levels for its next inserts than one that never restarted, and the
+    two graphs would drift apart.  Re-seeding with this value (an LCG jumps ahead
+    in O(log n)) makes restore-then-continue byte-identical too.
+
+    >>> level_rng_seed(100, 0)
+    100
+    """
+    state = random_seed % _MINSTD_MODULUS or 1  # what minstd_rand0.seed() does
+    return state * pow(_MINSTD_MULTIPLIER, _ENGINE_STEPS_PER_LEVEL * elements, _MINSTD_MODULUS) % _MINSTD_MODULUS
 
 
 @dataclass(frozen=True)
@@ -159,8 +185,15 @@ class VectorIndex:
         index._free = [int(label) for label in free]
         heapq.heapify(index._free)
         index._next_label = next_label
-        hnsw = hnswlib.Index(space="cosine", dim=dim)
-        hnsw.load_index(str(path), max_elements=slots)
+        loaded = hnswlib.Index(space="cosine", dim=dim)
+        loaded.load_index(str(path), max_elements=slots)
+        # Rebuild through hnswlib's pickle state, whose "seed" seeds the level
+        # generator: set it to where the never-restarted index's generator is.
+        (params, *rest) = loaded.__getstate__()
+        params = {**params, "seed": level_rng_seed(settings.random_seed, loaded.element_count)}
+        hnsw = hnswlib.Index.__new__(hnswlib.Index)
+        hnsw.__setstate__((params, *rest))
+        del loaded
         index._configure(hnsw)
         index._index = hnsw
         return index
