@@ -18,7 +18,7 @@ from openai import OpenAI
 from semcache.integrations.langchain import LangChainSemanticCache
 from semcache.integrations.openai import wrap
 
-from semcache import SemanticCache
+from semcache import SemanticCache, SemanticKV
 from semcache.backend import Backend
 from semcache.client import DistributedSemanticKV
 from semcache.embeddings import HashEmbedding, SentenceTransformerEmbedding
@@ -196,19 +196,36 @@ def test_langchain_chat_model_is_cached_on_the_cluster(
             set_llm_cache(None)
 
 
-def test_openai_client_wrapped_with_the_cluster_cache(
+def test_openai_client_wrapped_with_the_cluster_cache_behaves_as_embedded(
     cluster: ClusterHarness, minilm: SentenceTransformerEmbedding
 ) -> None:
-    cache = SemanticCache(backend=cluster.client(embedding=minilm))
-    with FakeOpenAIServer() as server, OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as raw:
-        client = wrap(raw, cache=cache)
-        messages = [{"role": "user", "content": "What is the capital of France?"}]
-        miss = client.chat.completions.create(model="gpt-4o-mini", messages=messages)
-        client.semcache.flush()
-        paraphrase = [{"role": "user", "content": "what is the capital of France"}]
-        hit = client.chat.completions.create(model="gpt-4o-mini", messages=paraphrase)
-        assert server.count("chat.completions") == 1
-        assert hit.choices[0].message.content == miss.choices[0].message.content
+    questions = [
+        "What is the capital of France?",
+        "What is the capital of France?",
+        "What's the capital city of France?",
+        "How do I reverse a list in Python?",
+        "What is the capital of France?",
+    ]
+
+    def replay(backend: Backend) -> tuple[int, int, list[str]]:
+        cache = SemanticCache(backend=backend)
+        with FakeOpenAIServer() as server, OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as raw:
+            client = wrap(raw, cache=cache)
+            answers = []
+            for question in questions:
+                reply = client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": question}]
+                )
+                answers.append(str(reply.choices[0].message.content))
+                assert client.semcache.flush(10)
+            return server.count("chat.completions"), client.semcache.stats.hits, answers
+
+    on_cluster = replay(cluster.client(embedding=minilm))
+    with SemanticKV(embedding=minilm) as store:
+        embedded = replay(store)
+    assert on_cluster == embedded
+    calls, hits, answers = on_cluster
+    assert hits >= 2 and calls == len(questions) - hits and answers[0] == answers[1] == answers[4]
 
 
 def test_zz_search_with_a_shard_down_returns_the_rest_and_names_it(
