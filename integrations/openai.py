@@ -57,7 +57,16 @@ import inspect
 import logging
 import re
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -321,6 +330,7 @@ class OpenAICache:
         self._stats = OpenAICacheStats()
         self._lock = threading.Lock()
         self._writes: WriteBehind | None = None
+        self._warned = False
 
     @property
     def cache(self) -> SemanticCache:
@@ -376,7 +386,9 @@ class OpenAICache:
             # Canonicalised once here; the cache takes the text as a str scope, cheap to hash again.
             scope_text = canonical_scope(scope)
         except InvalidInputError as exc:
-            log.debug("semcache: request not cacheable (%s); calling upstream", exc)
+            if not self._warned:  # once: a decorated function taking a client object would never cache
+                self._warned = True
+                log.warning("semcache: %s request not cacheable (%s); such calls go upstream uncached", endpoint, exc)
             self._count("bypassed")
             return None
         stream_options = request.get("stream_options") or {}
@@ -578,6 +590,9 @@ def _payload_of(result: Any) -> dict[str, Any] | None:
 
 
 def _is_stream(result: Any) -> bool:
+    """A stream of chunks: iterable, but not a str, container or model (pydantic models iterate their fields)."""
+    if isinstance(result, str | bytes | Mapping | Sequence | pydantic.BaseModel):
+        return False
     return hasattr(result, "__iter__") or hasattr(result, "__aiter__")
 
 
@@ -786,6 +801,7 @@ def semantic_cache(
     threshold: float | None = None,
     scope: Scope = None,
     prompt_arg: str | None = None,
+    exclude_args: Collection[str] = ("self", "cls"),
     **options: Any,
 ) -> Any:
     """Cache a function that calls the OpenAI client, sync or async.
@@ -794,7 +810,9 @@ def semantic_cache(
     like a chat request (the last user message is matched semantically, the
     rest exactly); otherwise ``prompt_arg`` (default: the first str argument)
     is the prompt.  Every other argument (``model``, ``temperature``...) and
-    the function's qualified name form the scope.  The function may return a
+    the function's qualified name form the scope, except ``exclude_args``:
+    arguments that do not change the answer, such as ``self`` or a client
+    object (an argument that is not JSON-like would make the call uncacheable).  The function may return a
     ``ChatCompletion``, a stream of chunks (when called with ``stream=True``),
     a ``Response``, or any JSON value such as the answer's text.
 
@@ -813,6 +831,7 @@ def semantic_cache(
         threshold: the similarity threshold for these calls.
         scope: added to every call's scope.
         prompt_arg: the argument holding the prompt, when there is no ``messages``.
+        exclude_args: arguments left out of the scope.
         **options: ``ttl``, ``sampling``, ``write_behind`` (see :class:`OpenAICache`).
     """
 
@@ -827,9 +846,13 @@ def semantic_cache(
             request: dict[str, Any] = {}
             for param, value in bound.arguments.items():
                 kind = signature.parameters[param].kind
+                if param in exclude_args:
+                    continue
                 if kind is inspect.Parameter.VAR_KEYWORD:
-                    request.update(value)
-                elif kind is not inspect.Parameter.VAR_POSITIONAL:
+                    request.update((k, v) for k, v in value.items() if k not in exclude_args)
+                elif kind is inspect.Parameter.VAR_POSITIONAL:
+                    request[f"*{param}"] = list(value)
+                else:
                     request[param] = value
             if "messages" not in request:
                 key = prompt_arg or next((p for p, v in request.items() if isinstance(v, str)), None)

@@ -455,3 +455,56 @@ def test_paraphrase_hits_with_minilm(raw_client, server, minilm):
         assert not is_cached(miss)
         assert server.count("chat.completions") == 2
         client.semcache.close()
+
+
+def test_decorated_method_with_excluded_client_argument(raw_client, cache, server):
+    class Assistant:
+        def __init__(self, model: str) -> None:
+            self.model = model
+
+        @semantic_cache(cache=cache, exclude_args=("self", "client"))
+        def ask(self, client, question: str, *, model: str) -> str:
+            reply = client.chat.completions.create(model=model, messages=user(question))
+            return reply.choices[0].message.content or ""
+
+    bot = Assistant(MODEL)
+    assert bot.ask(raw_client, QUESTION, model=MODEL) == bot.ask(raw_client, QUESTION, model=MODEL)
+    assert bot.ask(raw_client, QUESTION, model="gpt-4o") == fake_answer("gpt-4o", QUESTION)
+    assert Assistant.ask.semcache.stats.hits == 1
+    assert server.count("chat.completions") == 2
+
+
+def test_arguments_that_are_not_json_bypass_with_one_warning(raw_client, cache, server, caplog):
+    @semantic_cache(cache=cache)
+    def ask(client, question: str) -> str:
+        return client.chat.completions.create(model=MODEL, messages=user(question)).choices[0].message.content
+
+    with caplog.at_level(logging.WARNING, logger="semcache.integrations.openai"):
+        for _ in range(3):
+            assert ask(raw_client, QUESTION) == fake_answer(MODEL, QUESTION)
+    assert ask.semcache.stats.bypassed == 3 and server.count("chat.completions") == 3
+    assert sum("not cacheable" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_text_result_with_stream_argument_is_not_treated_as_a_stream(cache):
+    @semantic_cache(cache=cache, write_behind=False)
+    def ask(question: str, stream: bool = False) -> str:
+        return f"text for {question}"
+
+    assert ask("What is semcache?", stream=True) == "text for What is semcache?"
+    assert ask("What is semcache?", stream=True) == "text for What is semcache?"
+    assert ask.semcache.stats.hits == 1 and ask.semcache.stats.streams_discarded == 0
+
+
+def test_variadic_arguments_partition(cache):
+    calls = []
+
+    @semantic_cache(cache=cache, write_behind=False, prompt_arg="question")
+    def ask(question: str, *tags: str) -> str:
+        calls.append(tags)
+        return f"{question} {tags}"
+
+    ask("What is semcache?", "a")
+    ask("What is semcache?", "b")
+    ask("What is semcache?", "a")
+    assert calls == [("a",), ("b",)]
