@@ -363,7 +363,8 @@ class OpenAICache:
     # ------------------------------------------------------------- planning
     def plan(self, endpoint: str, request: Mapping[str, Any], controls: Mapping[str, Any]) -> _Plan | None:
         """Where the answer to ``request`` is cached, or None when it must go upstream uncached."""
-        if controls.get("cache_skip") or not self._sampling_allows(request):
+        streamed_response = endpoint == "responses" and request.get("stream") and not _omitted(request.get("stream"))
+        if controls.get("cache_skip") or streamed_response or not self._sampling_allows(request):
             self._count("bypassed")
             return None
         split = _prompt_and_context(request)

@@ -339,6 +339,9 @@ def test_responses_api(client, server):
     assert isinstance(hit, Response) and is_cached(hit) and not is_cached(other)
     assert hit.output_text == first.output_text and hit.usage.total_tokens == 0
     assert server.count("responses") == 2
+    with pytest.raises(openai.BadRequestError):  # the bundled server does not stream responses: passed through
+        client.responses.create(model=MODEL, input=QUESTION, instructions="Be brief.", stream=True)
+    assert server.count("responses") == 3 and client.semcache.stats.bypassed == 1
 
 
 def test_wrapped_client_passes_everything_else_through(client, server):
