@@ -34,6 +34,7 @@ import functools
 import json
 import logging
 import os
+import queue
 import struct
 import tarfile
 import tempfile
@@ -62,6 +63,7 @@ _U32 = struct.Struct("<I")
 MAX_ENTRY_BYTES = 60 * 1024
 BATCH_ITEM_OVERHEAD = 4  # the length prefix of each command in a batch
 MAX_IN_FLIGHT = 2  # uncommitted batch entries at once: pipelining without unbounded queues
+MAX_APPLY_BACKLOG = 256  # committed batches waiting for the applier thread before the log waits
 SNAPSHOT_FORMAT = 1
 SNAPSHOT_FILE = "raft.snapshot"
 ROLES = {0: "follower", 1: "candidate", 2: "leader"}
@@ -114,6 +116,11 @@ class ReplicatedShard(SyncObj):
         self._pending: deque[_Pending] = deque()
         self._in_flight: dict[int, float] = {}  # batch id -> when it was sent
         self._batch_seq = 0
+        self._apply_queue: queue.SimpleQueue[_Applied | None] = queue.SimpleQueue()
+        self._applier_cond = threading.Condition()
+        self._backlog = 0  # batches queued or being applied
+        self._applier = threading.Thread(target=self._applier_loop, name="semcache-apply", daemon=True)
+        self._applier.start()
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self.role_changes = 0
@@ -156,23 +163,61 @@ class ReplicatedShard(SyncObj):
         return ShardState(self._dim, self._model_id, self.config.index_settings(), self._limits)
 
     # ------------------------------------------------------------ replicated
+    # pysyncobj applies committed entries in its tick thread, the thread that also
+    # answers the leader.  An HNSW insert takes ~0.7 ms (384 dims), so applying
+    # there would delay every follower's acknowledgement of the next entry by the
+    # apply of the previous one.  Instead the tick thread only decodes and queues
+    # the batch; an applier thread applies batches in log order (hnswlib releases
+    # the GIL while inserting).  A writer is acknowledged once its batch is applied
+    # here, and snapshots wait for the queue to drain, so both see exactly the
+    # state at the applied index.
     @replicated
-    def apply_batch(self, data: bytes) -> list[int | str]:
-        """Apply a batch of encoded commands (every replica, in log order); one result each.  Never raises."""
-        results: list[int | str] = []
+    def apply_batch(self, data: bytes) -> _Applied:
+        """Queue a committed batch of encoded commands for the applier thread (every replica, in log order).
+
+        Never raises: an exception here would wedge pysyncobj's apply loop.
+        """
         try:
-            commands = [decode_command(item) for item in unpack_batch(data)]
-        except Exception as exc:  # noqa: BLE001 - raising here would wedge pysyncobj's apply loop
+            record = _Applied([decode_command(item) for item in unpack_batch(data)])
+        except Exception as exc:  # noqa: BLE001 - see above
             logger.exception("replica %s could not decode a batch", self.replica_id)
-            return [f"error: {exc}"]
-        with self._lock:
-            for command in commands:
-                try:
-                    results.append(int(self._state.apply(command)))
-                except Exception as exc:  # noqa: BLE001 - validated before logging; never expected
-                    logger.exception("replica %s could not apply a command", self.replica_id)
-                    results.append(f"error: {exc}")
-        return results
+            record = _Applied([], [f"error: {exc}"])
+            record.done.set()
+            return record
+        with self._applier_cond:
+            while self._backlog >= MAX_APPLY_BACKLOG and not self._stopping.is_set():
+                self._applier_cond.wait(0.1)  # back-pressure: a slow applier slows the log, not memory
+            self._backlog += 1
+        self._apply_queue.put(record)
+        return record
+
+    def _applier_loop(self) -> None:
+        while True:
+            record = self._apply_queue.get()
+            if record is None:
+                return
+            with self._lock:
+                for command in record.commands:
+                    try:
+                        record.results.append(int(self._state.apply(command)))
+                    except Exception as exc:  # noqa: BLE001 - validated before logging; never expected
+                        logger.exception("replica %s could not apply a command", self.replica_id)
+                        record.results.append(f"error: {exc}")
+            record.done.set()
+            with self._applier_cond:
+                self._backlog -= 1
+                self._applier_cond.notify_all()
+
+    def wait_applied(self, timeout: float | None = None) -> bool:
+        """Block until every committed batch handed to the applier has been applied; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._applier_cond:
+            while self._backlog > 0:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._applier_cond.wait(0.1 if left is None else min(left, 0.1))
+        return True
 
     @replicated
     def set_member(self, replica_id: str, raft: str, rpc: str, present: bool) -> bool:
@@ -209,17 +254,22 @@ class ReplicatedShard(SyncObj):
         with self._batch_lock:
             self._pending.append(pending)
         self._issue_batches()
-        if not pending.done.wait(timeout or self.config.commit_timeout):
+        deadline = time.monotonic() + (timeout or self.config.commit_timeout)
+        if not pending.done.wait(max(0.0, deadline - time.monotonic())):
             raise self._map_failure("Timeout")
         if pending.error is not None:
             raise self._map_failure(pending.error)
-        if isinstance(pending.result, str):
-            raise ClusterError(f"shard {self.shard_id} failed to apply a committed command: {pending.result}")
+        record = pending.record
+        if record is None or not record.done.wait(max(0.0, deadline - time.monotonic())):
+            raise self._map_failure("Timeout")
+        result = record.results[pending.position] if pending.position < len(record.results) else "missing result"
+        if isinstance(result, str):
+            raise ClusterError(f"shard {self.shard_id} failed to apply a committed command: {result}")
         if isinstance(command, Put):
             self._access.touch(command.key, command.created_at_ms)
             if self.config.capacity is not None and len(self._state.entries) > self.config.capacity:
                 self._wake.set()
-        return int(pending.result or 0)
+        return result
 
     def _issue_batches(self) -> None:
         """Send pending writes as batch entries while fewer than MAX_IN_FLIGHT are uncommitted."""
@@ -249,10 +299,8 @@ class ReplicatedShard(SyncObj):
         for position, item in enumerate(batch):
             if error != FAIL_REASON.SUCCESS:
                 item.error = error
-            elif isinstance(results, list) and len(results) == len(batch):
-                item.result = results[position]
             else:
-                item.result = f"malformed batch result {results!r}"
+                item.record, item.position = results, position
             item.done.set()
         self._issue_batches()
 
@@ -473,6 +521,7 @@ class ReplicatedShard(SyncObj):
     def _serialize(self, filename: str, raft_data: tuple[Any, Any, Any]) -> None:
         """pysyncobj's serializer hook (tick thread): write the snapshot, in a forked child if possible."""
         started = time.perf_counter()
+        self.wait_applied()  # the state must be exactly the state at the applied index
         if self._fork_snapshots:
             pid = os.fork()
             if pid == 0:  # the child: write, then leave without running any cleanup of the parent's
@@ -549,6 +598,7 @@ class ReplicatedShard(SyncObj):
                 raise InvalidInputError(f"unknown shard snapshot format {meta.get('format')!r}")
             state = ShardState.restore(root / "state", model_id=self._model_id, dim=self._dim)
         state.limits = self._limits
+        self.wait_applied()  # nothing older may land on the new state
         with self._lock:
             self._state = state
             self._members = {m["id"]: Member(**m) for m in meta["members"]}
@@ -565,6 +615,8 @@ class ReplicatedShard(SyncObj):
         self._wake.set()
         self._maintenance.join(timeout=5)
         self.destroy_synchronous()
+        self._apply_queue.put(None)
+        self._applier.join(timeout=10)
 
 
 def pack_batch(items: list[bytes]) -> bytes:
@@ -591,12 +643,22 @@ def unpack_batch(data: bytes) -> list[bytes]:
 
 @dataclass
 class _Pending:
-    """One write waiting for its batch to commit."""
+    """One write waiting for its batch to commit (``done``), then to be applied (``record.done``)."""
 
     data: bytes
     done: threading.Event = field(default_factory=threading.Event)
-    result: int | str | None = None
+    record: _Applied | None = None
+    position: int = 0
     error: Any = None
+
+
+@dataclass
+class _Applied:
+    """A committed batch on its way through the applier thread."""
+
+    commands: list[Command]
+    results: list[int | str] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 def _entry_to_json(entry: tuple[bytes, int, int]) -> list[Any]:
