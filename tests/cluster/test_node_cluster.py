@@ -416,3 +416,29 @@ def test_sigterm_stops_a_node_cleanly_and_it_restarts_with_its_data(make_shard: 
     shard.start("r0")
     shard.leader()
     assert shard.client("r0").get("durable") == b"kept"
+
+
+def test_concurrent_writes_share_entries_but_each_gets_its_own_result(make_shard: Callable[..., LocalShard]) -> None:
+    shard = make_shard()
+    address = shard.config.replica(shard.leader()).rpc
+    keys = [f"k{i}" for i in range(80)]
+    deleted: list[str] = []
+
+    def run(work: Callable[[NodeClient, str], None], items: list[str]) -> None:
+        def worker(part: list[str]) -> None:
+            with NodeClient(address, token=TOKEN, timeout=10.0) as client:
+                for key in part:
+                    work(client, key)
+
+        threads = [threading.Thread(target=worker, args=(items[n::8],)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+
+    run(lambda client, key: _put(client, key, seed=int(key[1:])), keys)
+    # Every key deleted twice at once: exactly one delete of each may report that it removed something.
+    run(lambda client, key: deleted.append(key) if client.delete(key) else None, keys + keys)
+    assert sorted(deleted) == sorted(keys)
+    assert shard.client(shard.leader()).stats()["entries"] == 0
+    assert shard.wait_converged(min_applied=160)
