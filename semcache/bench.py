@@ -43,6 +43,7 @@ TARGETS = {
     "bytes_per_entry": 2560,  # RSS per entry beyond the payload
 }
 PAYLOAD_BYTES = 200  # value size of the fill entries (a short cached answer)
+FILL_CHUNK = 1024
 
 CACHED = (
     "How do I enable dark mode?",
@@ -184,20 +185,18 @@ def measure_fill(
     with SemanticKV(embedding=embedding, max_entries=largest, purge_interval=3600) as kv:
         filled = 0
         for target in sorted({1, *sizes}):
-            batch = unit_vectors(rng, target - filled, embedding.dim)
-            start = time.perf_counter()
-            for row in range(target - filled):
-                key = f"bench:{filled + row:09d}"
-                kv.put(key, value, vector=batch[row])
-                payload += len(key) + len(value)
-                if bar is not None and row % 512 == 511:
-                    bar.update(512)
-            put_seconds += time.perf_counter() - start
-            if bar is not None:
-                bar.n = target
-                bar.refresh()
-            filled = target
-            del batch
+            while filled < target:
+                # Vectors are made a chunk at a time, so they do not count as the store's memory.
+                batch = unit_vectors(rng, min(FILL_CHUNK, target - filled), embedding.dim)
+                start = time.perf_counter()
+                for row in range(len(batch)):
+                    key = f"bench:{filled + row:09d}"
+                    kv.put(key, value, vector=batch[row])
+                    payload += len(key) + len(value)
+                put_seconds += time.perf_counter() - start
+                filled += len(batch)
+                if bar is not None:
+                    bar.update(len(batch))
             search[target] = Summary.of(
                 [timed(lambda v=vector: kv.search(None, 3, vector=v)) for vector in query_vectors]  # type: ignore[misc]
             )

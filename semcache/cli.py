@@ -267,7 +267,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import DEFAULT_SIZES, format_report, run
 
     embedding = load_model(args.model, memo_size=0)
-    rounds, queries, durable = (40, 100, 500) if args.quick else (args.rounds, 500, 5_000)
+    rounds, queries, durable = (10, 50, 200) if args.quick else (args.rounds, 500, 5_000)
     sizes = args.sizes or DEFAULT_SIZES
     report = run(embedding, sizes, rounds=rounds, queries=queries, durable_puts=durable, progress=True)
     print(format_report(report))

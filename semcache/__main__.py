@@ -1,0 +1,7 @@
+"""``python -m semcache``: the same as the ``semcache`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
