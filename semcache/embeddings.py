@@ -203,7 +203,8 @@ class BaseEmbedding:
         if vector is None:
             vector = self._batcher.submit(text)
             self._memo_put(text, vector)
-        return vector
+        # A copy: the memo's array must not change if the caller scales or edits its vector.
+        return vector.copy()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_id={self.model_id!r}, dim={self.dim})"
@@ -225,7 +226,12 @@ def _load_sentence_transformer(name_or_path: str, device: str) -> Any:
     key = f"{name_or_path}@{device}"
     with _LOAD_LOCK:
         if key not in _LOADED_MODELS:
-            _LOADED_MODELS[key] = SentenceTransformer(name_or_path, device=device)
+            try:
+                _LOADED_MODELS[key] = SentenceTransformer(name_or_path, device=device)
+            except (OSError, ValueError) as exc:  # missing path, unknown or offline hub name, bad files
+                raise ConfigurationError(
+                    f"cannot load sentence-transformers model {name_or_path!r}: {exc}"
+                ) from exc
         return _LOADED_MODELS[key]
 
 

@@ -295,3 +295,12 @@ def test_an_openai_failure_stores_nothing(openai_server):
         assert kv.get("lost") is None and kv.get("kept") == b"kept value" and len(kv) == 1
         kv.put("lost", "this write fails upstream")  # the failure was not memoised
         assert kv.get("lost") == b"this write fails upstream"
+
+
+def test_editing_a_returned_vector_does_not_corrupt_the_memo():
+    emb = HashEmbedding(dim=16)
+    first = emb.embed_one("some text")
+    expected = first.copy()
+    first[:] = 0.0  # a caller scaling or reusing its array in place
+    again = emb.embed_one("some text")
+    assert emb.memo_hits == 1 and np.array_equal(again, expected)

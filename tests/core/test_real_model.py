@@ -67,3 +67,12 @@ def test_exact_hits_skip_the_model(filled, minilm):
     calls = minilm.model_calls
     hit = filled.lookup("  How do I reset my   password? ")
     assert hit is not None and hit.exact and minilm.model_calls == calls
+
+
+@pytest.mark.parametrize("name", ["no-such-org/no-such-model-xyz", "/nonexistent/model/dir"])
+def test_an_unloadable_model_is_a_configuration_error(name):
+    from semcache import ConfigurationError
+    from semcache.embeddings import SentenceTransformerEmbedding
+
+    with pytest.raises(ConfigurationError, match="cannot load sentence-transformers model"):
+        SentenceTransformerEmbedding(name)
