@@ -102,7 +102,10 @@ class _Reader:
         return self.take(self.u32())
 
     def str_(self) -> str:
-        return self.bytes_().decode("utf-8")
+        try:
+            return self.bytes_().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"command record holds text that is not valid UTF-8: {exc.reason}") from exc
 
     def done(self) -> None:
         if self._pos != len(self._data):
@@ -148,7 +151,10 @@ def decode_command(data: bytes) -> Command:
     command: Command
     if tag == 1:
         key, value, scope = reader.str_(), reader.bytes_(), reader.str_()
-        vector = reader.bytes_() if reader.take(1) == b"\x01" else None
+        flag = reader.take(1)
+        if flag not in (b"\x00", b"\x01"):
+            raise InvalidInputError(f"bad vector flag {flag!r} in put record")
+        vector = reader.bytes_() if flag == b"\x01" else None
         command = Put(key, value, scope, vector, reader.i64(), reader.i64())
     elif tag == 2:
         command = Delete(reader.str_())
