@@ -144,8 +144,9 @@ def text_pieces(text: str) -> list[str]:
 def completion_to_chunks(completion: Mapping[str, Any], *, include_usage: bool = False) -> list[dict[str, Any]]:
     """The ``chat.completion.chunk`` dicts a server streams for ``completion`` (a dict).
 
-    Per choice: a role chunk, the content (or tool-call deltas: a header with id
-    and name, then the arguments in pieces), a finish chunk; then, when
+    Per choice, in OpenAI's order: a role chunk (carrying the first tool call's
+    header, id and name, when the answer is a tool call), the content in pieces
+    or each call's arguments in pieces, a finish chunk; then, when
     ``include_usage``, a chunk with no choices that carries the usage.
 
     >>> done = {"id": "c1", "created": 1, "model": "m", "choices": [
@@ -169,31 +170,31 @@ def completion_to_chunks(completion: Mapping[str, Any], *, include_usage: bool =
         index, message = choice["index"], choice.get("message") or {}
         calls = message.get("tool_calls") or []
         content = message.get("content")
-        emit(index, {"role": message.get("role") or "assistant", "content": None if calls and not content else ""})
-        if content:
-            for piece in text_pieces(content):
-                emit(index, {"content": piece})
+        opening: dict[str, Any] = {
+            "role": message.get("role") or "assistant",
+            "content": None if calls and not content else "",
+        }
+        deltas: list[dict[str, Any]] = [{"content": piece} for piece in text_pieces(content)] if content else []
         if message.get("refusal"):
-            emit(index, {"refusal": message["refusal"]})
+            deltas.append({"refusal": message["refusal"]})
         for position, call in enumerate(calls):
             function = call.get("function") or {}
-            emit(
-                index,
-                {
-                    "tool_calls": [
-                        {
-                            "index": position,
-                            "id": call.get("id"),
-                            "type": call.get("type", "function"),
-                            "function": {"name": function.get("name"), "arguments": ""},
-                        }
-                    ]
-                },
-            )
+            header = {
+                "index": position,
+                "id": call.get("id"),
+                "type": call.get("type", "function"),
+                "function": {"name": function.get("name"), "arguments": ""},
+            }
+            if position == 0 and not content:
+                opening["tool_calls"] = [header]  # as OpenAI does: the role and the first call's header together
+            else:
+                deltas.append({"tool_calls": [header]})
             arguments = function.get("arguments") or ""
             for start in range(0, len(arguments), _ARGUMENT_PIECE):
                 piece = arguments[start : start + _ARGUMENT_PIECE]
-                emit(index, {"tool_calls": [{"index": position, "function": {"arguments": piece}}]})
+                deltas.append({"tool_calls": [{"index": position, "function": {"arguments": piece}}]})
+        for delta in [opening, *deltas]:
+            emit(index, delta)
         emit(index, {}, choice.get("finish_reason") or "stop")
     if include_usage:
         out.append({**head, "choices": [], "usage": completion.get("usage")})

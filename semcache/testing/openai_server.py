@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -121,6 +122,14 @@ def _usage(prompt: str, completion: str) -> dict[str, int]:
     }
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """Clients dropping a connection (a broken or abandoned stream) is expected here, not worth a traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class FakeOpenAIServer:
     """An OpenAI-compatible server on 127.0.0.1 in a background thread.
 
@@ -145,7 +154,7 @@ class FakeOpenAIServer:
         self._failures: list[int] = []
         self._lock = threading.Lock()
         self._sequence = 0
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
+        self._httpd = _QuietHTTPServer(("127.0.0.1", port), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -511,3 +511,28 @@ def test_variadic_arguments_partition(cache):
     ask("What is semcache?", "b")
     ask("What is semcache?", "a")
     assert calls == [("a",), ("b",)]
+
+
+def test_replayed_stream_has_openai_wire_shape(client, server):
+    """Written out by hand from OpenAI's documented stream format, not derived from the code under test."""
+    ask(client, "Weather in Oslo?", tools=TOOLS)
+    ask(client)
+    tool_chunks = [
+        c.model_dump(exclude_none=True, exclude={"semcache"})
+        for c in ask(client, "Weather in Oslo?", tools=TOOLS, stream=True)
+    ]
+    first = tool_chunks[0]["choices"][0]
+    assert first["delta"]["role"] == "assistant" and "content" not in first["delta"]
+    (header,) = first["delta"]["tool_calls"]
+    assert header["index"] == 0 and header["id"].startswith("call_") and header["type"] == "function"
+    assert header["function"] == {"name": "get_weather", "arguments": ""}
+    middle = [c["choices"][0]["delta"] for c in tool_chunks[1:-1]]
+    assert middle and all(set(d) == {"tool_calls"} and set(d["tool_calls"][0]) == {"index", "function"} for d in middle)
+    assert tool_chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+    text_chunks = [c.model_dump(exclude_none=True, exclude={"semcache"}) for c in ask(client, stream=True)]
+    assert text_chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(set(c["choices"][0]["delta"]) == {"content"} for c in text_chunks[1:-1])
+    assert text_chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
+    assert {c["object"] for c in text_chunks + tool_chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in text_chunks}) == 1
+    assert server.count("chat.completions") == 2
