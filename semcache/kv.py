@@ -469,6 +469,10 @@ class SemanticKV(KVHelpers):
         # entries) is paid once per many puts rather than on every put.
         if self._capacity is None or len(self._state.entries) <= self._capacity:
             return
+        # Expired entries go first, whatever the policy: they are dead already.
+        self.purge_expired()
+        if len(self._state.entries) <= self._capacity:
+            return
         target = self._capacity - self._capacity // 100
         victims = choose_victims(self._eviction, self._state.entries, self._access, len(self._state.entries) - target)
         removed = self._submit(Evict(tuple(victims)))

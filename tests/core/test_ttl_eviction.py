@@ -179,3 +179,17 @@ def test_choosing_victims_is_separate_from_applying_them(policy, expected):
     log.touch("b", 6)
     assert choose_victims(policy, entries, log, 3) == expected
     assert choose_victims(policy, entries, log, 0) == []
+
+
+def test_expired_entries_are_dropped_before_any_live_entry_is_evicted():
+    clock = Clock()
+    with make_kv(clock, capacity=6) as kv:
+        fill(kv, clock, 3)  # k0..k2 live, the least recently used
+        for i in range(3):
+            clock.advance(1)
+            kv.put(f"t{i}", f"temporary {i}", ttl_ms=5)
+        clock.advance(10)  # t0..t2 expired, not yet purged
+        kv.put("new", "one more")
+        assert [kv.exists(k) for k in ("k0", "k1", "k2", "new")] == [True] * 4
+        stats = kv.stats()
+        assert (stats["entries"], stats["expired"], stats["evicted"]) == (4, 3, 0)
