@@ -248,7 +248,7 @@ def test_a_write_the_leader_could_not_commit_is_all_or_nothing(shard_1x3: Cluste
 
 # ----------------------------------------------- 5. catch-up and membership
 def test_a_restarted_and_a_new_follower_catch_up_and_the_new_one_votes(shard_1x3: ClusterHarness) -> None:
-    kv = shard_1x3.client(embedding=None, connection_timeout=1.0)
+    kv = shard_1x3.client(embedding=None, connection_timeout=1.0, request_timeout=30.0)  # rides out elections
     lagging = shard_1x3.followers_of("shard-0")[0]
     shard_1x3.kill9(lagging)
     for i in range(300):  # past the compaction threshold: the log it missed is gone
