@@ -303,3 +303,12 @@ def test_upstream_error_is_not_cached(server, global_cache):
         "gpt-4o-mini", "What is the capital of Peru?"
     )
     assert server.count("chat.completions") == 2
+
+
+def test_streaming_chat_model_result_is_cached(server, global_cache):
+    server.reset()
+    llm = chat_model(server, streaming=True)  # generates through the stream, caches the merged chunks
+    first = llm.invoke("How do I reverse a list in Python?")
+    second = llm.invoke("How can I reverse a Python list?")
+    assert second.content == first.content == fake_answer("gpt-4o-mini", "How do I reverse a list in Python?")
+    assert server.count("chat.completions") == 1
