@@ -50,9 +50,7 @@ def main() -> None:
         # 2. wrap(client): chat.completions.create is cached; hits are marked ChatCompletions.
         cached_client = wrap(client, cache=cache)
         for question in ("What is the capital of France?", "What's the capital city of France?"):
-            reply = cached_client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": question}]
-            )
+            reply = cached_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": question}])
             info = cache_info(reply)
             if info:
                 similar = f"similar to {info['cached_prompt']!r} ({info['similarity']:.2f})"
