@@ -536,3 +536,16 @@ def test_replayed_stream_has_openai_wire_shape(client, server):
     assert {c["object"] for c in text_chunks + tool_chunks} == {"chat.completion.chunk"}
     assert len({c["id"] for c in text_chunks}) == 1
     assert server.count("chat.completions") == 2
+
+
+def test_bare_decorator_uses_the_default_settings(monkeypatch, hash_embedding):
+    import semcache.integrations.openai as adapter
+
+    monkeypatch.setattr(adapter, "SemanticCache", lambda: SemanticCache(SemanticKV(embedding=hash_embedding)))
+
+    @semantic_cache
+    def echo(question: str) -> str:
+        return question.upper()
+
+    assert echo("What is semcache?") == echo("What is semcache?") == "WHAT IS SEMCACHE?"
+    assert echo.semcache.stats.hits == 1 and echo.semcache.stats.misses == 1
