@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 import math
 import threading
 import time
@@ -38,6 +39,8 @@ from .eviction import AccessLog, check_policy, choose_victims
 from .index import IndexSettings
 from .state import DEFAULT_SCOPE, Limits, ShardState, check_key, check_scope_name, utf8_size
 from .storage import DurableLog
+
+log = logging.getLogger("semcache")
 
 DEFAULT_CHECKPOINT_BYTES = 64 << 20
 # The longest time to live accepted: 100 years, far from the int64 millisecond timestamps' end.
@@ -211,6 +214,7 @@ class SemanticKV(KVHelpers):
         self._capacity = capacity
         self._clock = clock
         self._checkpoint_bytes = checkpoint_bytes
+        self._next_checkpoint = checkpoint_bytes  # log size that triggers the next automatic checkpoint
         self.node_id = node_id
         self._lock = threading.RLock()
         self._access = AccessLog()
@@ -271,9 +275,25 @@ class SemanticKV(KVHelpers):
             if self._log is not None:
                 self._log.append(self._state.applied + 1, command)
             result = self._state.apply(command)
-            if self._log is not None and self._log.wal_bytes >= self._checkpoint_bytes:
-                self._log.checkpoint(self._state)
+            if self._log is not None and self._log.wal_bytes >= self._next_checkpoint:
+                self._auto_checkpoint()
             return result
+
+    def _auto_checkpoint(self) -> None:
+        """Checkpoint once the log is long; a failure here must not fail the write it follows.
+
+        The command is already logged and applied, so the caller's write succeeded;
+        the log keeps everything and the checkpoint is retried after another
+        ``checkpoint_bytes`` of log.
+        """
+        assert self._log is not None
+        try:
+            self._log.checkpoint(self._state)
+        except OSError as exc:
+            log.warning("semcache: checkpoint of %s failed (%s); the log keeps every write", self._log.path, exc)
+            self._next_checkpoint = self._log.wal_bytes + self._checkpoint_bytes
+        else:
+            self._next_checkpoint = self._checkpoint_bytes
 
     # ----------------------------------------------------------------- API
     def put(

@@ -27,12 +27,12 @@ import shutil
 import struct
 import zlib
 from collections.abc import Callable, Iterator
+from io import FileIO
 from pathlib import Path
-from typing import BinaryIO
 
 from .commands import Command as CommandT
 from .commands import decode_command, encode_command
-from .errors import ConfigurationError, EmbeddingMismatchError
+from .errors import ClosedError, ConfigurationError, EmbeddingMismatchError
 from .state import ShardState
 
 _RECORD = struct.Struct("<IIQ")
@@ -53,7 +53,10 @@ class DurableLog:
         except BlockingIOError as exc:
             self._lock_file.close()
             raise ConfigurationError(f"{self.path} is already open in another process") from exc
-        self._wal: BinaryIO | None = None
+        # Unbuffered: a failed append leaves no bytes in a Python buffer, only a
+        # tail on disk that append() cuts off again.
+        self._wal: FileIO | None = None
+        self._broken = False
         self.wal_bytes = 0
 
     @property
@@ -87,7 +90,7 @@ class DurableLog:
                     wal.truncate(good_bytes)
         # Stamped only once recovery has succeeded, so a refused open leaves no wrong stamp.
         self._write_stamp(model_id=model_id, dim=dim)
-        self._wal = open(wal_path, "ab")  # noqa: SIM115 - held until close()
+        self._wal = open(wal_path, "ab", buffering=0)  # noqa: SIM115 - held until close()
         self.wal_bytes = good_bytes
         return state
 
@@ -119,17 +122,36 @@ class DurableLog:
 
     def append(self, seq: int, command: CommandT) -> None:
         """Append one command (to be applied as number ``seq``) and flush it to the OS."""
+        if self._broken:
+            raise ClosedError(f"the write-ahead log in {self.path} failed and could not be repaired; reopen the store")
         if self._wal is None:
             raise ConfigurationError("recover() must run before append()")
         payload = encode_command(command)
         head = _RECORD.pack(len(payload), 0, seq)
         crc = zlib.crc32(head[8:] + payload)
         record = _RECORD.pack(len(payload), crc, seq) + payload
-        self._wal.write(record)
-        self._wal.flush()
-        if self._fsync:
-            os.fsync(self._wal.fileno())
+        try:
+            view = memoryview(record)
+            while view:
+                written = self._wal.write(view)
+                if not written:
+                    raise OSError(f"could not append to {self.path / 'wal.log'}: the write made no progress")
+                view = view[written:]
+            if self._fsync:
+                os.fsync(self._wal.fileno())
+        except BaseException:
+            # Disk full, I/O error...: cut the partial record off, or the next
+            # acknowledged records would sit behind a torn one that recovery stops at.
+            self._cut_tail()
+            raise
         self.wal_bytes += len(record)
+
+    def _cut_tail(self) -> None:
+        assert self._wal is not None
+        try:
+            os.ftruncate(self._wal.fileno(), self.wal_bytes)
+        except OSError:
+            self._broken = True
 
     def checkpoint(self, state: ShardState) -> None:
         """Write ``state`` as the new snapshot and start an empty log."""
@@ -146,7 +168,7 @@ class DurableLog:
         # truncation is harmless.
         if self._wal is not None:
             self._wal.close()
-        self._wal = open(self.path / "wal.log", "wb")  # noqa: SIM115 - held until close()
+        self._wal = open(self.path / "wal.log", "wb", buffering=0)  # noqa: SIM115 - held until close()
         self.wal_bytes = 0
         shutil.rmtree(old, ignore_errors=True)
 

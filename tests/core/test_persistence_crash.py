@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from io import FileIO
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,54 @@ def test_reopening_with_another_embedder_is_refused(tmp_path, checkpointed, othe
     with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as reopened:
         assert reopened.get("k") == b"some text"
         assert reopened.search("some text", top_k=1)[0].key == "k"
+
+
+class DiskFullFile:
+    """Stands in for the log file: writes half of what it is given, then fails as a full disk does."""
+
+    def __init__(self, real: FileIO) -> None:
+        self.real = real
+
+    def write(self, data: bytes) -> int:
+        self.real.write(bytes(data)[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+
+def test_a_failed_append_leaves_no_torn_record_before_later_writes(tmp_path):
+    """Regression: a partial record (disk full) used to hide every later acknowledged write from recovery."""
+    path = tmp_path / "store"
+    kv = SemanticKV(path, embedding=HashEmbedding(dim=DIM), checkpoint_bytes=1 << 30)
+    kv.put("before", "written before the failure")
+    log = kv._log
+    assert log is not None
+    real = log._wal
+    log._wal = DiskFullFile(real)  # type: ignore[assignment]
+    with pytest.raises(OSError, match="No space left"):
+        kv.put("failed", "this write fails")
+    log._wal = real
+    assert kv.get("failed") is None
+    kv.put("after", "acknowledged after the failure")
+    log.close()  # crash: no checkpoint
+    with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as reopened:
+        assert reopened.get("before") == b"written before the failure"
+        assert reopened.get("after") == b"acknowledged after the failure"
+        assert reopened.get("failed") is None
+
+
+def test_a_failed_automatic_checkpoint_does_not_fail_the_write(tmp_path, monkeypatch):
+    path = tmp_path / "store"
+    with SemanticKV(path, embedding=HashEmbedding(dim=DIM), checkpoint_bytes=1_000) as kv:
+        def no_space(directory):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(kv._state, "snapshot", no_space)
+        for i in range(30):  # crosses the checkpoint size several times
+            assert kv.put(f"k{i}", f"value {i}")
+        monkeypatch.undo()
+        assert kv.stats()["wal_bytes"] > 1_000  # nothing was checkpointed, the log kept it all
+        kv.put("last", "value")
+    with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as reopened:
+        assert all(reopened.get(f"k{i}") == f"value {i}".encode() for i in range(30))
