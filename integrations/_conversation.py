@@ -65,8 +65,20 @@ def content_text(content: Any) -> str | None:
 
 
 def canonical_message(message: Mapping[str, Any]) -> dict[str, Any]:
-    """A message with its text normalised (whitespace, NFKC) so trivial reformatting still matches."""
-    out = dict(message)
+    """A message as it must match: text normalised (whitespace, NFKC), run-specific ids and empty fields dropped.
+
+    Tool-call ids are random per run, so calls match by name and arguments and a
+    tool result by its position after the call, not by ``tool_call_id``.
+
+    >>> canonical_message({"role": "tool", "tool_call_id": "call_x", "content": " sunny ", "name": None})
+    {'role': 'tool', 'content': 'sunny'}
+    """
+    out = {k: v for k, v in message.items() if v is not None and k != "tool_call_id"}
+    if isinstance(out.get("tool_calls"), list):
+        out["tool_calls"] = [
+            {k: v for k, v in call.items() if k != "id"} if isinstance(call, Mapping) else call
+            for call in out["tool_calls"]
+        ]
     text = content_text(out.get("content"))
     if text is not None:
         out["content"] = normalize_prompt(text)

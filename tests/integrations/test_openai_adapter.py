@@ -549,3 +549,18 @@ def test_bare_decorator_uses_the_default_settings(monkeypatch, hash_embedding):
 
     assert echo("What is semcache?") == echo("What is semcache?") == "WHAT IS SEMCACHE?"
     assert echo.semcache.stats.hits == 1 and echo.semcache.stats.misses == 1
+
+
+def test_tool_call_ids_and_empty_fields_in_history_do_not_matter(client, server):
+    def conversation(call_id: str, **extra) -> list[dict]:
+        call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+        return [
+            *user("Weather in Oslo?"),
+            {"role": "assistant", "content": None, "tool_calls": [call], **extra},
+            {"role": "tool", "tool_call_id": call_id, "content": "sunny"},
+        ]
+
+    first = client.chat.completions.create(model=MODEL, messages=conversation("call_1"), tools=TOOLS)
+    again = client.chat.completions.create(model=MODEL, messages=conversation("call_2", refusal=None), tools=TOOLS)
+    assert not is_cached(first) and is_cached(again)
+    assert server.count("chat.completions") == 1
