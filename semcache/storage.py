@@ -170,6 +170,7 @@ class DurableLog:
             self._wal.close()
         self._wal = open(self.path / "wal.log", "wb", buffering=0)  # noqa: SIM115 - held until close()
         self.wal_bytes = 0
+        self._broken = False  # the snapshot holds everything; the fresh log has no bad tail
         shutil.rmtree(old, ignore_errors=True)
 
     def close(self) -> None:
