@@ -35,6 +35,10 @@ right after already sees the entry, failures are logged and counted in
 ``aclear``) are LangChain's defaults, which run the sync ones in an executor so
 the event loop never waits on an embedding.
 
+**Failures of the cache** never fail the model call: a lookup that raises a
+semcache error (a shard unavailable, a prompt too long to embed) is logged at
+WARNING, counted in ``stats.lookup_errors`` and answered as a miss.
+
 Do not give this class a ``__len__``: LangChain tests a cache for truthiness,
 and an empty cache with ``__len__() == 0`` would be silently skipped.
 """
@@ -53,7 +57,7 @@ from langchain_core.messages import message_to_dict, messages_from_dict
 from langchain_core.outputs import ChatGeneration, Generation
 
 from semcache.cache import Scope, SemanticCache, canonical_scope
-from semcache.errors import ConfigurationError, InvalidInputError
+from semcache.errors import ConfigurationError, InvalidInputError, SemcacheError
 
 from ._conversation import content_text, split_conversation
 from ._writes import WriteBehind
@@ -78,6 +82,7 @@ class LangChainCacheStats:
     bypassed: int = 0  # prompts that cannot be cached (images, empty)
     stores: int = 0
     write_failures: int = 0
+    lookup_errors: int = 0  # lookups that raised (a cluster shard down, a prompt too long to embed...)
 
 
 def _message(serialised: Any) -> dict[str, Any] | None:
@@ -272,7 +277,12 @@ class LangChainSemanticCache(BaseCache):
         if hit is not None:
             self._count("pending_hits")
         else:
-            hit = writes.cache.lookup(text, scope=scope, threshold=self.threshold)
+            try:
+                hit = writes.cache.lookup(text, scope=scope, threshold=self.threshold)
+            except SemcacheError as exc:  # the cache failing must not fail the model call: a miss
+                self._count("lookup_errors")
+                log.warning("semcache: lookup failed (%s: %s); treating it as a miss", type(exc).__name__, exc)
+                hit = None
         generations = None if hit is None else _load_generations(hit.response)
         self._count("misses" if generations is None else "hits")
         return generations

@@ -43,6 +43,10 @@ process find it in a pending-writes map (read-your-writes), so asking twice in
 a row costs one upstream call.  A failed store is logged and counted in
 ``stats.write_failures``; ``flush()`` waits for pending writes.
 
+**Failures of the cache** never fail the model call: a lookup that raises a
+semcache error (a shard unavailable, a prompt too long to embed) is logged at
+WARNING, counted in ``stats.lookup_errors`` and treated as a miss.
+
 **Controls.** ``cache_skip=True`` bypasses the cache for one call;
 ``cache_refresh=True`` skips the lookup and overwrites the entry with a fresh
 answer; ``cache_scope=`` adds to the scope for one call (a tenant...).
@@ -76,7 +80,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
 
 from semcache.cache import CacheHit, Scope, SemanticCache, canonical_scope
-from semcache.errors import ConfigurationError, InvalidInputError
+from semcache.errors import ConfigurationError, InvalidInputError, SemcacheError
 
 from ._conversation import split_conversation
 from ._writes import WriteBehind
@@ -279,6 +283,7 @@ class OpenAICacheStats:
     stores: int = 0
     write_failures: int = 0
     streams_discarded: int = 0  # streamed misses not stored: broken, abandoned or incomplete
+    lookup_errors: int = 0  # lookups that raised (a cluster shard down, a prompt too long to embed...)
 
 
 @dataclass(frozen=True)
@@ -418,7 +423,12 @@ class OpenAICache:
         if pending is not None:
             self._count("pending_hits")
             return pending
-        return self.cache.lookup(plan.prompt, scope=plan.scope, threshold=self.threshold)
+        try:
+            return self.cache.lookup(plan.prompt, scope=plan.scope, threshold=self.threshold)
+        except SemcacheError as exc:  # the cache failing must not fail the model call: go upstream
+            self._count("lookup_errors")
+            log.warning("semcache: lookup failed (%s: %s); calling upstream uncached", type(exc).__name__, exc)
+            return None
 
     def replay(self, plan: _Plan, hit: CacheHit, *, asynchronous: bool) -> Any:
         """Turn a hit into what the caller expects: an openai object, a stream of chunks, or a value."""

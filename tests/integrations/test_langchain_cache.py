@@ -312,3 +312,19 @@ def test_streaming_chat_model_result_is_cached(server, global_cache):
     second = llm.invoke("How can I reverse a Python list?")
     assert second.content == first.content == fake_answer("gpt-4o-mini", "How do I reverse a list in Python?")
     assert server.count("chat.completions") == 1
+
+
+def test_a_failing_cache_is_a_miss_not_an_error(server, hash_embedding):
+    from semcache.errors import ShardUnavailableError
+
+    class DownKV(SemanticKV):
+        def search(self, *args, **kwargs):
+            raise ShardUnavailableError("no replica of shard-1 answered", shard_id="shard-1")
+
+    server.reset()
+    down = LangChainSemanticCache(SemanticCache(DownKV(embedding=hash_embedding)))
+    llm = chat_model(server, cache=down)
+    question = "What is the capital of France?"
+    assert llm.invoke(question).content == fake_answer("gpt-4o-mini", question)
+    assert down.stats.lookup_errors == 1 and server.count("chat.completions") == 1
+    down.close()

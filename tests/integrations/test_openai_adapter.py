@@ -566,3 +566,23 @@ def test_tool_call_ids_and_empty_fields_in_history_do_not_matter(client, server)
     again = client.chat.completions.create(model=MODEL, messages=conversation("call_2", refusal=None), tools=TOOLS)
     assert not is_cached(first) and is_cached(again)
     assert server.count("chat.completions") == 1
+
+
+def test_a_failing_cache_never_fails_the_model_call(raw_client, server, hash_embedding, caplog):
+    from semcache.errors import ShardUnavailableError
+
+    class DownKV(SemanticKV):
+        def search(self, *args, **kwargs):
+            raise ShardUnavailableError("no replica of shard-1 answered", shard_id="shard-1")
+
+    client = wrap(raw_client, cache=SemanticCache(DownKV(embedding=hash_embedding)))
+    with caplog.at_level(logging.WARNING, logger="semcache.integrations.openai"):
+        reply = ask(client)
+    assert reply.choices[0].message.content == fake_answer(MODEL, QUESTION) and not is_cached(reply)
+    assert client.semcache.stats.lookup_errors == 1
+    assert any("ShardUnavailableError" in r.getMessage() for r in caplog.records)
+    healthy = wrap(raw_client, cache=SemanticCache(SemanticKV(embedding=hash_embedding)))
+    too_long = "why " * 9000  # over the embedder's 32,768 characters
+    assert not is_cached(ask(healthy, too_long)) and healthy.semcache.stats.lookup_errors == 1
+    healthy.semcache.close()
+    client.semcache.close()
