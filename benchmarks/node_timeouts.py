@@ -138,6 +138,7 @@ def compaction(seconds: float, entries_per_snapshot: int, fork: bool = True) -> 
         "snapshots": {rid: h.get("snapshots") for rid, h in health.items()},
         "last_snapshot_s": {rid: h.get("last_snapshot_seconds") for rid, h in health.items()},
         "tick_stall_s": {rid: h.get("last_snapshot_stall_seconds") for rid, h in health.items()},
+        "apply_pause_s": {rid: h.get("last_snapshot_apply_pause_seconds") for rid, h in health.items()},
     }
 
 

@@ -63,7 +63,8 @@ _U32 = struct.Struct("<I")
 MAX_ENTRY_BYTES = 60 * 1024
 BATCH_ITEM_OVERHEAD = 4  # the length prefix of each command in a batch
 MAX_IN_FLIGHT = 2  # uncommitted batch entries at once: pipelining without unbounded queues
-MAX_APPLY_BACKLOG = 256  # committed batches waiting for the applier thread before the log waits
+# Committed batches awaiting the applier before the tick thread waits; it also bounds the drain a snapshot waits for.
+MAX_APPLY_BACKLOG = 16
 SNAPSHOT_FORMAT = 1
 SNAPSHOT_FILE = "raft.snapshot"
 ROLES = {0: "follower", 1: "candidate", 2: "leader"}
@@ -116,7 +117,7 @@ class ReplicatedShard(SyncObj):
         self._pending: deque[_Pending] = deque()
         self._in_flight: dict[int, float] = {}  # batch id -> when it was sent
         self._batch_seq = 0
-        self._apply_queue: queue.SimpleQueue[_Applied | None] = queue.SimpleQueue()
+        self._apply_queue: queue.SimpleQueue[_Applied | _SnapshotRequest | None] = queue.SimpleQueue()
         self._applier_cond = threading.Condition()
         self._backlog = 0  # batches queued or being applied
         self._applier = threading.Thread(target=self._applier_loop, name="semcache-apply", daemon=True)
@@ -127,6 +128,8 @@ class ReplicatedShard(SyncObj):
         self.snapshots = 0
         self.snapshot_seconds = 0.0  # how long the last snapshot took to write
         self.snapshot_stall_seconds = 0.0  # how long it held up the tick thread
+        self.snapshot_pause_seconds = 0.0  # how long it held up the applier (the fork, or the whole write)
+        self._snapshot_pending = False
         self._fork_snapshots = hasattr(os, "fork") and config.fork_snapshots
         self._snapshot_child: tuple[int, float] | None = None
         self._snapshot_outcome = SERIALIZER_STATE.NOT_SERIALIZING
@@ -196,6 +199,12 @@ class ReplicatedShard(SyncObj):
             record = self._apply_queue.get()
             if record is None:
                 return
+            if isinstance(record, _SnapshotRequest):
+                self._take_snapshot(record.raft_data)
+                with self._applier_cond:
+                    self._backlog -= 1
+                    self._applier_cond.notify_all()
+                continue
             with self._lock:
                 for command in record.commands:
                     try:
@@ -455,6 +464,7 @@ class ReplicatedShard(SyncObj):
             "snapshots": self.snapshots,
             "last_snapshot_seconds": round(self.snapshot_seconds, 4),
             "last_snapshot_stall_seconds": round(self.snapshot_stall_seconds, 4),
+            "last_snapshot_apply_pause_seconds": round(self.snapshot_pause_seconds, 4),
         }
 
     def _raw_status(self) -> dict[str, Any]:
@@ -514,40 +524,56 @@ class ReplicatedShard(SyncObj):
 
     # ------------------------------------------------------------- snapshots
     # pysyncobj calls the serializer in its tick thread, and a snapshot of a large
-    # shard takes long enough (0.2 s at 10K MiniLM vectors, growing linearly) to
-    # delay heartbeats.  Where the OS can fork, the tick thread only forks: the
-    # child writes the copy-on-write image of the state at exactly the applied
-    # index and exits, and the serialize checker reports when it is done.
+    # shard takes long enough (0.3-0.8 s at 12K MiniLM vectors, growing linearly)
+    # to delay heartbeats past an election timeout.  So the tick thread only
+    # queues a snapshot request behind the committed batches.  The applier thread
+    # reaches it once the state is exactly the state at the applied index, and
+    # forks: the child writes that copy-on-write image and exits, while the parent
+    # applies on.  Without fork the applier writes the snapshot itself (writes
+    # wait, heartbeats do not).  The serialize checker tells pysyncobj when the
+    # file is complete; only then does it drop the journal entries it covers.
     def _serialize(self, filename: str, raft_data: tuple[Any, Any, Any]) -> None:
-        """pysyncobj's serializer hook (tick thread): write the snapshot, in a forked child if possible."""
+        """pysyncobj's serializer hook (tick thread): hand the snapshot to the applier thread."""
         started = time.perf_counter()
-        self.wait_applied()  # the state must be exactly the state at the applied index
+        self._snapshot_pending = True
+        with self._applier_cond:
+            self._backlog += 1
+        self._apply_queue.put(_SnapshotRequest(raft_data))
+        self.snapshot_stall_seconds = time.perf_counter() - started
+        # pysyncobj now renames ``filename`` into place; nothing creates it (the
+        # snapshot goes straight to the real file), so that rename fails harmlessly
+        # and _snapshot_state tells pysyncobj the outcome.
+
+    def _take_snapshot(self, raft_data: tuple[Any, Any, Any]) -> None:
+        """Applier thread, with every earlier batch applied: write the snapshot (in a forked child if possible)."""
+        started = time.perf_counter()
+        members = self.members  # copied under the lock here: a forked child must never take a lock
         if self._fork_snapshots:
             pid = os.fork()
-            if pid == 0:  # the child: write, then leave without running any cleanup of the parent's
+            if pid == 0:  # the child: write, then leave without running any of the parent's cleanup
                 code = 1
                 try:
-                    self._write_snapshot(raft_data)
+                    self._write_snapshot(raft_data, members)
                     code = 0
                 finally:
                     os._exit(code)
             self._snapshot_child = (pid, started)
         else:
             try:
-                self._write_snapshot(raft_data)
+                self._write_snapshot(raft_data, members)
                 self._snapshot_outcome = SERIALIZER_STATE.SUCCESS
+                self.snapshots += 1
             except Exception:  # noqa: BLE001 - pysyncobj retries at the next compaction
                 logger.exception("replica %s: snapshot failed", self.replica_id)
                 self._snapshot_outcome = SERIALIZER_STATE.FAILED
             self.snapshot_seconds = time.perf_counter() - started
-            self.snapshots += self._snapshot_outcome == SERIALIZER_STATE.SUCCESS
-        self.snapshot_stall_seconds = time.perf_counter() - started
-        # pysyncobj now renames ``filename`` into place; this hook never creates
-        # it (the snapshot went straight to the real file), so that rename fails
-        # harmlessly and _snapshot_state tells pysyncobj the outcome.
+        self.snapshot_pause_seconds = time.perf_counter() - started
+        self._snapshot_pending = False  # last: the checker reads the outcome after this
 
     def _snapshot_state(self) -> int:
         """pysyncobj's serialize checker (tick thread): has the last snapshot finished?"""
+        if self._snapshot_pending:
+            return int(SERIALIZER_STATE.SERIALIZING)
         if self._snapshot_child is not None:
             pid, started = self._snapshot_child
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -563,7 +589,7 @@ class ReplicatedShard(SyncObj):
         outcome, self._snapshot_outcome = self._snapshot_outcome, SERIALIZER_STATE.NOT_SERIALIZING
         return int(outcome)
 
-    def _write_snapshot(self, raft_data: tuple[Any, Any, Any]) -> None:
+    def _write_snapshot(self, raft_data: tuple[Any, Any, Any], members: dict[str, Member]) -> None:
         """The state plus Raft metadata as an uncompressed tar, atomically replacing the snapshot file."""
         last, prev, cluster = raft_data
         target = self._data_dir / SNAPSHOT_FILE
@@ -577,7 +603,7 @@ class ReplicatedShard(SyncObj):
                 "last": _entry_to_json(last),
                 "prev": _entry_to_json(prev),
                 "cluster": sorted(node.id for node in cluster),
-                "members": [vars(member) for member in self._members.values()],
+                "members": [vars(member) for member in members.values()],
             }
             (root / "raft.json").write_text(json.dumps(meta, sort_keys=True))
             with tarfile.open(part, "w") as tar:
@@ -650,6 +676,13 @@ class _Pending:
     record: _Applied | None = None
     position: int = 0
     error: Any = None
+
+
+@dataclass
+class _SnapshotRequest:
+    """Queued behind the committed batches: snapshot the state once they are applied."""
+
+    raft_data: tuple[Any, Any, Any]
 
 
 @dataclass
