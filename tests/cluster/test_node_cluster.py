@@ -25,6 +25,7 @@ import pyarrow.flight as flight
 import pytest
 
 from semcache.config import ClusterConfig, ReplicaConfig, ShardConfig
+from semcache.embeddings import HashEmbedding
 from semcache.errors import (
     AuthenticationError,
     ClusterError,
@@ -442,3 +443,15 @@ def test_concurrent_writes_share_entries_but_each_gets_its_own_result(make_shard
     assert sorted(deleted) == sorted(keys)
     assert shard.client(shard.leader()).stats()["entries"] == 0
     assert shard.wait_converged(min_applied=160)
+
+
+def test_node_embeds_only_requests_with_text_and_no_vector(make_shard: Callable[..., LocalShard]) -> None:
+    shard = make_shard(replicas=1)
+    client = shard.client(shard.leader())
+    _put(client, "with-vector")
+    assert client.stats()["embedder_loaded"] is False  # vectors come from clients
+    client.put("with-text", b"payload", scope="docs", vector=None, ttl_ms=0, text="rust borrow checker")
+    assert client.stats()["embedder_loaded"] is True
+    query = HashEmbedding(DIM).embed_one("rust borrow checker").tobytes()
+    hits = client.search(query, scope="docs", top_k=1, threshold=0.99)
+    assert [(key, value) for key, value, _ in hits] == [("with-text", b"payload")]
