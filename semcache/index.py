@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import hnswlib
@@ -101,6 +101,11 @@ class VectorIndex:
     def _configure(self, index: hnswlib.Index) -> None:
         index.set_num_threads(1)
         index.set_ef(self.settings.ef_search)
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """Change the query-time ``ef`` (it does not affect the graph, only search effort)."""
+        self.settings = replace(self.settings, ef_search=ef_search)
+        self._index.set_ef(ef_search)
 
     def __len__(self) -> int:
         """Number of live (not deleted) vectors."""

@@ -240,6 +240,9 @@ class SemanticKV(KVHelpers):
         if limits is not None:
             # Limits only check new writes, so the caller's choice wins over the stored one.
             self._state.limits = limits
+        # Likewise the query-time ef; the graph settings (M, ef_construction) stay the data's.
+        if self._state.settings.ef_search != self._settings.ef_search:
+            self._state.set_ef_search(self._settings.ef_search)
         for key, entry in self._state.entries.items():
             if entry.expires_at_ms:
                 self._expiries.append((entry.expires_at_ms, key))

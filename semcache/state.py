@@ -22,7 +22,7 @@ import hashlib
 import json
 import struct
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +195,12 @@ class ShardState:
             case Evict():
                 return sum(self._remove(key) for key in command.keys)
         raise InvalidInputError(f"not a command: {command!r}")
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """Use another query-time ``ef`` in every index (search effort only, never the graph)."""
+        self.settings = replace(self.settings, ef_search=ef_search)
+        for index in self.indexes.values():
+            index.set_ef_search(ef_search)
 
     def _index_for(self, scope: str) -> VectorIndex:
         index = self.indexes.get(scope)

@@ -76,3 +76,13 @@ def test_a_path_that_is_a_file_is_a_configuration_error(tmp_path):
     with pytest.raises(ConfigurationError, match="is not a directory"):
         SemanticKV(file, embedding=HashEmbedding(dim=16))
     assert file.read_text() == "hello"
+
+
+def test_ef_search_given_on_reopen_applies_and_graph_settings_stay(tmp_path):
+    with SemanticKV(tmp_path, embedding=HashEmbedding(dim=16), hnsw_m=8, ef_search=32) as kv:
+        kv.put("k", "some text")
+    with SemanticKV(tmp_path, embedding=HashEmbedding(dim=16), hnsw_m=24, ef_search=300) as kv:
+        index = kv._state.indexes[""]
+        assert index.settings.ef_search == 300 and index._index.ef == 300
+        assert index.settings.hnsw_m == 8  # the graph was built with M=8; that cannot change
+        assert kv.search("some text", top_k=1)[0].key == "k"
