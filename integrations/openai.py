@@ -431,8 +431,10 @@ class OpenAICache:
             return None
 
     def replay(self, plan: _Plan, hit: CacheHit, *, asynchronous: bool) -> Any:
-        """Turn a hit into what the caller expects: an openai object, a stream of chunks, or a value."""
-        self._count("hits")
+        """Turn a hit into what the caller expects: an openai object, a stream of chunks, or a value.
+
+        Returns None (a miss) for an entry this adapter did not write.
+        """
         payload = hit.response
         marker = {
             "hit": True,
@@ -442,6 +444,7 @@ class OpenAICache:
             "key": hit.key,
         }
         kind = payload.get("type") if isinstance(payload, dict) else None
+        answer: Any = None
         if kind == "chat.completion":
             completion = {**payload["completion"], "usage": _zeroed(payload["completion"].get("usage"))}
             if plan.stream:
@@ -449,16 +452,20 @@ class OpenAICache:
                     _build(ChatCompletionChunk, {**c, "semcache": marker})
                     for c in completion_to_chunks(completion, include_usage=plan.include_usage)
                 ]
-                return _ReplayAsyncStream(chunks) if asynchronous else _ReplayStream(chunks)
-            return _build(ChatCompletion, {**completion, "semcache": marker})
-        if kind == "response":
+                answer = _ReplayAsyncStream(chunks) if asynchronous else _ReplayStream(chunks)
+            else:
+                answer = _build(ChatCompletion, {**completion, "semcache": marker})
+        elif kind == "response":
             usage = payload["response"].get("usage")
             response = {**payload["response"], "usage": None if usage is None else _zeroed(usage), "semcache": marker}
-            return _build(Response, response)
-        if kind == "value":
-            return payload["value"]
-        log.warning("semcache: entry %s is not an OpenAI adapter record; treating it as a miss", hit.key)
-        return None
+            answer = _build(Response, response)
+        elif kind == "value":
+            answer = payload["value"]
+        else:
+            log.warning("semcache: entry %s is not an OpenAI adapter record; treating it as a miss", hit.key)
+        if answer is not None:
+            self._count("hits")
+        return answer
 
     # -------------------------------------------------------------- records
     def record(self, plan: _Plan, result: Any, *, asynchronous: bool) -> Any:
@@ -475,7 +482,12 @@ class OpenAICache:
         return result
 
     def _stream_done(self, plan: _Plan, chunks: list[Any] | None) -> None:
-        completion = chunks_to_completion([c.model_dump(mode="json") for c in chunks]) if chunks else None
+        try:
+            dumped = [c.model_dump(mode="json") if hasattr(c, "model_dump") else dict(c) for c in chunks or []]
+            completion = chunks_to_completion(dumped)
+        except (TypeError, ValueError, KeyError) as exc:  # not chat.completion.chunk objects: not cacheable
+            log.warning("semcache: a %s stream could not be reassembled (%s); not cached", plan.endpoint, exc)
+            completion = None
         if completion is None:
             self._count("streams_discarded")
             return

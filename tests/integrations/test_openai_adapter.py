@@ -586,3 +586,13 @@ def test_a_failing_cache_never_fails_the_model_call(raw_client, server, hash_emb
     assert not is_cached(ask(healthy, too_long)) and healthy.semcache.stats.lookup_errors == 1
     healthy.semcache.close()
     client.semcache.close()
+
+
+def test_a_stream_of_other_things_passes_through_uncached(cache):
+    @semantic_cache(cache=cache)
+    def tokens(question: str, stream: bool = True):
+        yield from question.split()
+
+    assert list(tokens("What is semcache?", stream=True)) == ["What", "is", "semcache?"]
+    assert list(tokens("What is semcache?", stream=True)) == ["What", "is", "semcache?"]
+    assert tokens.semcache.stats.streams_discarded == 2 and tokens.semcache.stats.hits == 0
