@@ -91,6 +91,8 @@ class DurableLog:
         # Stamped only once recovery has succeeded, so a refused open leaves no wrong stamp.
         self._write_stamp(model_id=model_id, dim=dim)
         self._wal = open(wal_path, "ab", buffering=0)  # noqa: SIM115 - held until close()
+        if self._fsync:
+            _fsync_dir(self.path)  # a newly created log must survive power loss as a directory entry too
         self.wal_bytes = good_bytes
         return state
 
