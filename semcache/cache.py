@@ -8,6 +8,10 @@
 True
 >>> cache.lookup("What is the capital of France?", scope={"model": "gpt-3.5"}) is None
 True
+>>> cache.lookup("   ", scope={"model": "gpt-4o"})
+Traceback (most recent call last):
+    ...
+semcache.errors.InvalidInputError: prompt must not be empty
 
 How a lookup decides:
 

@@ -10,6 +10,14 @@ True
 b'REST API endpoints and authentication'
 ['doc:api']
 
+Bad input is refused with a clear error, and nothing is stored:
+
+>>> with SemanticKV(embedding=HashEmbedding()) as kv:
+...     kv.put("k" * 2000, b"value")
+Traceback (most recent call last):
+    ...
+semcache.errors.LimitExceededError: key is 2000 bytes, over the limit of 1024 bytes
+
 Every mutation becomes a command (:mod:`semcache.commands`) applied to a
 :class:`~semcache.state.ShardState`; with ``path=`` each command is first
 appended to a write-ahead log (:mod:`semcache.storage`).  Embedding happens
