@@ -87,11 +87,34 @@ class Summary:
         return cls(len(ordered), statistics.median(ordered), rank(0.90), rank(0.99), ordered[-1])
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    """Seconds one call of ``fn`` takes."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock and CPU-time summaries of the same calls.
+
+    CPU time (all threads of this process) is what a call costs; wall time is
+    what a caller waits, which on a shared machine includes waiting for a core.
+    """
+
+    wall: Summary
+    cpu: Summary
+
+
+class Timer:
+    """Collects wall-clock and CPU time of each call made through it."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def __call__(self, fn: Callable[[], Any]) -> Any:
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        self.cpu.append(time.process_time() - cpu)
+        self.wall.append(time.perf_counter() - wall)
+        return result
+
+    def timing(self) -> Timing:
+        return Timing(Summary.of(self.wall), Summary.of(self.cpu))
 
 
 def bare_embed(embedding: BaseEmbedding) -> Callable[[str], Any]:
@@ -101,9 +124,9 @@ def bare_embed(embedding: BaseEmbedding) -> Callable[[str], Any]:
 
 @dataclass
 class LookupTimes:
-    embed: Summary
-    semantic: Summary
-    exact: Summary
+    embed: Timing
+    semantic: Timing
+    exact: Timing
     semantic_hits: int
 
 
@@ -119,7 +142,7 @@ def measure_lookups(cache: SemanticCache, rounds: int, *, progress: bool = False
     for text in PARAPHRASES[:2]:  # warm-up: first calls allocate
         embed(text)
         cache.lookup(text)
-    samples: dict[str, list[float]] = {"embed": [], "semantic": [], "exact": []}
+    embed_timer, semantic_timer, exact_timer = Timer(), Timer(), Timer()
     hits = 0
     steps: Iterable[int] = range(rounds)
     if progress:
@@ -128,16 +151,12 @@ def measure_lookups(cache: SemanticCache, rounds: int, *, progress: bool = False
         steps = tqdm(steps, desc="lookups", unit="round")
     for step in steps:
         query = PARAPHRASES[step % len(PARAPHRASES)]
-        samples["embed"].append(timed(lambda q=query: embed(q)))  # type: ignore[misc]
-        start = time.perf_counter()
-        hit = cache.lookup(query)
-        samples["semantic"].append(time.perf_counter() - start)
+        embed_timer(lambda q=query: embed(q))  # type: ignore[misc]
+        hit = semantic_timer(lambda q=query: cache.lookup(q))  # type: ignore[misc]
         hits += hit is not None and not hit.exact
         prompt = CACHED[step % len(CACHED)]
-        samples["exact"].append(timed(lambda p=prompt: cache.lookup(p)))  # type: ignore[misc]
-    return LookupTimes(
-        Summary.of(samples["embed"]), Summary.of(samples["semantic"]), Summary.of(samples["exact"]), hits
-    )
+        exact_timer(lambda p=prompt: cache.lookup(p))  # type: ignore[misc]
+    return LookupTimes(embed_timer.timing(), semantic_timer.timing(), exact_timer.timing(), hits)
 
 
 def rss_bytes() -> int:
@@ -158,8 +177,9 @@ def unit_vectors(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
 class FillResult:
     """Search latency per size and memory over the whole fill."""
 
-    search: dict[int, Summary]
-    put_per_second: float
+    search: dict[int, Timing]
+    put_per_second: float  # wall clock
+    put_per_cpu_second: float
     bytes_per_entry: float
     payload_per_entry: float
     entries: int
@@ -178,9 +198,9 @@ def measure_fill(
         from tqdm import tqdm
 
         bar = tqdm(total=largest, desc="fill", unit="entry", unit_scale=True)
-    search: dict[int, Summary] = {}
+    search: dict[int, Timing] = {}
     payload = 0
-    put_seconds = 0.0
+    put_seconds = put_cpu_seconds = 0.0
     before = rss_bytes()
     with SemanticKV(embedding=embedding, max_entries=largest, purge_interval=3600) as kv:
         filled = 0
@@ -188,26 +208,28 @@ def measure_fill(
             while filled < target:
                 # Vectors are made a chunk at a time, so they do not count as the store's memory.
                 batch = unit_vectors(rng, min(FILL_CHUNK, target - filled), embedding.dim)
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 for row in range(len(batch)):
                     key = f"bench:{filled + row:09d}"
                     kv.put(key, value, vector=batch[row])
                     payload += len(key) + len(value)
                 put_seconds += time.perf_counter() - start
+                put_cpu_seconds += time.process_time() - start_cpu
                 filled += len(batch)
                 if bar is not None:
                     bar.update(len(batch))
-            search[target] = Summary.of(
-                [timed(lambda v=vector: kv.search(None, 3, vector=v)) for vector in query_vectors]  # type: ignore[misc]
-            )
+            timer = Timer()
+            for vector in query_vectors:
+                timer(lambda v=vector: kv.search(None, 3, vector=v))  # type: ignore[misc]
+            search[target] = timer.timing()
         grown = rss_bytes() - before
     if bar is not None:
         bar.close()
-    return FillResult(search, filled / put_seconds, grown / filled, payload / filled, filled)
+    return FillResult(search, filled / put_seconds, filled / put_cpu_seconds, grown / filled, payload / filled, filled)
 
 
-def measure_durable_puts(embedding: BaseEmbedding, count: int, *, seed: int = 11) -> float:
-    """Puts per second with precomputed vectors into a store with a write-ahead log."""
+def measure_durable_puts(embedding: BaseEmbedding, count: int, *, seed: int = 11) -> tuple[float, float]:
+    """Puts per (wall, CPU) second with precomputed vectors into a store with a write-ahead log."""
     rng = np.random.default_rng(seed)
     vectors = unit_vectors(rng, count, embedding.dim)
     value = b"x" * PAYLOAD_BYTES
@@ -215,17 +237,17 @@ def measure_durable_puts(embedding: BaseEmbedding, count: int, *, seed: int = 11
         tempfile.TemporaryDirectory(prefix="semcache-bench-") as tmp,
         SemanticKV(tmp, embedding=embedding, purge_interval=3600) as kv,
     ):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for row in range(count):
             kv.put(f"bench:{row:09d}", value, vector=vectors[row])
-        return count / (time.perf_counter() - start)
+        return count / (time.perf_counter() - start), count / (time.process_time() - start_cpu)
 
 
 @dataclass
 class BenchReport:
     lookups: LookupTimes
     fill: FillResult
-    durable_puts_per_second: float
+    durable_puts_per_second: tuple[float, float]  # wall, CPU
     environment: dict[str, str] = field(default_factory=dict)
 
 
@@ -287,60 +309,65 @@ def _verdict(ok: bool) -> str:
 
 
 def format_report(report: BenchReport) -> str:
-    """The Markdown tables ``semcache bench`` prints."""
+    """The Markdown tables ``semcache bench`` prints.
+
+    Targets are judged on CPU time (the cost of a call); wall-clock figures
+    sit beside them and match on an idle machine.
+    """
     look = report.lookups
-    base = look.embed.median
+    embed = look.embed
     lines = [
-        "| operation | median ms | p90 ms | p99 ms | max ms | median / bare embedding | target |",
-        "|---|---|---|---|---|---|---|",
+        "| operation | median ms | p90 ms | p99 ms | max ms | CPU median ms | CPU p99 ms "
+        "| median / bare embedding (CPU; wall) | p99 / bare embedding (CPU; wall) | target (CPU) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    semantic_ratio = look.semantic.median / base
-    exact_ratio = look.exact.median / base
-    rows: list[tuple[str, Summary, str]] = [
-        ("bare embedding (model call, 1 text)", look.embed, "1.00x"),
-        (
-            "semantic lookup (embed + search + guard)",
-            look.semantic,
-            f"{semantic_ratio:.3f}x (p99 {look.semantic.p99 / look.embed.p99:.3f}x)",
-        ),
-        ("exact hit", look.exact, f"{exact_ratio:.4f}x"),
-    ]
-    semantic_target = f"<= {TARGETS['semantic']:.2f}x: {_verdict(semantic_ratio <= TARGETS['semantic'])}"
-    targets = {
-        "semantic lookup (embed + search + guard)": semantic_target,
-        "exact hit": f"<= {TARGETS['exact']:.2f}x: {_verdict(exact_ratio <= TARGETS['exact'])}",
-    }
-    for name, summary, ratio in rows:
+    checks = {"semantic lookup (embed + search + guard)": "semantic", "exact hit": "exact"}
+    for name, timing in (
+        ("bare embedding (model call, 1 text)", look.embed),
+        ("semantic lookup (embed + search + guard)", look.semantic),
+        ("exact hit", look.exact),
+    ):
+        ratio = timing.cpu.median / embed.cpu.median
+        target = ""
+        if name in checks:
+            limit = TARGETS[checks[name]]
+            target = f"<= {limit:.2f}x: {_verdict(ratio <= limit)}"
         lines.append(
-            f"| {name} | {_ms(summary.median)} | {_ms(summary.p90)} | {_ms(summary.p99)} | {_ms(summary.max)} "
-            f"| {ratio} | {targets.get(name, '')} |"
+            f"| {name} | {_ms(timing.wall.median)} | {_ms(timing.wall.p90)} | {_ms(timing.wall.p99)} "
+            f"| {_ms(timing.wall.max)} | {_ms(timing.cpu.median)} | {_ms(timing.cpu.p99)} "
+            f"| {ratio:.4f}x; {timing.wall.median / embed.wall.median:.4f}x "
+            f"| {timing.cpu.p99 / embed.cpu.p99:.3f}x; {timing.wall.p99 / embed.wall.p99:.3f}x | {target} |"
         )
-    lines.append(f"\nsemantic hits: {look.semantic_hits} of {look.semantic.count} paraphrase lookups\n")
+    lines.append(f"\nsemantic hits: {look.semantic_hits} of {look.semantic.wall.count} paraphrase lookups\n")
 
     fill = report.fill
-    one = fill.search[1].median
+    one = fill.search[1]
     lines += [
-        "| search (top 3, random unit vectors) | median ms | p90 ms | p99 ms | max ms | added over 1 entry (median) "
-        "| target |",
-        "|---|---|---|---|---|---|---|",
+        "| search (top 3, random unit vectors) | median ms | p90 ms | p99 ms | max ms | CPU median ms "
+        "| added over 1 entry (CPU; wall, medians) | target (CPU) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     largest = max(fill.search)
-    for size, summary in sorted(fill.search.items()):
-        added = summary.median - one
+    for size, timing in sorted(fill.search.items()):
+        added_cpu = timing.cpu.median - one.cpu.median
+        added_wall = timing.wall.median - one.wall.median
         target = ""
         if size == largest and size >= 100_000:
-            target = f"<= {TARGETS['search_ms']} ms: {_verdict(added * 1000 <= TARGETS['search_ms'])}"
+            target = f"<= {TARGETS['search_ms']} ms: {_verdict(added_cpu * 1000 <= TARGETS['search_ms'])}"
         lines.append(
-            f"| {size:,} entries | {_ms(summary.median)} | {_ms(summary.p90)} | {_ms(summary.p99)} "
-            f"| {_ms(summary.max)} | {added * 1000:+.3f} ms | {target} |"
+            f"| {size:,} entries | {_ms(timing.wall.median)} | {_ms(timing.wall.p90)} | {_ms(timing.wall.p99)} "
+            f"| {_ms(timing.wall.max)} | {_ms(timing.cpu.median)} | {added_cpu * 1000:+.3f} ms; "
+            f"{added_wall * 1000:+.3f} ms | {target} |"
         )
     overhead = fill.bytes_per_entry - fill.payload_per_entry
+    durable_wall, durable_cpu = report.durable_puts_per_second
     lines += [
         "",
-        "| throughput and memory | value | target |",
+        "| throughput and memory | value (wall clock; per CPU second) | target |",
         "|---|---|---|",
-        f"| put, in memory (precomputed vector) | {fill.put_per_second:,.0f} /s | |",
-        f"| put, with write-ahead log (precomputed vector) | {report.durable_puts_per_second:,.0f} /s | |",
+        f"| put, in memory (precomputed vector, filling to {fill.entries:,}) "
+        f"| {fill.put_per_second:,.0f} /s; {fill.put_per_cpu_second:,.0f} /s | |",
+        f"| put, with write-ahead log (precomputed vector) | {durable_wall:,.0f} /s; {durable_cpu:,.0f} /s | |",
         f"| memory per entry ({fill.entries:,} entries, RSS growth) | {fill.bytes_per_entry:,.0f} B "
         f"= {fill.payload_per_entry:,.0f} B payload + {overhead:,.0f} B | "
         f"<= {TARGETS['bytes_per_entry']:,} B + payload: {_verdict(overhead <= TARGETS['bytes_per_entry'])} |",
