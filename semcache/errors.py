@@ -7,6 +7,7 @@
     │   ├── LimitExceededError                  a documented size limit was crossed
     │   └── UnknownScopeError                   a scope that holds no index
     ├── EmbeddingMismatchError (also ValueError) data built with another embedder
+    ├── CorruptDataError (also ValueError)      a snapshot or log that cannot be read back
     ├── ConfigurationError (also ValueError)    settings that contradict each other
     ├── ClosedError                             use after close()
     └── ClusterError                            an operational failure of the cluster
@@ -15,7 +16,7 @@
         ├── ShardUnavailableError               no replica of a shard answered
         └── AuthenticationError                 the RPC token was missing or wrong
 
-Misuse (the first four) is never retryable; ``ClusterError.retryable`` says
+Misuse and bad data (the first five) are never retryable; ``ClusterError.retryable`` says
 whether trying again later may succeed.
 """
 
@@ -52,6 +53,10 @@ class UnknownScopeError(InvalidInputError):
 
 class EmbeddingMismatchError(SemcacheError, ValueError):
     """Stored vectors were made by another embedding model or dimension."""
+
+
+class CorruptDataError(SemcacheError, ValueError):
+    """Stored data (a snapshot or a log record) is damaged or in a format this version cannot read."""
 
 
 class ConfigurationError(SemcacheError, ValueError):

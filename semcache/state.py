@@ -28,7 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from .commands import Clear, Command, Delete, Evict, Expire, Put
-from .errors import ConfigurationError, EmbeddingMismatchError, InvalidInputError, LimitExceededError
+from .errors import (
+    ConfigurationError,
+    CorruptDataError,
+    EmbeddingMismatchError,
+    InvalidInputError,
+    LimitExceededError,
+)
 from .index import IndexSettings, VectorIndex
 
 SNAPSHOT_FORMAT = 1
@@ -308,10 +314,21 @@ class ShardState:
 
         Raises:
             EmbeddingMismatchError: the snapshot was built with another model or dimension.
+            CorruptDataError: a file is missing, damaged or in an unknown format.
         """
+        try:
+            return cls._read_snapshot(directory, model_id, dim)
+        except (EmbeddingMismatchError, CorruptDataError):
+            raise
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error, RuntimeError) as exc:
+            # json, struct, hnswlib and our own setting checks all end up here.
+            raise CorruptDataError(f"snapshot in {directory} is damaged or unreadable: {exc!r}") from exc
+
+    @classmethod
+    def _read_snapshot(cls, directory: Path, model_id: str | None, dim: int | None) -> ShardState:
         header = json.loads((directory / "state.json").read_text())
         if header.get("format") != SNAPSHOT_FORMAT:
-            raise InvalidInputError(f"unknown snapshot format {header.get('format')!r} in {directory}")
+            raise CorruptDataError(f"unknown snapshot format {header.get('format')!r} in {directory}")
         if (model_id is not None and header["model_id"] != model_id) or (dim is not None and header["dim"] != dim):
             raise EmbeddingMismatchError(
                 f"{directory} was built with {header['model_id']} (dim {header['dim']}); "
@@ -366,6 +383,8 @@ def _decode_entries(data: bytes) -> dict[str, Entry]:
     while pos < len(view):
         key_len, value_len, scope_len, label, created, expires = _ENTRY_HEAD.unpack_from(view, pos)
         pos += _ENTRY_HEAD.size
+        if pos + key_len + value_len + scope_len > len(view):
+            raise CorruptDataError(f"entries.bin is truncated: an entry runs past its end at byte {pos}")
         key = bytes(view[pos : pos + key_len]).decode("utf-8", "surrogatepass")
         pos += key_len
         value = bytes(view[pos : pos + value_len])

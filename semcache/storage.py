@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .commands import Command as CommandT
 from .commands import decode_command, encode_command
-from .errors import ClosedError, ConfigurationError, EmbeddingMismatchError
+from .errors import ClosedError, ConfigurationError, CorruptDataError, EmbeddingMismatchError, InvalidInputError
 from .state import ShardState
 
 _RECORD = struct.Struct("<IIQ")
@@ -104,7 +104,12 @@ class DurableLog:
         """
         stamp_path = self.path / "embedding.json"
         if stamp_path.exists():
-            stamp = json.loads(stamp_path.read_text())
+            try:
+                stamp = json.loads(stamp_path.read_text())
+                if not isinstance(stamp, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                raise CorruptDataError(f"{stamp_path} is damaged: {exc}") from exc
             if (stamp.get("model_id"), stamp.get("dim")) != (model_id, dim):
                 raise EmbeddingMismatchError(
                     f"{self.path} was built with {stamp.get('model_id')} (dim {stamp.get('dim')}); "
@@ -195,7 +200,11 @@ def _read_records(data: bytes) -> Iterator[tuple[int, int, CommandT]]:
         payload = data[pos + _RECORD.size : end]
         if zlib.crc32(data[pos + 8 : pos + _RECORD.size] + payload) != crc:
             return
-        yield end, seq, decode_command(payload)
+        try:
+            command = decode_command(payload)
+        except InvalidInputError as exc:  # the CRC matched: written so, by another version or a bug
+            raise CorruptDataError(f"wal.log record {seq} at byte {pos} cannot be decoded: {exc}") from exc
+        yield end, seq, command
         pos = end
 
 

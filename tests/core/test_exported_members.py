@@ -17,6 +17,7 @@ EXPECTED = [
     "ClosedError",
     "ClusterError",
     "ConfigurationError",
+    "CorruptDataError",
     "DistributedSemanticKV",
     "Embedding",
     "EmbeddingMismatchError",
@@ -63,6 +64,7 @@ def test_the_error_tree_matches_its_drawing():
         "LimitExceededError": ("InvalidInputError", ValueError),
         "UnknownScopeError": ("InvalidInputError", ValueError),
         "EmbeddingMismatchError": ("SemcacheError", ValueError),
+        "CorruptDataError": ("SemcacheError", ValueError),
         "ConfigurationError": ("SemcacheError", ValueError),
         "ClosedError": ("SemcacheError", RuntimeError),
         "ClusterError": ("SemcacheError", Exception),
@@ -74,6 +76,12 @@ def test_the_error_tree_matches_its_drawing():
     for name, (parent, builtin) in tree.items():
         cls = getattr(errors, name)
         assert issubclass(cls, getattr(errors, parent)) and issubclass(cls, builtin), name
-    misuse = [errors.InvalidInputError, errors.EmbeddingMismatchError, errors.ConfigurationError, errors.ClosedError]
+    misuse = [
+        errors.InvalidInputError,
+        errors.EmbeddingMismatchError,
+        errors.CorruptDataError,
+        errors.ConfigurationError,
+        errors.ClosedError,
+    ]
     assert not any(cls.retryable for cls in misuse)
     assert errors.ClusterError.retryable and not errors.AuthenticationError.retryable

@@ -273,3 +273,81 @@ def test_a_failed_automatic_checkpoint_does_not_fail_the_write(tmp_path, monkeyp
         kv.put("last", "value")
     with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as reopened:
         assert all(reopened.get(f"k{i}") == f"value {i}".encode() for i in range(30))
+
+
+def _damage_state_json(path: Path) -> None:
+    (path / "snapshot" / "state.json").write_text("{not json")
+
+
+def _truncate_entries(path: Path) -> None:
+    entries = path / "snapshot" / "entries.bin"
+    entries.write_bytes(entries.read_bytes()[:-7])
+
+
+def _remove_index(path: Path) -> None:
+    (path / "snapshot" / "index-0.bin").unlink()
+
+
+def _truncate_index(path: Path) -> None:
+    index = path / "snapshot" / "index-0.bin"
+    index.write_bytes(index.read_bytes()[:100])
+
+
+def _bad_settings(path: Path) -> None:
+    header = path / "snapshot" / "state.json"
+    header.write_text(header.read_text().replace('"hnsw_m": 16', '"hnsw_m": -3'))
+
+
+def _unknown_format(path: Path) -> None:
+    header = path / "snapshot" / "state.json"
+    header.write_text(header.read_text().replace('"format": 1', '"format": 99'))
+
+
+def _damage_stamp(path: Path) -> None:
+    (path / "embedding.json").write_text("[")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _damage_state_json,
+        _truncate_entries,
+        _remove_index,
+        _truncate_index,
+        _bad_settings,
+        _unknown_format,
+        _damage_stamp,
+    ],
+)
+def test_damaged_data_is_a_clear_corrupt_data_error(tmp_path, damage):
+    from semcache import CorruptDataError
+
+    path = tmp_path / "store"
+    with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as kv:
+        kv.put("k", "some text")
+        kv.put("other", "more text")
+    damage(path)
+    with pytest.raises(CorruptDataError, match="damaged|unreadable|truncated|unknown snapshot format"):
+        SemanticKV(path, embedding=HashEmbedding(dim=DIM))
+    # The refused open released the directory lock.
+    with pytest.raises(CorruptDataError):
+        SemanticKV(path, embedding=HashEmbedding(dim=DIM))
+
+
+def test_a_log_record_from_an_unknown_codec_is_a_corrupt_data_error(tmp_path):
+    import struct
+    import zlib
+
+    from semcache import CorruptDataError
+
+    path = tmp_path / "store"
+    kv = SemanticKV(path, embedding=HashEmbedding(dim=DIM), checkpoint_bytes=1 << 30)
+    kv.put("k", "v")
+    kv._log.close()  # crash  # type: ignore[union-attr]
+    payload = bytes([99, 1]) + b"from a future version"
+    head = struct.pack("<IIQ", len(payload), 0, 2)
+    record = struct.pack("<IIQ", len(payload), zlib.crc32(head[8:] + payload), 2) + payload
+    with open(path / "wal.log", "ab") as wal:
+        wal.write(record)
+    with pytest.raises(CorruptDataError, match="record 2 .* cannot be decoded: unknown command codec version 99"):
+        SemanticKV(path, embedding=HashEmbedding(dim=DIM))
