@@ -170,10 +170,9 @@ class ReplicatedShard(SyncObj):
     # answers the leader.  An HNSW insert takes ~0.7 ms (384 dims), so applying
     # there would delay every follower's acknowledgement of the next entry by the
     # apply of the previous one.  Instead the tick thread only decodes and queues
-    # the batch; an applier thread applies batches in log order (hnswlib releases
-    # the GIL while inserting).  A writer is acknowledged once its batch is applied
-    # here, and snapshots wait for the queue to drain, so both see exactly the
-    # state at the applied index.
+    # the batch; an applier thread applies batches in log order.  A writer is
+    # acknowledged once its batch is applied here, and a snapshot request queues
+    # behind the batches before it, so both see exactly the state at their index.
     @replicated
     def apply_batch(self, data: bytes) -> _Applied:
         """Queue a committed batch of encoded commands for the applier thread (every replica, in log order).
@@ -265,6 +264,7 @@ class ReplicatedShard(SyncObj):
         self._issue_batches()
         deadline = time.monotonic() + (timeout or self.config.commit_timeout)
         if not pending.done.wait(max(0.0, deadline - time.monotonic())):
+            pending.abandoned = True  # not sent yet? then never: fewer "may have happened" writes
             raise self._map_failure("Timeout")
         if pending.error is not None:
             raise self._map_failure(pending.error)
@@ -293,8 +293,11 @@ class ReplicatedShard(SyncObj):
                 batch, size = [], 4
                 while self._pending and size + len(self._pending[0].data) + BATCH_ITEM_OVERHEAD <= MAX_ENTRY_BYTES:
                     item = self._pending.popleft()
-                    batch.append(item)
-                    size += len(item.data) + BATCH_ITEM_OVERHEAD
+                    if not item.abandoned:
+                        batch.append(item)
+                        size += len(item.data) + BATCH_ITEM_OVERHEAD
+                if not batch:
+                    continue
                 self._batch_seq += 1
                 batch_id = self._batch_seq
                 self._in_flight[batch_id] = now
@@ -676,6 +679,7 @@ class _Pending:
     record: _Applied | None = None
     position: int = 0
     error: Any = None
+    abandoned: bool = False  # its writer timed out before it was sent
 
 
 @dataclass

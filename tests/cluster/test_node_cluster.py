@@ -31,6 +31,7 @@ from semcache.errors import (
     ClusterError,
     InvalidInputError,
     LimitExceededError,
+    NoQuorumError,
     NotLeaderError,
     ShardUnavailableError,
 )
@@ -455,3 +456,25 @@ def test_node_embeds_only_requests_with_text_and_no_vector(make_shard: Callable[
     query = HashEmbedding(DIM).embed_one("rust borrow checker").tobytes()
     hits = client.search(query, scope="docs", top_k=1, threshold=0.99)
     assert [(key, value) for key, value, _ in hits] == [("with-text", b"payload")]
+
+
+def test_without_a_majority_writes_fail_with_no_quorum_and_nothing_half_applies(
+    make_shard: Callable[..., LocalShard],
+) -> None:
+    shard = make_shard(commit_timeout=1.5)
+    leader = shard.leader()
+    _put(shard.client(leader), "before", value=b"1")
+    followers = [rid for rid in shard.ids if rid != leader]
+    for rid in followers:
+        shard.stop(rid, signal.SIGKILL)
+    with pytest.raises((NoQuorumError, NotLeaderError)):
+        _put(shard.client(leader), "during", value=b"2")
+    assert shard.client(leader).get("during", read_from="any") is None  # not applied without a commit
+    for rid in followers:
+        shard.start(rid)
+    new_leader = shard.leader()
+    digests = shard.wait_converged(min_applied=1)
+    assert shard.client(new_leader).get("before") == b"1"
+    # "during" may have committed after all (it was in the old leader's log): either way every replica agrees.
+    during = {rid: shard.client(rid).get("during", read_from="any") for rid in digests}
+    assert len(set(during.values())) == 1 and set(during.values()) <= {None, b"2"}
