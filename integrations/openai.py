@@ -47,6 +47,11 @@ a row costs one upstream call.  A failed store is logged and counted in
 semcache error (a shard unavailable, a prompt too long to embed) is logged at
 WARNING, counted in ``stats.lookup_errors`` and treated as a miss.
 
+**Single flight.** Identical requests (same exact key) missing at the same
+time make one upstream call: the first leads, the others wait for it and take
+its answer (``stats.single_flight_waits``); if it fails, each makes its own
+call.  Streamed requests neither lead nor wait.
+
 **Controls.** ``cache_skip=True`` bypasses the cache for one call;
 ``cache_refresh=True`` skips the lookup and overwrites the entry with a fresh
 answer; ``cache_scope=`` adds to the scope for one call (a tenant...).
@@ -71,6 +76,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -284,6 +290,7 @@ class OpenAICacheStats:
     write_failures: int = 0
     streams_discarded: int = 0  # streamed misses not stored: broken, abandoned or incomplete
     lookup_errors: int = 0  # lookups that raised (a cluster shard down, a prompt too long to embed...)
+    single_flight_waits: int = 0  # misses that waited for an identical call in flight instead of calling upstream
 
 
 @dataclass(frozen=True)
@@ -336,6 +343,7 @@ class OpenAICache:
         self._stats = OpenAICacheStats()
         self._lock = threading.Lock()
         self._writes: WriteBehind | None = None
+        self._flights: dict[str, Future[None]] = {}
         self._warned = False
 
     @property
@@ -506,6 +514,43 @@ class OpenAICache:
         if self._writes is not None:
             self._writes.close()
 
+    # -------------------------------------------------------- single flight
+    def answer(self, plan: _Plan, *, asynchronous: bool) -> Any:
+        """The cached answer for ``plan``, ready to return, or None on a miss."""
+        hit = self.find(plan)
+        return None if hit is None else self.replay(plan, hit, asynchronous=asynchronous)
+
+    def pending_answer(self, plan: _Plan, *, asynchronous: bool) -> Any:
+        """The answer a just-landed identical call left in the write-behind map, or None."""
+        hit = self.writes.pending(plan.prompt, scope=plan.scope)
+        if hit is None:
+            return None
+        self._count("pending_hits")
+        return self.replay(plan, hit, asynchronous=asynchronous)
+
+    def join_flight(self, plan: _Plan) -> tuple[str, Future[None], bool]:
+        """Single flight for identical concurrent misses: ``(key, flight, whether this caller leads it)``.
+
+        The leader calls upstream; the others wait for its flight to land and
+        then take its answer from the cache (or, if it failed, call upstream
+        themselves).  Streams take no part: their answer is stored only at the end.
+        """
+        key = self.cache.key_for(plan.prompt, plan.scope)
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None:
+                self._stats.single_flight_waits += 1
+                return key, flight, False
+            flight = self._flights[key] = Future()
+            return key, flight, True
+
+    def land(self, key: str, flight: Future[None]) -> None:
+        """End the leader's flight (answered or failed): release its followers."""
+        with self._lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.set_result(None)
+
     # ------------------------------------------------------------ wrapping
     def wrap_call(self, fn: Callable[..., Any], endpoint: str, request_of: Callable[..., dict[str, Any]]) -> Any:
         """``fn`` with caching; ``request_of(*args, **kwargs)`` names the request it makes."""
@@ -522,12 +567,29 @@ class OpenAICache:
                 plan, kwargs = prepare(args, kwargs)
                 if plan is None:
                     return await fn(*args, **kwargs)
-                if not plan.refresh:
-                    # The lookup may embed the prompt: keep it off the event loop.
-                    hit = await asyncio.get_running_loop().run_in_executor(None, self.find, plan)
-                    if hit is not None and (answer := self.replay(plan, hit, asynchronous=True)) is not None:
-                        return answer
-                return self.record(plan, await fn(*args, **kwargs), asynchronous=True)
+
+                async def upstream() -> Any:
+                    return self.record(plan, await fn(*args, **kwargs), asynchronous=True)
+
+                async def cached_answer() -> Any:  # the lookup may embed the prompt: off the event loop
+                    lookup = functools.partial(self.answer, plan, asynchronous=True)
+                    return await asyncio.get_running_loop().run_in_executor(None, lookup)
+
+                if plan.refresh:
+                    return await upstream()
+                answer = await cached_answer()
+                if answer is not None or plan.stream:
+                    return answer if answer is not None else await upstream()
+                key, flight, leader = self.join_flight(plan)
+                if not leader:
+                    await asyncio.wrap_future(flight)
+                    answer = await cached_answer()
+                    return answer if answer is not None else await upstream()
+                try:
+                    answer = self.pending_answer(plan, asynchronous=True)  # a flight that landed meanwhile
+                    return answer if answer is not None else await upstream()
+                finally:
+                    self.land(key, flight)
 
             cached_async.semcache = self  # type: ignore[attr-defined]
             return cached_async
@@ -537,11 +599,25 @@ class OpenAICache:
             plan, kwargs = prepare(args, kwargs)
             if plan is None:
                 return fn(*args, **kwargs)
-            if not plan.refresh:
-                hit = self.find(plan)
-                if hit is not None and (answer := self.replay(plan, hit, asynchronous=False)) is not None:
-                    return answer
-            return self.record(plan, fn(*args, **kwargs), asynchronous=False)
+
+            def upstream() -> Any:
+                return self.record(plan, fn(*args, **kwargs), asynchronous=False)
+
+            if plan.refresh:
+                return upstream()
+            answer = self.answer(plan, asynchronous=False)
+            if answer is not None or plan.stream:
+                return answer if answer is not None else upstream()
+            key, flight, leader = self.join_flight(plan)
+            if not leader:
+                flight.result()
+                answer = self.answer(plan, asynchronous=False)
+                return answer if answer is not None else upstream()
+            try:
+                answer = self.pending_answer(plan, asynchronous=False)  # a flight that landed meanwhile
+                return answer if answer is not None else upstream()
+            finally:
+                self.land(key, flight)
 
         cached.semcache = self  # type: ignore[attr-defined]
         return cached

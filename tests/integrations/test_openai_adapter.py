@@ -596,3 +596,46 @@ def test_a_stream_of_other_things_passes_through_uncached(cache):
     assert list(tokens("What is semcache?", stream=True)) == ["What", "is", "semcache?"]
     assert list(tokens("What is semcache?", stream=True)) == ["What", "is", "semcache?"]
     assert tokens.semcache.stats.streams_discarded == 2 and tokens.semcache.stats.hits == 0
+
+
+def test_identical_concurrent_misses_make_one_upstream_call(hash_embedding):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with FakeOpenAIServer(latency=0.5) as slow, OpenAI(base_url=slow.base_url, api_key="t", max_retries=0) as raw:
+        client = wrap(raw, cache=SemanticCache(SemanticKV(embedding=hash_embedding)))
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            replies = list(pool.map(lambda _: ask(client), range(6)))
+        assert slow.count("chat.completions") == 1
+        assert len({r.choices[0].message.content for r in replies}) == 1
+        stats = client.semcache.stats
+        assert stats.misses == 1 and stats.hits == 5
+        assert stats.single_flight_waits + stats.pending_hits >= 1
+        slow.fail_next(500)  # a failed leader: each waiter makes its own call
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            outcomes = list(pool.map(lambda _: _outcome(lambda: ask(client, "Another question?")), range(3)))
+        assert outcomes.count("error") == 1 and outcomes.count("ok") == 2
+        client.semcache.close()
+
+
+def _outcome(call) -> str:
+    try:
+        call()
+        return "ok"
+    except openai.InternalServerError:
+        return "error"
+
+
+def test_identical_concurrent_async_misses_make_one_upstream_call(hash_embedding):
+    async def main(base_url: str):
+        async with AsyncOpenAI(base_url=base_url, api_key="t", max_retries=0) as raw:
+            client = wrap(raw, cache=SemanticCache(SemanticKV(embedding=hash_embedding)))
+            replies = await asyncio.gather(
+                *(client.chat.completions.create(model=MODEL, messages=user(QUESTION)) for _ in range(5))
+            )
+            client.semcache.close()
+            return replies, client.semcache.stats
+
+    with FakeOpenAIServer(latency=0.5) as slow:
+        replies, stats = asyncio.run(main(slow.base_url))
+        assert slow.count("chat.completions") == 1
+    assert sum(is_cached(r) for r in replies) == 4 and stats.misses == 1
