@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from .state import Limits, ShardState, check_key
 from .transport import FlightNodeServer
 
 logger = logging.getLogger(__name__)
+SWITCH_INTERVAL = 0.0005  # seconds; see run_node
 
 Reply = tuple[dict[str, Any], list[bytes]]
 
@@ -283,6 +285,10 @@ def _str(header: dict[str, Any], name: str) -> str:
 def run_node(config_path: str | Path, replica_id: str) -> None:
     """Run one node until SIGTERM or SIGINT, then stop it cleanly (the ``semcache node`` command)."""
     config = ClusterConfig.load(config_path)
+    # The applier thread inserts into HNSW holding the GIL; with the default 5 ms
+    # switch interval the Raft tick thread (heartbeats, acknowledgements) and the
+    # RPC threads would wait up to 5 ms behind it.  This process is only a node.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     node = SemanticKVNode(config, replica_id)
     stop = threading.Event()
 
