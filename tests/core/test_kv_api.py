@@ -1,0 +1,94 @@
+"""SemanticKV's seed API in detail: what each call returns, and what stats() counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semcache import Limits, SemanticKV
+from semcache.embeddings import HashEmbedding
+
+
+@pytest.fixture
+def kv():
+    with SemanticKV(embedding=HashEmbedding(dim=64), node_id="node-7") as store:
+        yield store
+
+
+def test_search_results_unpack_as_in_the_seed(kv):
+    kv.put("doc:api", "REST API endpoints and authentication")
+    kv.put("doc:db", "database schema and migrations")
+    results = kv.search("API authentication", top_k=5)
+    key, value, similarity, node = results[0]
+    assert (key, value, node) == ("doc:api", b"REST API endpoints and authentication", "node-7")
+    assert 0.0 < similarity <= 1.0
+    assert [r.key for r in results] == ["doc:api", "doc:db"]  # top_k beyond the entries returns them all
+    sims = [r.similarity for r in results]
+    assert sims == sorted(sims, reverse=True)
+
+
+def test_threshold_filters_results(kv):
+    kv.put("a", "alpha beta gamma")
+    kv.put("b", "completely different words")
+    assert [r.key for r in kv.search("alpha beta gamma", top_k=5, threshold=0.9)] == ["a"]
+    assert kv.search("nothing in common here", top_k=5, threshold=0.99) == []
+
+
+def test_text_is_what_gets_embedded_and_binary_values_are_not_searchable(kv):
+    kv.put("img", b"\x89PNG\r\n\x1a\n\x00\xff", text="a photo of a cat")
+    kv.put("raw", b"\xff\xfe\xfd")  # not UTF-8, no text: stored, not searchable
+    assert kv.get("raw") == b"\xff\xfe\xfd"
+    assert [r.key for r in kv.search("photo of a cat", top_k=5)] == ["img"]
+    stats = kv.stats()
+    assert (stats["entries"], stats["searchable"]) == (2, 1)
+
+
+def test_a_precomputed_vector_is_used_as_given(kv):
+    vector = np.zeros(64, dtype=np.float32)
+    vector[3] = 2.0
+    kv.put("v", "text that is not embedded", vector=vector)
+    (hit,) = kv.search(None, top_k=1, vector=vector)
+    assert hit.key == "v" and hit.similarity == pytest.approx(1.0)
+
+
+def test_overwriting_moves_a_key_between_scopes(kv):
+    kv.put("k", "shared words here", scope="s1")
+    kv.put("k", "shared words here", scope="s2")
+    assert kv.search("shared words here", scope="s1") == []
+    assert [r.key for r in kv.search("shared words here", scope="s2")] == ["k"]
+
+
+def test_stats_count_operations(kv):
+    kv.put("a", "one")
+    kv.put("b", "two")
+    kv.get("a")
+    kv.get("missing")
+    kv.delete("b")
+    kv.search("one", top_k=1)
+    kv.search("zzz qqq", top_k=1, threshold=0.99)
+    stats = kv.stats()
+    expected = {"puts": 2, "gets": 2, "get_hits": 1, "deletes": 1, "searches": 2, "search_hits": 1}
+    assert {name: stats[name] for name in expected} == expected
+    assert stats["node"] == "node-7" and stats["model_id"] == "hash:64:0" and stats["dim"] == 64
+    assert stats["path"] is None and stats["eviction"] == "lru" and stats["capacity"] is None
+    assert stats["value_bytes"] == 3 and stats["applied"] == 3
+    assert stats["embedding_model_calls"] >= 2
+
+
+def test_properties_len_and_repr(kv):
+    kv.put("a", "one")
+    assert len(kv) == 1
+    assert kv.model_id == "hash:64:0" and kv.embedding.dim == 64
+    assert kv.limits == Limits()
+    assert repr(kv) == "SemanticKV(memory, entries=1, model=hash:64:0)"
+
+
+def test_clear_scope_and_clear_all_report_counts(kv):
+    for i in range(3):
+        kv.put(f"a{i}", f"alpha {i}", scope="tenant-a")
+    kv.put("b", "beta", scope="tenant-b")
+    kv.put("plain", "no scope")
+    assert kv.clear_scope("tenant-a") == 3
+    assert kv.scan("", 10) == ["b", "plain"]
+    assert kv.clear_all() == 2 and len(kv) == 0
+    assert kv.stats()["scopes"] == 0
