@@ -48,6 +48,10 @@ class AccessLog:
             self._last.pop(key, None)
             self._reads.pop(key, None)
 
+    def __len__(self) -> int:
+        """Keys with a record (it must shrink as entries leave, or a TTL-heavy cache leaks)."""
+        return len(self._last)
+
     def last_access(self, key: str, default: int) -> int:
         return self._last.get(key, default)
 

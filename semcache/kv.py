@@ -364,8 +364,7 @@ class SemanticKV(KVHelpers):
         """Remove ``key``; True if it was there."""
         check_key(key, self._state.limits)
         with self._lock:
-            removed = bool(self._submit(Delete(key)))
-            self._access.forget(key)
+            removed = bool(self._submit_removal(Delete(key), [key]))
             self._counters["deletes"] += 1
         return removed
 
@@ -417,11 +416,23 @@ class SemanticKV(KVHelpers):
         """Remove every entry in scopes starting with ``scope_prefix``; returns how many."""
         if not isinstance(scope_prefix, str) or not scope_prefix:
             raise InvalidInputError("scope_prefix must be a non-empty str (use clear_all() for everything)")
-        return self._submit(Clear(scope_prefix))
+        return self._clear(scope_prefix)
 
     def clear_all(self) -> int:
         """Remove everything; returns how many entries were removed."""
-        return self._submit(Clear(""))
+        return self._clear("")
+
+    def _clear(self, scope_prefix: str) -> int:
+        with self._lock:
+            doomed = [key for key, entry in self._state.entries.items() if entry.scope.startswith(scope_prefix)]
+            return self._submit_removal(Clear(scope_prefix), doomed)
+
+    def _submit_removal(self, command: Command, doomed: list[str]) -> int:
+        """Apply a command that removes ``doomed`` and drop their local access records."""
+        removed = self._submit(command)
+        for key in doomed:
+            self._access.forget(key)
+        return removed
 
     def stats(self) -> dict[str, Any]:
         """Counters, sizes and settings."""
@@ -484,7 +495,7 @@ class SemanticKV(KVHelpers):
                 return 0
             while self._expiries and self._expiries[0][0] <= now:
                 heapq.heappop(self._expiries)
-            removed = self._submit(Expire(now))
+            removed = self._submit_removal(Expire(now), self._state.expired_keys(now))
             self._counters["expired"] += removed
             return removed
 
@@ -506,7 +517,5 @@ class SemanticKV(KVHelpers):
             return
         target = self._capacity - self._capacity // 100
         victims = choose_victims(self._eviction, self._state.entries, self._access, len(self._state.entries) - target)
-        removed = self._submit(Evict(tuple(victims)))
-        for key in victims:
-            self._access.forget(key)
+        removed = self._submit_removal(Evict(tuple(victims)), victims)
         self._counters["evicted"] += removed

@@ -193,3 +193,23 @@ def test_expired_entries_are_dropped_before_any_live_entry_is_evicted():
         assert [kv.exists(k) for k in ("k0", "k1", "k2", "new")] == [True] * 4
         stats = kv.stats()
         assert (stats["entries"], stats["expired"], stats["evicted"]) == (4, 3, 0)
+
+
+def test_the_access_log_forgets_every_key_that_leaves():
+    """Regression: expired and cleared keys kept their access records forever (a leak in a TTL cache)."""
+    clock = Clock()
+    with make_kv(clock, capacity=50) as kv:
+        for i in range(40):
+            kv.put(f"t{i}", f"temporary {i}", ttl_ms=10)
+            kv.get(f"t{i}")
+        clock.advance(20)
+        assert kv.purge_expired() == 40
+        for i in range(30):
+            kv.put(f"s{i}", f"scoped {i}", scope="tenant")
+        kv.clear_scope("tenant")
+        for i in range(60):  # 10 over capacity: evictions
+            kv.put(f"e{i}", f"evictable {i}")
+        kv.delete("e59")
+        assert len(kv._access) == len(kv) <= 50
+        kv.clear_all()
+        assert len(kv._access) == 0
