@@ -251,10 +251,7 @@ class SemanticKV(KVHelpers):
         # Likewise the query-time ef; the graph settings (M, ef_construction) stay the data's.
         if self._state.settings.ef_search != self._settings.ef_search:
             self._state.set_ef_search(self._settings.ef_search)
-        for key, entry in self._state.entries.items():
-            if entry.expires_at_ms:
-                self._expiries.append((entry.expires_at_ms, key))
-        heapq.heapify(self._expiries)
+        self._rebuild_expiries()
         self._closed = threading.Event()
         self._purger = threading.Thread(
             target=self._purge_loop, args=(purge_interval,), name="semcache-purge", daemon=True
@@ -343,8 +340,17 @@ class SemanticKV(KVHelpers):
             self._access.touch(key, now)
             if expires:
                 heapq.heappush(self._expiries, (expires, key))
+                # Re-putting a key leaves its old row behind; rebuild before stale rows dominate.
+                if len(self._expiries) > 2 * len(self._state.entries) + 1024:
+                    self._rebuild_expiries()
             self._evict_if_over_capacity()
         return True
+
+    def _rebuild_expiries(self) -> None:
+        """The expiry heap from the entries themselves: one row per entry with a TTL."""
+        entries = self._state.entries.items()
+        self._expiries = [(entry.expires_at_ms, key) for key, entry in entries if entry.expires_at_ms]
+        heapq.heapify(self._expiries)
 
     def get(self, key: str) -> bytes | None:
         """The value of ``key``, or None if absent or expired."""

@@ -213,3 +213,14 @@ def test_the_access_log_forgets_every_key_that_leaves():
         assert len(kv._access) == len(kv) <= 50
         kv.clear_all()
         assert len(kv._access) == 0
+
+
+def test_refreshing_a_ttl_does_not_grow_the_expiry_heap_without_bound():
+    clock = Clock()
+    with make_kv(clock) as kv:
+        for i in range(5_000):  # one hot key, its TTL refreshed on every write
+            clock.advance(1)
+            kv.put("hot", f"value {i}", ttl_ms=86_400_000)
+        assert len(kv._expiries) <= 2 * len(kv) + 1024
+        clock.advance(86_400_001)
+        assert kv.purge_expired() == 1 and kv.get("hot") is None
