@@ -104,7 +104,8 @@ def test_bench_quick_prints_every_table(minilm, capsys) -> None:
     out = capsys.readouterr().out
     assert "| operation | median ms | p90 ms | p99 ms | max ms | CPU median ms | CPU p99 ms |" in out
     assert re.search(r"\| semantic lookup \(embed \+ search \+ guard\) \|.*x.*\| <= 1\.10x: (met|MISSED) \|", out)
-    assert "| 300 entries |" in out and "| 1 entries |" in out
+    for label in ("unrelated query", "paraphrase query"):
+        assert f"| 300 entries, {label} |" in out and f"| 1 entries, {label} |" in out
     assert re.search(r"memory per entry \(300 entries, RSS growth\)", out)
     assert "hnswlib 0.8" in out and "torch" in out
 
