@@ -36,7 +36,7 @@ import numpy as np
 from .commands import Clear, Delete, Put
 from .config import ClusterConfig
 from .embeddings import BaseEmbedding, validate_vectors
-from .errors import ClosedError, InvalidInputError
+from .errors import InvalidInputError, ShardUnavailableError
 from .kv import check_scope, check_search_args, check_ttl_ms
 from .replication import ReplicatedShard
 from .state import Limits, ShardState, check_key
@@ -118,8 +118,8 @@ class SemanticKVNode:
     # ------------------------------------------------------------- dispatch
     def handle(self, action: str, header: dict[str, Any], blobs: list[bytes]) -> Reply:
         """Run one RPC action; exceptions become error replies in the transport."""
-        if self._stopped.is_set():
-            raise ClosedError(f"node {self.replica_id} is stopping")
+        if self._stopped.is_set():  # retryable for the client: another replica may answer
+            raise ShardUnavailableError(f"node {self.replica_id} is stopping", shard_id=self.shard.shard_id)
         handler = self._handlers.get(action)
         if handler is None:
             raise InvalidInputError(f"unknown action {action!r}")
