@@ -21,7 +21,10 @@ A restored index keeps inserting exactly as one that never stopped: see
 
 from __future__ import annotations
 
+import functools
 import heapq
+import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,7 +32,9 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, CorruptDataError
+
+log = logging.getLogger("semcache")
 
 # hnswlib draws each new element's level from a std::minstd_rand0 engine seeded
 # with ``random_seed`` (libstdc++: x <- 16807 x mod 2^31-1), two engine steps per
@@ -186,19 +191,54 @@ class VectorIndex:
         free = meta["free"]
         next_label = meta["next_label"]
         slots = meta["slots"]
-        assert isinstance(free, list) and isinstance(next_label, int) and isinstance(slots, int)
+        if not (isinstance(free, list) and isinstance(next_label, int) and isinstance(slots, int)):
+            raise CorruptDataError(f"index metadata for {path} is malformed: {meta!r}")
         index._free = [int(label) for label in free]
         heapq.heapify(index._free)
         index._next_label = next_label
-        loaded = hnswlib.Index(space="cosine", dim=dim)
-        loaded.load_index(str(path), max_elements=slots)
-        # Rebuild through hnswlib's pickle state, whose "seed" seeds the level
-        # generator: set it to where the never-restarted index's generator is.
-        (params, *rest) = loaded.__getstate__()
-        params = {**params, "seed": level_rng_seed(settings.random_seed, loaded.element_count)}
-        hnsw = hnswlib.Index.__new__(hnswlib.Index)
-        hnsw.__setstate__((params, *rest))
-        del loaded
-        index._configure(hnsw)
-        index._index = hnsw
+        index._index = _load_reseeded(path, dim, slots, settings.random_seed)
+        index._configure(index._index)
+        if not jump_ahead_verified():
+            log.warning(
+                "semcache: this hnswlib build draws levels differently; a restored index may "
+                "build another graph than one that never restarted (search still works)"
+            )
         return index
+
+
+def _load_reseeded(path: Path, dim: int, slots: int, random_seed: int) -> hnswlib.Index:
+    """``load_index``, then re-seed the level generator to where the saved index's stood."""
+    loaded = hnswlib.Index(space="cosine", dim=dim)
+    loaded.load_index(str(path), max_elements=slots)
+    # Rebuild through hnswlib's pickle state, whose "seed" seeds the level generator.
+    (params, *rest) = loaded.__getstate__()
+    params = {**params, "seed": level_rng_seed(random_seed, loaded.element_count)}
+    hnsw = hnswlib.Index.__new__(hnswlib.Index)
+    hnsw.__setstate__((params, *rest))
+    return hnsw
+
+
+@functools.cache
+def jump_ahead_verified() -> bool:
+    """Whether :func:`level_rng_seed` reproduces this hnswlib build's level generator.
+
+    Checked once per process on a tiny index (M=2, so levels vary a lot): one
+    built straight through must equal one saved, restored and continued.
+    """
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(48, 4)).astype(np.float32)
+    settings = IndexSettings(max_entries=64, hnsw_m=2, hnsw_ef_construction=8, random_seed=7)
+    whole, part = VectorIndex(4, settings), VectorIndex(4, settings)
+    for vector in vectors:
+        whole.add(vector)
+    for vector in vectors[:16]:
+        part.add(vector)
+    with tempfile.TemporaryDirectory(prefix="semcache-rng-") as tmp:
+        part.save(Path(tmp) / "part.bin")
+        part._index = _load_reseeded(Path(tmp) / "part.bin", 4, part.slots, settings.random_seed)
+        part._configure(part._index)
+        for vector in vectors[16:]:
+            part.add(vector)
+        whole.save(Path(tmp) / "whole.bin")
+        part.save(Path(tmp) / "continued.bin")
+        return (Path(tmp) / "whole.bin").read_bytes() == (Path(tmp) / "continued.bin").read_bytes()

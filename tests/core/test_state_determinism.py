@@ -241,3 +241,16 @@ def test_a_store_reopened_midway_equals_one_that_never_closed(tmp_path):
     with SemanticKV(tmp_path, **settings) as second:
         apply(second, ops[400:], now)
         assert second.digest() == expected
+
+
+def test_the_level_generator_jump_ahead_holds_on_this_platform(monkeypatch):
+    """The self-check VectorIndex.load relies on: true here, and it notices a wrong jump."""
+    import semcache.index as index_module
+
+    assert index_module.jump_ahead_verified()
+    index_module.jump_ahead_verified.cache_clear()
+    monkeypatch.setattr(index_module, "level_rng_seed", lambda seed, elements: seed)  # no jump at all
+    try:
+        assert not index_module.jump_ahead_verified()
+    finally:
+        index_module.jump_ahead_verified.cache_clear()
