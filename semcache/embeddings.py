@@ -290,9 +290,12 @@ class OpenAIEmbedding(BaseEmbedding):
     ) -> None:
         super().__init__(**kwargs)
         if client is None:
-            from openai import OpenAI
+            from openai import OpenAI, OpenAIError
 
-            client = OpenAI(api_key=api_key, base_url=base_url)
+            try:
+                client = OpenAI(api_key=api_key, base_url=base_url)
+            except OpenAIError as exc:  # typically: no api_key and no OPENAI_API_KEY
+                raise ConfigurationError(f"cannot build an OpenAI client: {exc}") from exc
         self._client = client
         self._dimensions = dimensions
         self.model_id = f"openai:{model}" + (f":{dimensions}" if dimensions else "")

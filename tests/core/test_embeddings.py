@@ -304,3 +304,11 @@ def test_editing_a_returned_vector_does_not_corrupt_the_memo():
     first[:] = 0.0  # a caller scaling or reusing its array in place
     again = emb.embed_one("some text")
     assert emb.memo_hits == 1 and np.array_equal(again, expected)
+
+
+def test_openai_embedding_without_credentials_is_a_configuration_error(monkeypatch):
+    from semcache import ConfigurationError
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigurationError, match="cannot build an OpenAI client"):
+        OpenAIEmbedding("text-embedding-3-small", base_url="http://127.0.0.1:9/v1")
