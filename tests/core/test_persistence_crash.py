@@ -351,3 +351,37 @@ def test_a_log_record_from_an_unknown_codec_is_a_corrupt_data_error(tmp_path):
         wal.write(record)
     with pytest.raises(CorruptDataError, match="record 2 .* cannot be decoded: unknown command codec version 99"):
         SemanticKV(path, embedding=HashEmbedding(dim=DIM))
+
+
+def test_a_crash_between_the_checkpoint_renames_recovers_the_old_snapshot_and_log(tmp_path):
+    path = tmp_path / "store"
+    kv = SemanticKV(path, embedding=HashEmbedding(dim=DIM), checkpoint_bytes=1 << 30)
+    kv.put("a", "in the snapshot")
+    kv.checkpoint()
+    kv.put("b", "only in the log")
+    expected = kv.digest()
+    kv._log.close()  # crash  # type: ignore[union-attr]
+    # The state a checkpoint leaves between its renames: old moved aside, new complete but not in place.
+    (path / "snapshot").rename(path / "snapshot.old")
+    (path / "snapshot.new").mkdir()
+    (path / "snapshot.new" / "state.json").write_text("{}")
+    with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as reopened:
+        assert reopened.get("a") == b"in the snapshot" and reopened.get("b") == b"only in the log"
+        assert reopened.digest() == expected
+    assert not (path / "snapshot.old").exists() and not (path / "snapshot.new").exists()
+
+
+def test_a_crash_after_the_snapshot_swap_does_not_apply_logged_commands_twice(tmp_path):
+    path = tmp_path / "store"
+    kv = SemanticKV(path, embedding=HashEmbedding(dim=DIM), checkpoint_bytes=1 << 30)
+    for i in range(5):
+        kv.put(f"k{i}", f"value {i}")
+    kv.delete("k0")
+    wal = (path / "wal.log").read_bytes()
+    kv.checkpoint()  # snapshot now holds all six commands; the log was restarted
+    expected = kv.digest()
+    kv._log.close()  # crash  # type: ignore[union-attr]
+    (path / "wal.log").write_bytes(wal)  # as if the crash came before the log was restarted
+    with SemanticKV(path, embedding=HashEmbedding(dim=DIM)) as reopened:
+        assert reopened.digest() == expected
+        assert reopened.stats()["applied"] == 6 and reopened.get("k0") is None
