@@ -159,6 +159,7 @@ class ReplicatedShard(SyncObj):
             onStateChanged=self._on_state_changed,
         )
         super().__init__(me.raft, partners, conf)
+        self.addOnTickCallback(self._nudge_lone_leader)
         self._maintenance = threading.Thread(target=self._maintenance_loop, name="semcache-maint", daemon=True)
         self._maintenance.start()
 
@@ -315,6 +316,17 @@ class ReplicatedShard(SyncObj):
                 item.record, item.position = results, position
             item.done.set()
         self._issue_batches()
+
+    def _nudge_lone_leader(self) -> None:
+        """Tick callback: wake the next tick at once when a one-replica group has entries to commit.
+
+        A lone leader commits an entry at the tick after it appends it; with no
+        follower to answer, that tick would otherwise wait out autoTickPeriod (50 ms).
+        """
+        if self._in_flight and not self.otherNodes:
+            notifier = getattr(self, "_SyncObj__pipeNotifier", None)  # pysyncobj's own wake-up pipe
+            if notifier is not None:
+                notifier.notify()
 
     def _map_failure(self, code: object) -> ClusterError:
         hint = self.leader_rpc()
@@ -631,11 +643,29 @@ class ReplicatedShard(SyncObj):
         with self._lock:
             self._state = state
             self._members = {m["id"]: Member(**m) for m in meta["members"]}
+        last, prev = _entry_from_json(meta["last"]), _entry_from_json(meta["prev"])
+        self._align_journal(prev, last)
         # We are inside the leader's snapshot message, i.e. we just heard from it:
         # restart the election timer, or a restore longer than the election timeout
         # would make this follower campaign at its next tick and depose a healthy leader.
         self._SyncObj__raftElectionDeadline = time.monotonic() + self.config.election_timeout_max
-        return _entry_from_json(meta["last"]), _entry_from_json(meta["prev"]), [TCPNode(a) for a in meta["cluster"]]
+        return last, prev, [TCPNode(a) for a in meta["cluster"]]
+
+    def _align_journal(self, prev: tuple[bytes, int, int], last: tuple[bytes, int, int]) -> None:
+        """Drop journal entries the snapshot covers, so pysyncobj keeps the ones after it.
+
+        The snapshot file is complete before pysyncobj trims its journal.  A node
+        that stops in between restarts with a journal that still begins before
+        the snapshot; pysyncobj would then discard the whole journal, including
+        committed entries newer than the snapshot.  Trimming it to begin at the
+        snapshot's last two entries keeps those entries.
+        """
+        log = getattr(self, "_SyncObj__raftLog", None)  # pysyncobj's journal (not public API)
+        if log is None or len(log) < 2 or (log[0] == prev and log[1] == last):
+            return
+        position = prev[1] - log[0][1]
+        if 0 < position < len(log) - 1 and log[position] == prev and log[position + 1] == last:
+            log.deleteEntriesTo(position)
 
     # ------------------------------------------------------------- lifecycle
     def close(self) -> None:

@@ -1,0 +1,124 @@
+"""ReplicatedShard in-process: batch codec, entry-size limits, snapshot + journal recovery.
+
+A one-replica shard is its own majority, so these run without other processes
+(the multi-process behaviour is in test_node_cluster.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semcache.commands import Delete, Evict, Put, encode_command
+from semcache.config import ClusterConfig, ReplicaConfig, ShardConfig
+from semcache.errors import InvalidInputError, LimitExceededError
+from semcache.replication import MAX_ENTRY_BYTES, ReplicatedShard, _chunks_under, pack_batch, unpack_batch
+
+from .test_node_cluster import _free_ports
+
+DIM = 16
+
+
+def _config(tmp_path: Path, **settings: object) -> ClusterConfig:
+    raft, rpc = _free_ports(2)
+    shard = ShardConfig("s0", (ReplicaConfig("r0", f"127.0.0.1:{raft}", f"grpc://127.0.0.1:{rpc}"),))
+    path = tmp_path / "cluster.toml"
+    ClusterConfig(secret="s", shards=(shard,), embedding=f"hash:{DIM}", data_dir="data", **settings).dump(path)
+    return ClusterConfig.load(path)
+
+
+@pytest.fixture
+def open_shard(tmp_path: Path) -> Iterator[Callable[..., ReplicatedShard]]:
+    opened: list[ReplicatedShard] = []
+
+    def open_(config: ClusterConfig | None = None) -> ReplicatedShard:
+        shard = ReplicatedShard(config or _config(tmp_path), "r0")
+        opened.append(shard)
+        deadline = time.monotonic() + 20
+        while not shard.is_leader():
+            assert time.monotonic() < deadline, "a one-replica shard did not elect itself"
+            time.sleep(0.05)
+        return shard
+
+    yield open_
+    for shard in opened:
+        shard.close()
+
+
+def _put(key: str, value: bytes = b"v", scope: str = "") -> Put:
+    vec = np.zeros(DIM, dtype=np.float32)
+    vec[hash(key) % DIM] = 1.0
+    return Put(key, value, scope, vec.tobytes(), 1, 0)
+
+
+def test_batch_codec_round_trips_and_rejects_trailing_bytes() -> None:
+    items = [encode_command(_put("a")), encode_command(Delete("b")), b""]
+    assert unpack_batch(pack_batch(items)) == items
+    with pytest.raises(InvalidInputError):
+        unpack_batch(pack_batch(items) + b"x")
+
+
+def test_evictions_are_split_into_commands_that_each_fit_one_entry() -> None:
+    keys = [f"{i:04d}-" + "k" * 1000 for i in range(200)]  # ~200 KiB of keys
+    chunks = _chunks_under(keys, MAX_ENTRY_BYTES // 2)
+    assert [key for chunk in chunks for key in chunk] == keys
+    assert all(len(encode_command(Evict(tuple(chunk)))) < MAX_ENTRY_BYTES for chunk in chunks)
+    assert len(chunks) > 1
+
+
+def test_writes_commit_and_oversize_commands_are_refused_before_logging(
+    open_shard: Callable[..., ReplicatedShard], tmp_path: Path
+) -> None:
+    shard = open_shard(_config(tmp_path, max_value_bytes=56 * 1024))
+    assert shard.submit(_put("k", b"x" * 1000)) == 1
+    assert shard.submit(Delete("k")) == 1 and shard.submit(Delete("k")) == 0  # idempotent delete
+    # The largest legal put fits one entry...
+    biggest = _put("K" * 1024, b"x" * (56 * 1024), scope="s" * 512)
+    assert len(encode_command(biggest)) < MAX_ENTRY_BYTES
+    assert shard.submit(biggest) == 1
+    before = shard.status()["commit_index"]
+    with pytest.raises(LimitExceededError):
+        shard.submit(_put("big", b"x" * (56 * 1024 + 1)))
+    with pytest.raises(LimitExceededError):  # every key is legal, but together they exceed one entry
+        shard.submit(Evict(tuple(f"{i:05d}" + "k" * 1000 for i in range(70))))
+    assert shard.status()["commit_index"] == before  # nothing was logged
+    assert shard.read(lambda state, now: state.get("big", now)) is None
+
+
+def test_a_reopened_replica_recovers_from_snapshot_plus_journal(
+    open_shard: Callable[..., ReplicatedShard], tmp_path: Path
+) -> None:
+    config = _config(tmp_path, compaction_entries=20)
+    shard = open_shard(config)
+    for i in range(60):
+        shard.submit(_put(f"a{i}"))
+    deadline = time.monotonic() + 20
+    while shard.snapshots < 1:
+        assert time.monotonic() < deadline, "no snapshot was taken"
+        time.sleep(0.05)
+    for i in range(5):  # after the snapshot: these live only in the journal
+        shard.submit(_put(f"b{i}"))
+    applied, digest = shard.digest()
+    shard.close()
+    assert (config.data_dir_of("r0") / "raft.snapshot").stat().st_size > 0
+    reopened = open_shard(config)
+    deadline = time.monotonic() + 20
+    while reopened.digest()[0] < applied:
+        assert time.monotonic() < deadline, "the journal was not replayed"
+        time.sleep(0.05)
+    assert reopened.digest() == (applied, digest)
+    assert reopened.read(lambda state, now: state.get("b4", now)) is not None
+
+
+def test_followers_and_members_know_the_leader_address(open_shard: Callable[..., ReplicatedShard]) -> None:
+    shard = open_shard()
+    assert shard.leader_rpc() == shard.members["r0"].rpc
+    assert shard.status()["role"] == "leader"
+    with pytest.raises(InvalidInputError):
+        shard.remove_replica("r0")  # a leader cannot remove itself
+    with pytest.raises(InvalidInputError):
+        shard.add_replica("r0", "127.0.0.1:1", "grpc://127.0.0.1:2")  # already a member
