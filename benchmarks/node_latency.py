@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--token", default="bench-token", help="RPC token the nodes require (\"\" for none)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((args.ops, args.dim)).astype(np.float32)
@@ -158,7 +159,7 @@ def main() -> None:
     raw_procs, raw_addresses = start_raw_group("bench-secret")
     with tempfile.TemporaryDirectory(prefix="semcache-latency-") as tmp:
         cluster = LocalCluster(tmp)
-        cluster.create(1, 3, embedding=f"hash:{args.dim}")
+        cluster.create(1, 3, embedding=f"hash:{args.dim}", token=args.token)
         cluster.start_all()
         try:
             leader_address = next(iter(cluster.wait_for_leaders(60).values()))
@@ -193,7 +194,8 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(10)
     print(f"# {platform.platform()}, python {platform.python_version()}; {args.ops} sequential ops, "
-          f"8 threads for {args.seconds:.0f} s; 100-byte values, {args.dim}-dim vectors; 1 shard x 3 replicas")
+          f"8 threads for {args.seconds:.0f} s; 100-byte values, {args.dim}-dim vectors; 1 shard x 3 replicas; "
+          f"token {'on' if args.token else 'off'}")
     print("| operation | p50 ms | p90 ms | p99 ms | max ms |")
     print("|---|---|---|---|---|")
     for name, values in rows.items():
