@@ -205,13 +205,13 @@ class ReplicatedShard(SyncObj):
                     self._backlog -= 1
                     self._applier_cond.notify_all()
                 continue
-            with self._lock:
-                for command in record.commands:
-                    try:
+            for command in record.commands:  # the lock per command: readers wait one insert, not a batch
+                try:
+                    with self._lock:
                         record.results.append(int(self._state.apply(command)))
-                    except Exception as exc:  # noqa: BLE001 - validated before logging; never expected
-                        logger.exception("replica %s could not apply a command", self.replica_id)
-                        record.results.append(f"error: {exc}")
+                except Exception as exc:  # noqa: BLE001 - validated before logging; never expected
+                    logger.exception("replica %s could not apply a command", self.replica_id)
+                    record.results.append(f"error: {exc}")
             record.done.set()
             with self._applier_cond:
                 self._backlog -= 1
