@@ -65,6 +65,7 @@ BATCH_ITEM_OVERHEAD = 4  # the length prefix of each command in a batch
 MAX_IN_FLIGHT = 2  # uncommitted batch entries at once: pipelining without unbounded queues
 # Committed batches awaiting the applier before the tick thread waits; it also bounds the drain a snapshot waits for.
 MAX_APPLY_BACKLOG = 16
+MAX_BACKPRESSURE_WAIT = 0.2  # seconds per tick, far below the 1 s minimum election timeout
 SNAPSHOT_FORMAT = 1
 SNAPSHOT_FILE = "raft.snapshot"
 ROLES = {0: "follower", 1: "candidate", 2: "leader"}
@@ -120,6 +121,7 @@ class ReplicatedShard(SyncObj):
         self._apply_queue: queue.SimpleQueue[_Applied | _SnapshotRequest | None] = queue.SimpleQueue()
         self._applier_cond = threading.Condition()
         self._backlog = 0  # batches queued or being applied
+        self._wait_budget = MAX_BACKPRESSURE_WAIT  # back-pressure wait left in this tick (seconds)
         self._applier = threading.Thread(target=self._applier_loop, name="semcache-apply", daemon=True)
         self._applier.start()
         self._stopping = threading.Event()
@@ -159,7 +161,7 @@ class ReplicatedShard(SyncObj):
             onStateChanged=self._on_state_changed,
         )
         super().__init__(me.raft, partners, conf)
-        self.addOnTickCallback(self._nudge_lone_leader)
+        self.addOnTickCallback(self._on_tick)
         self._maintenance = threading.Thread(target=self._maintenance_loop, name="semcache-maint", daemon=True)
         self._maintenance.start()
 
@@ -188,8 +190,13 @@ class ReplicatedShard(SyncObj):
             record.done.set()
             return record
         with self._applier_cond:
-            while self._backlog >= MAX_APPLY_BACKLOG and not self._stopping.is_set():
-                self._applier_cond.wait(0.1)  # back-pressure: a slow applier slows the log, not memory
+            # Back-pressure: a slow applier slows the log instead of growing the queue,
+            # but never stalls the tick thread (heartbeats, votes) more than
+            # MAX_BACKPRESSURE_WAIT per tick, or this replica would start elections.
+            while self._backlog >= MAX_APPLY_BACKLOG and self._wait_budget > 0 and not self._stopping.is_set():
+                started = time.monotonic()
+                self._applier_cond.wait(min(self._wait_budget, 0.05))
+                self._wait_budget -= time.monotonic() - started
             self._backlog += 1
         self._apply_queue.put(record)
         return record
@@ -316,6 +323,11 @@ class ReplicatedShard(SyncObj):
                 item.record, item.position = results, position
             item.done.set()
         self._issue_batches()
+
+    def _on_tick(self) -> None:
+        """pysyncobj tick callback."""
+        self._wait_budget = MAX_BACKPRESSURE_WAIT
+        self._nudge_lone_leader()
 
     def _nudge_lone_leader(self) -> None:
         """Tick callback: wake the next tick at once when a one-replica group has entries to commit.
