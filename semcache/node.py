@@ -285,9 +285,9 @@ def _str(header: dict[str, Any], name: str) -> str:
 def run_node(config_path: str | Path, replica_id: str) -> None:
     """Run one node until SIGTERM or SIGINT, then stop it cleanly (the ``semcache node`` command)."""
     config = ClusterConfig.load(config_path)
-    # The applier thread inserts into HNSW holding the GIL; with the default 5 ms
-    # switch interval the Raft tick thread (heartbeats, acknowledgements) and the
-    # RPC threads would wait up to 5 ms behind it.  This process is only a node.
+    # The applier and RPC threads run Python code between HNSW inserts; with the
+    # default 5 ms switch interval the Raft tick thread (heartbeats,
+    # acknowledgements) could wait up to 5 ms for the GIL.  This process is only a node.
     sys.setswitchinterval(SWITCH_INTERVAL)
     node = SemanticKVNode(config, replica_id)
     stop = threading.Event()
