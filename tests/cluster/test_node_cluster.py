@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import numpy as np
 import pyarrow.flight as flight
 import pytest
 
+from semcache.cluster import free_ports
 from semcache.config import ClusterConfig, ReplicaConfig, ShardConfig
 from semcache.embeddings import HashEmbedding
 from semcache.errors import (
@@ -42,19 +42,6 @@ pytestmark = pytest.mark.slow
 DIM = 16
 TOKEN = "node-test-token"
 WAIT = 30.0  # upper bound on any wait for the cluster to settle (a loaded 2-core machine)
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _vector(seed: int) -> bytes:
@@ -83,7 +70,7 @@ class LocalShard:
 
     def __init__(self, directory: Path, replicas: int = 3, **settings: Any) -> None:
         self.directory = directory
-        ports = iter(_free_ports(2 * replicas))
+        ports = iter(free_ports(2 * replicas))
         shard = ShardConfig(
             "shard-0",
             tuple(

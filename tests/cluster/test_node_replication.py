@@ -13,18 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from semcache.cluster import free_ports
 from semcache.commands import Delete, Evict, Put, encode_command
 from semcache.config import ClusterConfig, ReplicaConfig, ShardConfig
 from semcache.errors import InvalidInputError, LimitExceededError
 from semcache.replication import MAX_ENTRY_BYTES, ReplicatedShard, _chunks_under, pack_batch, unpack_batch
 
-from .test_node_cluster import _free_ports
-
 DIM = 16
 
 
 def _config(tmp_path: Path, **settings: object) -> ClusterConfig:
-    raft, rpc = _free_ports(2)
+    raft, rpc = free_ports(2)
     shard = ShardConfig("s0", (ReplicaConfig("r0", f"127.0.0.1:{raft}", f"grpc://127.0.0.1:{rpc}"),))
     path = tmp_path / "cluster.toml"
     ClusterConfig(secret="s", shards=(shard,), embedding=f"hash:{DIM}", data_dir="data", **settings).dump(path)

@@ -12,6 +12,7 @@ import pyarrow.flight as flight
 import pytest
 
 import semcache.errors as errors_module
+from semcache.cluster import free_ports
 from semcache.errors import (
     AuthenticationError,
     ClosedError,
@@ -32,8 +33,6 @@ from semcache.transport import (
     error_to_header,
     map_flight_error,
 )
-
-from .test_node_cluster import _free_ports
 
 
 def test_frames_round_trip_binary_blobs() -> None:
@@ -112,7 +111,7 @@ def _echo(action: str, header: dict[str, Any], blobs: list[bytes]) -> tuple[dict
 
 @pytest.fixture
 def echo_server() -> Iterator[str]:
-    address = f"grpc://127.0.0.1:{_free_ports(1)[0]}"
+    address = f"grpc://127.0.0.1:{free_ports(1)[0]}"
     server = FlightNodeServer(address, _echo, token="secret-token")
     yield address
     server.shutdown()
@@ -133,7 +132,7 @@ def test_token_is_required_on_every_call_and_errors_come_back_typed(echo_server:
 
 
 def test_unreachable_node_and_closed_client_errors() -> None:
-    client = NodeClient(f"grpc://127.0.0.1:{_free_ports(1)[0]}", timeout=0.5)
+    client = NodeClient(f"grpc://127.0.0.1:{free_ports(1)[0]}", timeout=0.5)
     with pytest.raises(ShardUnavailableError):
         client.health()
     client.close()
@@ -169,7 +168,7 @@ def _self_signed(tmp_path: Path) -> tuple[bytes, bytes]:
 
 def test_tls_server_talks_only_to_clients_that_trust_it(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
-    address = f"grpc+tls://localhost:{_free_ports(1)[0]}"
+    address = f"grpc+tls://localhost:{free_ports(1)[0]}"
     server = FlightNodeServer(address, _echo, tls_cert=cert, tls_key=key)
     try:
         with NodeClient(address, tls_root_certs=cert) as client:
