@@ -37,6 +37,8 @@ from semcache.errors import (
 )
 from semcache.transport import NodeClient, decode_frame
 
+from .test_node_transport import self_signed_cert
+
 pytestmark = pytest.mark.slow
 
 DIM = 16
@@ -68,13 +70,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "c
 class LocalShard:
     """One shard of node processes in ``directory`` (a test harness; always call :meth:`close`)."""
 
-    def __init__(self, directory: Path, replicas: int = 3, **settings: Any) -> None:
+    def __init__(self, directory: Path, replicas: int = 3, *, scheme: str = "grpc",
+                 tls_root_certs: bytes | None = None, **settings: Any) -> None:
         self.directory = directory
+        self.tls_root_certs = tls_root_certs
         ports = iter(free_ports(2 * replicas))
         shard = ShardConfig(
             "shard-0",
             tuple(
-                ReplicaConfig(f"r{i}", f"127.0.0.1:{next(ports)}", f"grpc://127.0.0.1:{next(ports)}")
+                ReplicaConfig(f"r{i}", f"127.0.0.1:{next(ports)}", f"{scheme}://127.0.0.1:{next(ports)}")
                 for i in range(replicas)
             ),
         )
@@ -127,7 +131,9 @@ class LocalShard:
         if kwargs:
             return NodeClient(self.config.replica(replica_id).rpc, **kwargs)
         if replica_id not in self.clients:
-            self.clients[replica_id] = NodeClient(self.config.replica(replica_id).rpc, token=TOKEN, timeout=5.0)
+            self.clients[replica_id] = NodeClient(
+                self.config.replica(replica_id).rpc, token=TOKEN, timeout=5.0, tls_root_certs=self.tls_root_certs
+            )
         return self.clients[replica_id]
 
     def leader(self, among: list[str] | None = None) -> str:
@@ -465,3 +471,20 @@ def test_without_a_majority_writes_fail_with_no_quorum_and_nothing_half_applies(
     # "during" may have committed after all (it was in the old leader's log): either way every replica agrees.
     during = {rid: shard.client(rid).get("during", read_from="any") for rid in digests}
     assert len(set(during.values())) == 1 and set(during.values()) <= {None, b"2"}
+
+
+def test_a_node_serves_tls_when_the_cluster_file_sets_a_certificate(
+    make_shard: Callable[..., LocalShard], tmp_path: Path
+) -> None:
+    cert, key = self_signed_cert()
+    (tmp_path / "node.pem").write_bytes(cert)
+    (tmp_path / "node.key").write_bytes(key)
+    shard = make_shard(replicas=1, scheme="grpc+tls", tls_root_certs=cert,
+                       tls_cert=str(tmp_path / "node.pem"), tls_key=str(tmp_path / "node.key"))
+    client = shard.client(shard.leader())
+    _put(client, "secret-key", value=b"over tls")
+    assert client.get("secret-key") == b"over tls"
+    untrusting = NodeClient(shard.config.replica("r0").rpc, token=TOKEN, timeout=3.0)
+    with pytest.raises(ShardUnavailableError):
+        untrusting.get("secret-key")
+    untrusting.close()

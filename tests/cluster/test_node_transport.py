@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import inspect
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pyarrow.flight as flight
@@ -140,7 +139,10 @@ def test_unreachable_node_and_closed_client_errors() -> None:
         client.health()
 
 
-def _self_signed(tmp_path: Path) -> tuple[bytes, bytes]:
+def self_signed_cert() -> tuple[bytes, bytes]:
+    """A throwaway certificate for localhost and 127.0.0.1, and its key (PEM)."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -157,7 +159,10 @@ def _self_signed(tmp_path: Path) -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(
@@ -166,8 +171,8 @@ def _self_signed(tmp_path: Path) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def test_tls_server_talks_only_to_clients_that_trust_it(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+def test_tls_server_talks_only_to_clients_that_trust_it() -> None:
+    cert, key = self_signed_cert()
     address = f"grpc+tls://localhost:{free_ports(1)[0]}"
     server = FlightNodeServer(address, _echo, tls_cert=cert, tls_key=key)
     try:
