@@ -33,6 +33,7 @@ import numpy as np
 
 from .cache import SemanticCache
 from .embeddings import BaseEmbedding
+from .index import IndexSettings
 from .kv import SemanticKV
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000)
@@ -44,6 +45,7 @@ TARGETS = {
 }
 PAYLOAD_BYTES = 200  # value size of the fill entries (a short cached answer)
 FILL_CHUNK = 1024
+DEFAULT_EF_SEARCH = IndexSettings().ef_search
 
 CACHED = (
     "How do I enable dark mode?",
@@ -179,6 +181,8 @@ class FillResult:
 
     search: dict[int, Timing]  # unrelated queries (random unit vectors)
     near: dict[int, Timing]  # paraphrase-like queries (a stored vector, slightly moved)
+    near_found: dict[int, float]  # share of paraphrase-like queries whose own entry came first
+    ef_search: int
     put_per_second: float  # wall clock
     put_per_cpu_second: float
     bytes_per_entry: float
@@ -187,7 +191,13 @@ class FillResult:
 
 
 def measure_fill(
-    embedding: BaseEmbedding, sizes: Sequence[int], queries: int, *, seed: int = 7, progress: bool = False
+    embedding: BaseEmbedding,
+    sizes: Sequence[int],
+    queries: int,
+    *,
+    ef_search: int = DEFAULT_EF_SEARCH,
+    seed: int = 7,
+    progress: bool = False,
 ) -> FillResult:
     """Fill one in-memory store with random unit vectors, timing search at 1 entry and at each size.
 
@@ -206,11 +216,12 @@ def measure_fill(
         bar = tqdm(total=largest, desc="fill", unit="entry", unit_scale=True)
     search: dict[int, Timing] = {}
     near: dict[int, Timing] = {}
-    kept: list[np.ndarray] = []  # a few stored vectors per chunk, to make paraphrase-like queries
+    near_found: dict[int, float] = {}
+    kept: list[tuple[str, np.ndarray]] = []  # a few stored entries per chunk, to make paraphrase-like queries
     payload = 0
     put_seconds = put_cpu_seconds = 0.0
     before = rss_bytes()
-    with SemanticKV(embedding=embedding, max_entries=largest, purge_interval=3600) as kv:
+    with SemanticKV(embedding=embedding, max_entries=largest, ef_search=ef_search, purge_interval=3600) as kv:
         filled = 0
         for target in sorted({1, *sizes}):
             while filled < target:
@@ -224,25 +235,40 @@ def measure_fill(
                 put_seconds += time.perf_counter() - start
                 put_cpu_seconds += time.process_time() - start_cpu
                 filled += len(batch)
-                kept.extend(batch[:8].copy())
+                kept.extend(
+                    (f"bench:{filled - len(batch) + row:09d}", batch[row].copy()) for row in range(min(8, len(batch)))
+                )
                 if bar is not None:
                     bar.update(len(batch))
-            search[target] = _time_searches(kv, query_vectors)
-            picked = np.stack([kept[i] for i in rng.integers(0, len(kept), queries)])
-            near[target] = _time_searches(kv, picked + rng.normal(0, 0.01, picked.shape).astype(np.float32))
+            search[target], _ = _time_searches(kv, query_vectors)
+            picked = [kept[i] for i in rng.integers(0, len(kept), queries)]
+            moved = np.stack([vector for _, vector in picked])
+            near[target], firsts = _time_searches(kv, moved + rng.normal(0, 0.01, moved.shape).astype(np.float32))
+            near_found[target] = sum(key == first for (key, _), first in zip(picked, firsts, strict=True)) / queries
         grown = rss_bytes() - before
     if bar is not None:
         bar.close()
     return FillResult(
-        search, near, filled / put_seconds, filled / put_cpu_seconds, grown / filled, payload / filled, filled
+        search,
+        near,
+        near_found,
+        ef_search,
+        filled / put_seconds,
+        filled / put_cpu_seconds,
+        grown / filled,
+        payload / filled,
+        filled,
     )
 
 
-def _time_searches(kv: SemanticKV, vectors: np.ndarray) -> Timing:
+def _time_searches(kv: SemanticKV, vectors: np.ndarray) -> tuple[Timing, list[str | None]]:
+    """Time ``search(top_k=3)`` for each vector; also return each top key."""
     timer = Timer()
+    firsts: list[str | None] = []
     for vector in vectors:
-        timer(lambda v=vector: kv.search(None, 3, vector=v))  # type: ignore[misc]
-    return timer.timing()
+        results = timer(lambda v=vector: kv.search(None, 3, vector=v))  # type: ignore[misc]
+        firsts.append(results[0].key if results else None)
+    return timer.timing(), firsts
 
 
 def measure_durable_puts(embedding: BaseEmbedding, count: int, *, seed: int = 11) -> tuple[float, float]:
@@ -304,6 +330,7 @@ def run(
     rounds: int = 300,
     queries: int = 500,
     durable_puts: int = 5_000,
+    ef_search: int = DEFAULT_EF_SEARCH,
     progress: bool = False,
 ) -> BenchReport:
     """Run every measurement; ``embedding`` should have ``memo_size=0``."""
@@ -312,7 +339,7 @@ def run(
         lookups = measure_lookups(cache, rounds, progress=progress)
     finally:
         cache.close()
-    fill = measure_fill(embedding, sizes, queries, progress=progress)
+    fill = measure_fill(embedding, sizes, queries, ef_search=ef_search, progress=progress)
     durable = measure_durable_puts(embedding, durable_puts)
     return BenchReport(lookups, fill, durable, environment(embedding))
 
@@ -359,7 +386,8 @@ def format_report(report: BenchReport) -> str:
 
     fill = report.fill
     lines += [
-        "| search (top 3; store filled with random unit vectors) | median ms | p90 ms | p99 ms | max ms "
+        f"| search (top 3, ef_search {fill.ef_search}; store filled with random unit vectors) "
+        "| median ms | p90 ms | p99 ms | max ms "
         "| CPU median ms | added over 1 entry (CPU; wall, medians) | target (CPU) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -372,8 +400,9 @@ def format_report(report: BenchReport) -> str:
             target = ""
             if size == largest and size >= 100_000:
                 target = f"<= {TARGETS['search_ms']} ms: {_verdict(added_cpu * 1000 <= TARGETS['search_ms'])}"
+            found = f" (own entry first: {fill.near_found[size]:.1%})" if table is fill.near else ""
             lines.append(
-                f"| {size:,} entries, {label} | {_ms(timing.wall.median)} | {_ms(timing.wall.p90)} "
+                f"| {size:,} entries, {label}{found} | {_ms(timing.wall.median)} | {_ms(timing.wall.p90)} "
                 f"| {_ms(timing.wall.p99)} | {_ms(timing.wall.max)} | {_ms(timing.cpu.median)} "
                 f"| {added_cpu * 1000:+.3f} ms; {added_wall * 1000:+.3f} ms | {target} |"
             )

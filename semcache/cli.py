@@ -269,7 +269,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     embedding = load_model(args.model, memo_size=0)
     rounds, queries, durable = (10, 50, 200) if args.quick else (args.rounds, 500, 5_000)
     sizes = args.sizes or DEFAULT_SIZES
-    report = run(embedding, sizes, rounds=rounds, queries=queries, durable_puts=durable, progress=True)
+    report = run(
+        embedding,
+        sizes,
+        rounds=rounds,
+        queries=queries,
+        durable_puts=durable,
+        ef_search=args.ef_search,
+        progress=True,
+    )
     print(format_report(report))
     return 0
 
@@ -311,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--cluster", action="store_true", help="benchmark a local 2x3 cluster of node processes")
     bench.add_argument("--sizes", type=_sizes, default=None, help="index sizes (embedded: 1000,10000,100000)")
     bench.add_argument("--ops", type=int, default=None, help="operations per cluster figure")
+    bench.add_argument("--ef-search", type=int, default=64, help="query-time HNSW ef of the search store (64)")
     bench.add_argument("--rounds", type=int, default=300, help="timed lookups per latency figure")
     bench.add_argument("--quick", action="store_true", help="few rounds: a smoke run, not a measurement")
     bench.add_argument("--model", help="sentence-transformers model (default: packaged all-MiniLM-L6-v2)")

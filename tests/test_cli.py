@@ -105,7 +105,8 @@ def test_bench_quick_prints_every_table(minilm, capsys) -> None:
     assert "| operation | median ms | p90 ms | p99 ms | max ms | CPU median ms | CPU p99 ms |" in out
     assert re.search(r"\| semantic lookup \(embed \+ search \+ guard\) \|.*x.*\| <= 1\.10x: (met|MISSED) \|", out)
     for label in ("unrelated query", "paraphrase query"):
-        assert f"| 300 entries, {label} |" in out and f"| 1 entries, {label} |" in out
+        assert f"| 300 entries, {label}" in out and f"| 1 entries, {label}" in out
+    assert re.search(r"\| 300 entries, paraphrase query \(own entry first: \d+\.\d%\) \|", out)
     assert re.search(r"memory per entry \(300 entries, RSS growth\)", out)
     assert "hnswlib 0.8" in out and "torch" in out
 
