@@ -134,7 +134,7 @@ class SemanticKVNode:
         if read_from not in ("leader", "any"):
             raise InvalidInputError(f"read_from must be 'leader' or 'any', got {read_from!r}")
         if read_from == "leader":
-            self.shard.require_leader()
+            self.shard.require_leader(for_read=True)
 
     # ---------------------------------------------------------------- writes
     def _put(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:

@@ -66,6 +66,7 @@ MAX_IN_FLIGHT = 2  # uncommitted batch entries at once: pipelining without unbou
 # Committed batches awaiting the applier before the tick thread waits; it also bounds the drain a snapshot waits for.
 MAX_APPLY_BACKLOG = 16
 MAX_BACKPRESSURE_WAIT = 0.2  # seconds per tick, far below the 1 s minimum election timeout
+READ_BARRIER_TIMEOUT = 2.0  # seconds a new leader may take to apply its log before refusing leader reads
 SNAPSHOT_FORMAT = 1
 SNAPSHOT_FILE = "raft.snapshot"
 ROLES = {0: "follower", 1: "candidate", 2: "leader"}
@@ -121,6 +122,9 @@ class ReplicatedShard(SyncObj):
         self._apply_queue: queue.SimpleQueue[_Applied | _SnapshotRequest | None] = queue.SimpleQueue()
         self._applier_cond = threading.Condition()
         self._backlog = 0  # batches queued or being applied
+        self._queued_batches = 0  # batches ever handed to the applier (FIFO)...
+        self._applied_batches = 0  # ...and ever applied: the read barrier compares the two
+        self._read_ready_noop: int | None = None  # the election no-op index a leader read barrier passed
         self._wait_budget = MAX_BACKPRESSURE_WAIT  # back-pressure wait left in this tick (seconds)
         self._applier = threading.Thread(target=self._applier_loop, name="semcache-apply", daemon=True)
         self._applier.start()
@@ -198,6 +202,7 @@ class ReplicatedShard(SyncObj):
                 self._applier_cond.wait(min(self._wait_budget, 0.05))
                 self._wait_budget -= time.monotonic() - started
             self._backlog += 1
+            self._queued_batches += 1
         self._apply_queue.put(record)
         return record
 
@@ -222,6 +227,7 @@ class ReplicatedShard(SyncObj):
             record.done.set()
             with self._applier_cond:
                 self._backlog -= 1
+                self._applied_batches += 1
                 self._applier_cond.notify_all()
 
     def wait_applied(self, timeout: float | None = None) -> bool:
@@ -356,14 +362,54 @@ class ReplicatedShard(SyncObj):
             )
         return NoQuorumError(f"shard {self.shard_id}: write failed (pysyncobj reason {code})", shard_id=self.shard_id)
 
-    def require_leader(self) -> None:
-        """Raise :class:`NotLeaderError` (with the leader's RPC address) unless this replica leads."""
+    def require_leader(self, *, for_read: bool = False) -> None:
+        """Raise :class:`NotLeaderError` (with the leader's RPC address) unless this replica leads.
+
+        With ``for_read``, also pass the read barrier (:meth:`_read_barrier`).
+        """
         if not self._isLeader():
             raise NotLeaderError(
                 f"replica {self.replica_id} of {self.shard_id} is not the leader",
                 shard_id=self.shard_id,
                 leader_hint=self.leader_rpc(),
             )
+        if for_read:
+            self._read_barrier()
+
+    def _read_barrier(self) -> None:
+        """Wait until this leader has applied every entry committed before its election.
+
+        pysyncobj has no read index: a newly elected leader holds every committed
+        entry but may not have applied them yet (after a whole-cluster restart it
+        replays the journal), so a leader read could miss acknowledged writes.
+        pysyncobj appends a no-op entry on election; once that entry and every
+        batch queued before it are applied here, leader reads are current.  The
+        check is paid once per term.  Past READ_BARRIER_TIMEOUT the read is
+        refused with a retryable NotLeaderError that names this replica again.
+        """
+        noop = getattr(self, "_SyncObj__noopIDx", None)  # set by pysyncobj on election
+        if noop is None or noop == self._read_ready_noop:
+            return
+        deadline = time.monotonic() + READ_BARRIER_TIMEOUT
+        while self.raftLastApplied < noop:
+            if time.monotonic() > deadline:
+                raise self._catching_up()
+            time.sleep(0.002)
+        with self._applier_cond:
+            target = self._queued_batches
+            while self._applied_batches < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._catching_up()
+                self._applier_cond.wait(min(left, 0.05))
+        self._read_ready_noop = noop
+
+    def _catching_up(self) -> NotLeaderError:
+        return NotLeaderError(
+            f"replica {self.replica_id} leads {self.shard_id} but is still applying its log; retry",
+            shard_id=self.shard_id,
+            leader_hint=self.leader_rpc(),
+        )
 
     def is_leader(self) -> bool:
         return bool(self._isLeader())
