@@ -105,13 +105,18 @@ def test_sweep_and_choose_threshold(toy) -> None:
     assert choose_threshold(table, max_wrong_rate=0.1) is None
 
 
-def test_fallback_to_the_next_candidate_when_the_nearest_is_vetoed() -> None:
+def test_the_simulation_follows_the_candidate_count() -> None:
     data = Dataset("fallback", (Pair(0, "open the file", "close the file", True), Pair(1, "weather today", "x", False)))
     angles = {"open the file": 180, "close the file": 185, "weather today": 270, "x": 0}
     embedding = CallableEmbedding(lambda texts: np.array([_unit(angles[t]) for t in texts]), dim=2)
-    vetoed = prepare(data, embedding, guard=lambda cached, new: "test" if cached == "open the file" else None)
-    assert served(vetoed, -1.0).tolist() == [1, 1]  # the nearest is vetoed, the second is served
+    def guard(cached: str, new: str) -> str | None:
+        return "test" if cached == "open the file" else None
+
+    vetoed = prepare(data, embedding, guard=guard, k=3)
+    assert served(vetoed, -1.0).tolist() == [1, 1]  # with 3 candidates: the nearest is vetoed, the second served
     assert served(vetoed, 0.9).tolist() == [-1, -1]  # ... but only when it is above the threshold
+    nearest_only = prepare(data, embedding, guard=guard)  # the cache's SEMANTIC_CANDIDATES = 1
+    assert served(nearest_only, -1.0).tolist() == [-1, 1]  # a vetoed nearest is a miss
 
 
 def test_calibrate_reports_raw_and_guarded_and_chooses_on_the_named_dataset() -> None:
