@@ -37,7 +37,7 @@ from .eviction import check_policy
 from .index import IndexSettings
 
 DEFAULT_DATA_DIR = ".semcache/cluster"
-# Measured on a loaded 2-core machine (docs/readme-node.md): pysyncobj's default
+# Measured on a loaded 2-core machine (README.md, "Timeouts and measurements"): pysyncobj's default
 # 0.4-1.4 s election window let a busy follower start elections; 1.0-2.0 s did not.
 DEFAULT_HEARTBEAT = 0.1
 DEFAULT_ELECTION_MIN = 1.0
