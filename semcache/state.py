@@ -181,6 +181,15 @@ class ShardState:
         self.applied += 1
         match command:
             case Put():
+                if self._same_vector(command):
+                    # An overwrite with the vector already indexed (a retried put, or a new
+                    # value for the same text) keeps its slot: re-inserting would cost an
+                    # hnswlib slot update, several times a fresh insert.
+                    old = self.entries[command.key]
+                    self.entries[command.key] = Entry(
+                        command.value, command.scope, old.label, command.created_at_ms, command.expires_at_ms
+                    )
+                    return True
                 self._remove(command.key)
                 label = None
                 if command.vector is not None:
@@ -201,6 +210,19 @@ class ShardState:
             case Evict():
                 return sum(self._remove(key) for key in command.keys)
         raise InvalidInputError(f"not a command: {command!r}")
+
+    def _same_vector(self, put: Put) -> bool:
+        """Whether ``put`` overwrites its key in the same scope with the vector already indexed.
+
+        Replicas decide alike: the answer depends only on the state and the command.
+        """
+        old = self.entries.get(put.key)
+        if old is None or old.label is None or put.vector is None or old.scope != put.scope:
+            return False
+        stored = self.indexes[old.scope].vector(old.label)
+        new = np.frombuffer(put.vector, dtype=np.float32)
+        # hnswlib stores cosine vectors normalised; compare after the same normalisation.
+        return bool(np.allclose(stored, new / np.linalg.norm(new), rtol=0.0, atol=1e-6))
 
     def set_ef_search(self, ef_search: int) -> None:
         """Use another query-time ``ef`` in every index (search effort only, never the graph)."""
