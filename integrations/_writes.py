@@ -24,8 +24,8 @@ import logging
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Generic, Protocol, TypeVar
 
 from semcache.cache import CacheHit, Scope, SemanticCache
 
@@ -120,3 +120,43 @@ class WriteBehind:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True)
+
+
+class _WriteCounters(Protocol):
+    stores: int
+    write_failures: int
+
+
+StatsT = TypeVar("StatsT", bound=_WriteCounters)
+
+
+class AdapterCounters(Generic[StatsT]):
+    """An adapter's counters: thread-safe increments, and snapshots that add the write-behind queue's.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Stats:
+    ...     hits: int = 0
+    ...     stores: int = 0
+    ...     write_failures: int = 0
+    >>> counters = AdapterCounters(Stats())
+    >>> counters.count("hits")
+    >>> counters.snapshot(None)
+    Stats(hits=1, stores=0, write_failures=0)
+    """
+
+    def __init__(self, stats: StatsT) -> None:
+        self._stats = stats
+        self._lock = threading.Lock()
+
+    def count(self, name: str) -> None:
+        with self._lock:
+            setattr(self._stats, name, getattr(self._stats, name) + 1)
+
+    def snapshot(self, writes: WriteBehind | None) -> StatsT:
+        """A copy of the counters, with ``stores`` and ``write_failures`` read from ``writes``."""
+        with self._lock:
+            snapshot = replace(self._stats)  # type: ignore[type-var]  # StatsT is a dataclass
+        if writes is not None:
+            snapshot.stores, snapshot.write_failures = writes.stores, writes.failures
+        return snapshot

@@ -49,7 +49,7 @@ import hashlib
 import json
 import logging
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
@@ -60,7 +60,7 @@ from semcache.cache import Scope, SemanticCache, canonical_scope
 from semcache.errors import ConfigurationError, InvalidInputError, SemcacheError
 
 from ._conversation import content_text, split_conversation
-from ._writes import WriteBehind
+from ._writes import AdapterCounters, WriteBehind
 
 __all__ = ["LangChainCacheStats", "LangChainSemanticCache", "conversation_of"]
 
@@ -199,7 +199,7 @@ class LangChainSemanticCache(BaseCache):
         self._namespace_suffix = self._suffix(scope)
         self.ttl = ttl
         self.write_behind = write_behind
-        self._stats = LangChainCacheStats()
+        self._counters = AdapterCounters(LangChainCacheStats())
         self._lock = threading.RLock()
         self._writes: WriteBehind | None = None
 
@@ -240,15 +240,10 @@ class LangChainSemanticCache(BaseCache):
     @property
     def stats(self) -> LangChainCacheStats:
         """A snapshot of the counters."""
-        with self._lock:
-            snapshot = replace(self._stats)
-        if self._writes is not None:
-            snapshot.stores, snapshot.write_failures = self._writes.stores, self._writes.failures
-        return snapshot
+        return self._counters.snapshot(self._writes)
 
     def _count(self, name: str) -> None:
-        with self._lock:
-            setattr(self._stats, name, getattr(self._stats, name) + 1)
+        self._counters.count(name)
 
     def _plan(self, prompt: str, llm_string: str) -> tuple[str, str] | None:
         """The text to embed and the scope (canonical JSON text) for a LangChain prompt, or None to bypass."""

@@ -77,7 +77,7 @@ from collections.abc import (
     Sequence,
 )
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import openai
@@ -89,7 +89,7 @@ from semcache.cache import CacheHit, Scope, SemanticCache, canonical_scope
 from semcache.errors import ConfigurationError, InvalidInputError, SemcacheError
 
 from ._conversation import split_conversation
-from ._writes import WriteBehind
+from ._writes import AdapterCounters, WriteBehind
 
 __all__ = [
     "UNSCOPED_PARAMS",
@@ -340,7 +340,7 @@ class OpenAICache:
         self.ttl = ttl
         self.sampling = sampling
         self.write_behind = write_behind
-        self._stats = OpenAICacheStats()
+        self._counters = AdapterCounters(OpenAICacheStats())
         self._lock = threading.Lock()
         self._writes: WriteBehind | None = None
         self._flights: dict[str, Future[None]] = {}
@@ -364,15 +364,10 @@ class OpenAICache:
     @property
     def stats(self) -> OpenAICacheStats:
         """A snapshot of the counters."""
-        with self._lock:
-            snapshot = replace(self._stats)
-        if self._writes is not None:
-            snapshot.stores, snapshot.write_failures = self._writes.stores, self._writes.failures
-        return snapshot
+        return self._counters.snapshot(self._writes)
 
     def _count(self, name: str) -> None:
-        with self._lock:
-            setattr(self._stats, name, getattr(self._stats, name) + 1)
+        self._counters.count(name)
 
     # ------------------------------------------------------------- planning
     def plan(self, endpoint: str, request: Mapping[str, Any], controls: Mapping[str, Any]) -> _Plan | None:
@@ -539,7 +534,7 @@ class OpenAICache:
         with self._lock:
             flight = self._flights.get(key)
             if flight is not None:
-                self._stats.single_flight_waits += 1
+                self._count("single_flight_waits")
                 return key, flight, False
             flight = self._flights[key] = Future()
             return key, flight, True
