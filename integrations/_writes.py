@@ -11,7 +11,8 @@ is logged and counted, and its pending entry is dropped (never served stale).
 >>> cache = SemanticCache(SemanticKV(embedding=HashEmbedding()))
 >>> writes = WriteBehind(cache)
 >>> key = writes.submit("What is 2+2?", "4", scope="math")
->>> writes.pending("What is 2+2?", scope="math").response
+>>> # Pending until the store lands, then in the cache: found either way, never lost.
+>>> (writes.pending("What is 2+2?", scope="math") or cache.lookup("What is 2+2?", scope="math")).response
 '4'
 >>> writes.flush(timeout=5), cache.lookup("What is 2+2?", scope="math").response
 (True, '4')
