@@ -52,6 +52,13 @@ time make one upstream call: the first leads, the others wait for it and take
 its answer (``stats.single_flight_waits``); if it fails, each makes its own
 call.  Streamed requests neither lead nor wait.
 
+**Repeated requests** take a fast path (:mod:`semcache.integrations._memo`):
+the plan of a request seen recently (its prompt, scope and cache key) and the
+answer built from an exact hit are remembered, so an exact hit costs about
+what a bare ``SemanticCache.lookup`` does.  The stored entry is still read on
+every call and the remembered answer is used only while it is unchanged; each
+caller gets an object of its own.
+
 **Controls.** ``cache_skip=True`` bypasses the cache for one call;
 ``cache_refresh=True`` skips the lookup and overwrites the entry with a fresh
 answer; ``cache_scope=`` adds to the scope for one call (a tenant...).
@@ -63,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
 import logging
 import re
 import threading
@@ -85,10 +93,12 @@ import pydantic
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
 
-from semcache.cache import CacheHit, Scope, SemanticCache, canonical_scope
+from semcache.cache import Address, CacheHit, Scope, SemanticCache, canonical_scope
 from semcache.errors import ConfigurationError, InvalidInputError, SemcacheError
+from semcache.lru import LRU
 
 from ._conversation import split_conversation
+from ._memo import DEFAULT_MEMO_SIZE, MAX_PLAN_CHARS, AnswerMemo, HitMemo, fingerprint
 from ._writes import AdapterCounters, WriteBehind
 
 __all__ = [
@@ -303,6 +313,7 @@ class _Plan:
     stream: bool
     include_usage: bool
     refresh: bool
+    address: Address | None  # None until the cache exists (made on first lookup, off the event loop)
 
 
 class OpenAICache:
@@ -317,6 +328,7 @@ class OpenAICache:
         sampling: which requests are cached (see the module docs).
         write_behind: store in a background thread (default); False stores
             before returning, which is slower but needs no ``flush()``.
+        memo_size: recent requests and exact hits remembered for the fast path.
     """
 
     def __init__(
@@ -328,6 +340,7 @@ class OpenAICache:
         ttl: float | None = None,
         sampling: Sampling = "deterministic",
         write_behind: bool = True,
+        memo_size: int = DEFAULT_MEMO_SIZE,
     ) -> None:
         if cache is not None and not isinstance(cache, SemanticCache):
             raise ConfigurationError(f"cache must be a SemanticCache or None, got {type(cache).__name__}")
@@ -336,15 +349,23 @@ class OpenAICache:
         canonical_scope(scope)  # fail now, not on the first call
         self._cache = cache
         self.threshold = None if threshold is None else SemanticCache._check_threshold(threshold)
-        self.scope = scope
+        self._scope = scope
         self.ttl = ttl
         self.sampling = sampling
         self.write_behind = write_behind
+        self._plans: LRU[bytes, _Plan] = LRU(memo_size)
+        self._hits = HitMemo(memo_size)
+        self._answers = AnswerMemo(memo_size)
         self._counters = AdapterCounters(OpenAICacheStats())
         self._lock = threading.Lock()
         self._writes: WriteBehind | None = None
         self._flights: dict[str, Future[None]] = {}
         self._warned = False
+
+    @property
+    def scope(self) -> Scope:
+        """Added to every call's scope; fixed at construction (remembered plans include it)."""
+        return self._scope
 
     @property
     def cache(self) -> SemanticCache:
@@ -376,6 +397,12 @@ class OpenAICache:
         if controls.get("cache_skip") or streamed_response or not self._sampling_allows(request):
             self._count("bypassed")
             return None
+        # The same request again (values and types equal) has the same plan; the sampling
+        # policy above is still asked every time, since a callable one may change its mind.
+        memo_key = fingerprint((endpoint, request, controls))
+        remembered = None if memo_key is None else self._plans.get(memo_key)
+        if remembered is not None:
+            return remembered
         split = _prompt_and_context(request)
         if split is None:
             self._count("bypassed")
@@ -402,14 +429,21 @@ class OpenAICache:
             self._count("bypassed")
             return None
         stream_options = request.get("stream_options") or {}
-        return _Plan(
+        # Only an existing cache gives the address now: making the default one loads the model,
+        # which must not happen here, on the event loop of an async caller.
+        exists = self._cache is not None or self._writes is not None
+        plan = _Plan(
             endpoint=endpoint,
             prompt=prompt,
             scope=scope_text,
             stream=bool(request.get("stream")) and not _omitted(request.get("stream")),
             include_usage=bool(isinstance(stream_options, Mapping) and stream_options.get("include_usage")),
             refresh=bool(controls.get("cache_refresh")),
+            address=self.cache.address(prompt, scope_text) if exists else None,
         )
+        if memo_key is not None and plan.address is not None and len(prompt) + len(scope_text) <= MAX_PLAN_CHARS:
+            self._plans.put(memo_key, plan)
+        return plan
 
     def _sampling_allows(self, request: Mapping[str, Any]) -> bool:
         if callable(self.sampling):
@@ -420,14 +454,19 @@ class OpenAICache:
         return temperature is None or _omitted(temperature) or temperature == 0
 
     # -------------------------------------------------------------- lookups
+    def address(self, plan: _Plan) -> Address:
+        """Where ``plan``'s answer lives in the cache."""
+        return plan.address or self.cache.address(plan.prompt, plan.scope)
+
     def find(self, plan: _Plan) -> CacheHit | None:
         """The cached answer for ``plan``: a pending write first, then the cache."""
-        pending = self.writes.pending(plan.prompt, scope=plan.scope)
+        address = self.address(plan)
+        pending = self.writes.pending(plan.prompt, scope=plan.scope, key=address.key)
         if pending is not None:
             self._count("pending_hits")
             return pending
         try:
-            return self.cache.lookup(plan.prompt, scope=plan.scope, threshold=self.threshold)
+            return self.cache.lookup_at(address, threshold=self.threshold, memo=self._hits)
         except SemcacheError as exc:  # the cache failing must not fail the model call: go upstream
             self._count("lookup_errors")
             log.warning("semcache: lookup failed (%s: %s); calling upstream uncached", type(exc).__name__, exc)
@@ -438,6 +477,14 @@ class OpenAICache:
 
         Returns None (a miss) for an entry this adapter did not write.
         """
+        answer = None if plan.stream else self._answers.get(hit)
+        if answer is None:
+            answer = self._build_answer(plan, hit, asynchronous=asynchronous)
+        if answer is not None:
+            self._count("hits")
+        return answer
+
+    def _build_answer(self, plan: _Plan, hit: CacheHit, *, asynchronous: bool) -> Any:
         payload = hit.response
         marker = {
             "hit": True,
@@ -447,7 +494,6 @@ class OpenAICache:
             "key": hit.key,
         }
         kind = payload.get("type") if isinstance(payload, dict) else None
-        answer: Any = None
         if kind == "chat.completion":
             completion = {**payload["completion"], "usage": _zeroed(payload["completion"].get("usage"))}
             if plan.stream:
@@ -455,19 +501,33 @@ class OpenAICache:
                     _build(ChatCompletionChunk, {**c, "semcache": marker})
                     for c in completion_to_chunks(completion, include_usage=plan.include_usage)
                 ]
-                answer = _ReplayAsyncStream(chunks) if asynchronous else _ReplayStream(chunks)
-            else:
-                answer = _build(ChatCompletion, {**completion, "semcache": marker})
-        elif kind == "response":
+                return _ReplayAsyncStream(chunks) if asynchronous else _ReplayStream(chunks)
+            return self._fresh(hit, ChatCompletion, {**completion, "semcache": marker})
+        if kind == "response":
             usage = payload["response"].get("usage")
             response = {**payload["response"], "usage": None if usage is None else _zeroed(usage), "semcache": marker}
-            answer = _build(Response, response)
-        elif kind == "value":
-            answer = payload["value"]
-        else:
-            log.warning("semcache: entry %s is not an OpenAI adapter record; treating it as a miss", hit.key)
-        if answer is not None:
-            self._count("hits")
+            return self._fresh(hit, Response, response)
+        if kind == "value":
+            return self._fresh(hit, None, payload["value"])
+        log.warning("semcache: entry %s is not an OpenAI adapter record; treating it as a miss", hit.key)
+        return None
+
+    def _fresh(self, hit: CacheHit, cls: Any, data: Any) -> Any:
+        """The answer parsed from ``data``'s JSON text, sharing nothing with ``hit`` (which a memo may share).
+
+        The text is remembered for the next exact hit on the same stored entry.
+        ``cls`` is the openai type to validate into, or None for a plain JSON value.
+        """
+        parse: Callable[[str], Any] = json.loads if cls is None else cls.model_validate_json
+        try:
+            text = json.dumps(data)
+            answer = parse(text)
+        except TypeError:  # a pending value that is not JSON (its store will fail and be counted)
+            return data
+        except pydantic.ValidationError:
+            return _build(cls, data)
+        if hit.exact:
+            self._answers.put(hit, text, parse)
         return answer
 
     # -------------------------------------------------------------- records
@@ -517,7 +577,7 @@ class OpenAICache:
 
     def pending_answer(self, plan: _Plan, *, asynchronous: bool) -> Any:
         """The answer a just-landed identical call left in the write-behind map, or None."""
-        hit = self.writes.pending(plan.prompt, scope=plan.scope)
+        hit = self.writes.pending(plan.prompt, scope=plan.scope, key=self.address(plan).key)
         if hit is None:
             return None
         self._count("pending_hits")
@@ -530,7 +590,7 @@ class OpenAICache:
         then take its answer from the cache (or, if it failed, call upstream
         themselves).  Streams take no part: their answer is stored only at the end.
         """
-        key = self.cache.key_for(plan.prompt, plan.scope)
+        key = self.address(plan).key
         with self._lock:
             flight = self._flights.get(key)
             if flight is not None:
@@ -860,8 +920,8 @@ def wrap(client: Any, cache: SemanticCache | None = None, **options: Any) -> Any
     Args:
         client: the OpenAI client.
         cache: the :class:`~semcache.SemanticCache` to use (default: an embedded one).
-        **options: ``threshold``, ``scope``, ``ttl``, ``sampling``, ``write_behind``
-            (see :class:`OpenAICache`).
+        **options: ``threshold``, ``scope``, ``ttl``, ``sampling``, ``write_behind``,
+            ``memo_size`` (see :class:`OpenAICache`).
 
     Raises:
         ConfigurationError: ``client`` has no ``chat.completions.create``.
@@ -927,7 +987,7 @@ def semantic_cache(
         scope: added to every call's scope.
         prompt_arg: the argument holding the prompt, when there is no ``messages``.
         exclude_args: arguments left out of the scope.
-        **options: ``ttl``, ``sampling``, ``write_behind`` (see :class:`OpenAICache`).
+        **options: ``ttl``, ``sampling``, ``write_behind``, ``memo_size`` (see :class:`OpenAICache`).
     """
 
     def decorate(function: Callable[..., Any]) -> Any:

@@ -48,6 +48,7 @@ from .embeddings import BaseEmbedding
 from .errors import ConfigurationError, InvalidInputError
 from .guard import conflict
 from .kv import check_ttl_ms
+from .lru import LRU
 
 log = logging.getLogger("semcache")
 
@@ -85,6 +86,65 @@ class CacheHit:
     key: str
     metadata: dict[str, Any]
     exact: bool
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a prompt lives in a scope: computed once by :meth:`SemanticCache.address`.
+
+    Attributes:
+        prompt: the prompt as given (what the hit guard compares).
+        normalized: the prompt as it is compared (:func:`normalize_prompt`).
+        scope_id: the backend scope (index partition) of the scope.
+        key: the exact-match key of the prompt in that scope.
+    """
+
+    prompt: str
+    normalized: str
+    scope_id: str
+    key: str
+
+
+class HitMemo:
+    """Exact hits already decoded, reused only while the backend still holds the same bytes.
+
+    :meth:`SemanticCache.lookup_at` always reads the exact key from the backend;
+    given a memo, it skips decoding the record when the value read is equal to
+    the one a remembered hit was decoded from.  An overwrite (every record
+    carries its store time, so even the same answer stored again differs), a
+    delete, a clear, an expiry or another process's write changes or removes
+    the value, so a stale hit is never served.  A remembered hit is shared by
+    the lookups that reuse it: its ``response`` must be treated as read-only.
+    Bounded (least recently used out) and thread-safe.
+
+    >>> from semcache.embeddings import HashEmbedding
+    >>> from semcache.kv import SemanticKV
+    >>> cache, memo = SemanticCache(SemanticKV(embedding=HashEmbedding())), HitMemo()
+    >>> _ = cache.store("What is 2+2?", "4")
+    >>> address = cache.address("What is 2+2?")
+    >>> cache.lookup_at(address, memo=memo) is cache.lookup_at(address, memo=memo)
+    True
+    >>> _ = cache.store("What is 2+2?", "four")
+    >>> cache.lookup_at(address, memo=memo).response
+    'four'
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._entries: LRU[str, tuple[bytes, str, CacheHit]] = LRU(size)
+
+    def get(self, address: Address, value: bytes) -> CacheHit | None:
+        """The hit remembered for ``address`` if it was decoded from ``value``, else None."""
+        entry = self._entries.get(address.key)
+        if entry is None or entry[1] != address.normalized or (entry[0] is not value and entry[0] != value):
+            return None
+        return entry[2]
+
+    def put(self, address: Address, value: bytes, hit: CacheHit) -> None:
+        """Remember ``hit``, decoded from ``value`` stored at ``address``."""
+        self._entries.put(address.key, (value, address.normalized, hit))
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass
@@ -229,8 +289,17 @@ class SemanticCache:
 
     def key_for(self, prompt: str, scope: Scope = None) -> str:
         """The backend key of ``prompt`` in ``scope`` (its exact-match address)."""
+        return self.address(prompt, scope).key
+
+    def address(self, prompt: str, scope: Scope = None) -> Address:
+        """Where ``prompt`` lives in ``scope``: compute it once to look it up repeatedly with :meth:`lookup_at`.
+
+        Raises:
+            InvalidInputError: the prompt or scope is invalid.
+        """
         normalized = normalize_prompt(self._check_prompt(prompt))
-        return self._key(self.scope_id(scope), normalized)
+        scope_id = self.scope_id(scope)
+        return Address(prompt, normalized, scope_id, self._key(scope_id, normalized))
 
     @staticmethod
     def _key(scope_id: str, normalized: str) -> str:
@@ -251,22 +320,39 @@ class SemanticCache:
         Args:
             threshold: overrides the cache's threshold for this call.
         """
-        normalized = normalize_prompt(self._check_prompt(prompt))
-        scope_id = self.scope_id(scope)
+        return self.lookup_at(self.address(prompt, scope), threshold=threshold)
+
+    def lookup_at(
+        self, address: Address, *, threshold: float | None = None, memo: HitMemo | None = None
+    ) -> CacheHit | None:
+        """:meth:`lookup` for an :meth:`address` computed earlier.
+
+        Args:
+            threshold: overrides the cache's threshold for this call.
+            memo: reuse exact hits decoded earlier while their stored bytes are
+                unchanged (see :class:`HitMemo`); its hits are shared, read-only.
+        """
         limit = self.threshold if threshold is None else self._check_threshold(threshold)
         self._count("lookups")
-        key = self._key(scope_id, normalized)
-        record = self._read(key, self.backend.get(key))
-        if record is not None and normalize_prompt(record["prompt"]) == normalized:
+        key, normalized = address.key, address.normalized
+        value = self.backend.get(key)
+        hit = None if value is None or memo is None else memo.get(address, value)
+        if hit is None:
+            record = self._read(key, value)
+            if record is not None and normalize_prompt(record["prompt"]) == normalized:
+                hit = self._hit(key, record, 1.0, exact=True)
+                if memo is not None and value is not None:
+                    memo.put(address, value, hit)
+        if hit is not None:
             self._count("exact_hits")
-            return self._hit(key, record, 1.0, exact=True)
+            return hit
         vector = self.embedding.embed_one(normalized)
-        results = self.backend.search(None, SEMANTIC_CANDIDATES, limit, scope=scope_id, vector=vector)
+        results = self.backend.search(None, SEMANTIC_CANDIDATES, limit, scope=address.scope_id, vector=vector)
         for result in results:
             record = self._read(result.key, result.value)
             if record is None:
                 continue
-            reason = conflict(record["prompt"], prompt) if self.guard else None
+            reason = conflict(record["prompt"], address.prompt) if self.guard else None
             if reason:
                 self._count("guard_vetoes", reason)
                 continue
