@@ -44,6 +44,8 @@ DEFAULT_ELECTION_MIN = 1.0
 DEFAULT_ELECTION_MAX = 2.0
 DEFAULT_COMMIT_TIMEOUT = 5.0
 DEFAULT_COMPACTION_ENTRIES = 5000
+# hnswlib inserts a replica may defer to idle moments (see semcache.index); ~1.5 KB each at 384 dims.
+DEFAULT_INDEX_BACKLOG = 2048
 DEFAULT_COMPACTION_SECONDS = 300.0
 DEFAULT_MAINTENANCE_INTERVAL = 1.0
 
@@ -98,6 +100,9 @@ class ClusterConfig:
             log entries or this much time.
         fork_snapshots: write snapshots in a forked child so they never hold up
             Raft's tick thread (ignored where the OS cannot fork).
+        index_backlog: hnswlib inserts per scope a replica may defer until it is
+            idle, so a write is acknowledged without waiting for its insert (the
+            vector is searchable at once); 0 inserts every vector as it is applied.
         capacity, eviction: per-shard entry limit and the policy that picks victims.
         max_value_bytes: largest value; it must leave the encoded command under one Raft entry.
     """
@@ -126,6 +131,7 @@ class ClusterConfig:
     compaction_seconds: float = DEFAULT_COMPACTION_SECONDS
     maintenance_interval: float = DEFAULT_MAINTENANCE_INTERVAL
     fork_snapshots: bool = True
+    index_backlog: int = DEFAULT_INDEX_BACKLOG
     path: str | None = field(default=None, compare=False)  # the file it was loaded from
 
     def __post_init__(self) -> None:
@@ -220,6 +226,8 @@ class ClusterConfig:
             raise ConfigurationError("commit_timeout, maintenance_interval and compaction_seconds must be > 0")
         if self.compaction_entries < 2:
             raise ConfigurationError(f"compaction_entries must be at least 2, got {self.compaction_entries}")
+        if isinstance(self.index_backlog, bool) or not isinstance(self.index_backlog, int) or self.index_backlog < 0:
+            raise ConfigurationError(f"index_backlog must be an int >= 0, got {self.index_backlog!r}")
         if self.capacity is not None and self.capacity < 1:
             raise ConfigurationError(f"capacity must be a positive int or absent, got {self.capacity}")
         check_policy(self.eviction)

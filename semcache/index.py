@@ -11,6 +11,18 @@ slot choice depends on an unordered set and so on history).
 A restored index keeps inserting exactly as one that never stopped: see
 :func:`level_rng_seed`.
 
+Inserting is the expensive part of a write (an ``ef_construction`` walk, about
+1 ms at 384 dimensions), so an index may defer it: with ``backlog > 0``,
+:meth:`VectorIndex.add` and :meth:`VectorIndex.remove` decide the label at once
+and queue the hnswlib call, and :meth:`VectorIndex.index_pending` replays the
+queue later, in order, when the owner has a spare moment.  The graph depends
+only on the sequence of hnswlib calls, never on when they ran, so replicas
+that drain at different times still end byte-identical.  Until a queued vector
+is in the graph, searches compare it exactly (a brute-force scan of the
+backlog), so a write is searchable the moment it is applied.  The backlog is
+bounded: past ``backlog`` queued operations, each new one first indexes the
+oldest, which is the eager cost again.
+
 >>> import numpy as np
 >>> idx = VectorIndex(dim=2, max_entries=2)
 >>> a = idx.add(np.array([1.0, 0.0], dtype=np.float32))
@@ -25,6 +37,7 @@ import functools
 import heapq
 import logging
 import tempfile
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -78,6 +91,15 @@ class IndexSettings:
             raise ConfigurationError(f"hnsw_m must be at least 2, got {self.hnsw_m}")
 
 
+@dataclass(frozen=True, slots=True)
+class _QueuedOp:
+    """One deferred hnswlib call: add ``vector`` under ``label``, or mark it deleted (``vector`` None)."""
+
+    label: int
+    vector: np.ndarray | None
+    grow_to: int  # the slot count hnswlib must have before this call (resize_index), as decided at queue time
+
+
 class VectorIndex:
     """An HNSW index over unit vectors with deterministic label reuse and growth."""
 
@@ -85,12 +107,24 @@ class VectorIndex:
     # so a small scope does not pay for max_entries slots up front.
     INITIAL_SLOTS = 1024
 
-    def __init__(self, dim: int, settings: IndexSettings | None = None, **overrides: int) -> None:
+    def __init__(
+        self, dim: int, settings: IndexSettings | None = None, *, backlog: int = 0, **overrides: int
+    ) -> None:
         self.dim = dim
         self.settings = settings or IndexSettings(**overrides)
         self._free: list[int] = []  # heap of deleted labels, smallest reused first
         self._next_label = 0
-        self._index = self._new_hnsw(min(self.settings.max_entries, self.INITIAL_SLOTS))
+        self._slots = min(self.settings.max_entries, self.INITIAL_SLOTS)
+        self._index = self._new_hnsw(self._slots)
+        self._init_backlog(backlog)
+
+    def _init_backlog(self, backlog: int) -> None:
+        self.backlog = backlog  # how many hnswlib calls may wait in the queue (0: every call runs at once)
+        self._queue: deque[_QueuedOp] = deque()
+        self._queued_per_label: dict[int, int] = {}  # labels whose graph state is stale until their ops run
+        self._queued_vectors: dict[int, np.ndarray] = {}  # ...and, if their last op adds, the vector it adds
+        self._queued_matrix: tuple[np.ndarray, np.ndarray] | None = None  # (labels, vectors) for the scan
+        self._indexed_live = 0  # live vectors in the hnswlib graph itself
 
     def _new_hnsw(self, slots: int) -> hnswlib.Index:
         index = hnswlib.Index(space="cosine", dim=self.dim)
@@ -118,29 +152,71 @@ class VectorIndex:
 
     @property
     def slots(self) -> int:
-        """Slots currently reserved (grows by doubling)."""
-        return int(self._index.get_max_elements())
+        """Slots reserved (grows by doubling), counting growth that queued adds will make."""
+        return self._slots
+
+    @property
+    def queued(self) -> int:
+        """hnswlib calls waiting in the backlog."""
+        return len(self._queue)
 
     def add(self, vector: np.ndarray) -> int:
-        """Insert one unit vector and return its label."""
+        """Insert one unit vector and return its label (searchable at once, indexed now or later)."""
         if self._free:
             label = heapq.heappop(self._free)
             # hnswlib overwrites a deleted label's slot in place and un-deletes it.
         else:
             label = self._next_label
-            if label >= self.slots:
-                self._index.resize_index(self.slots * 2)
+            if label >= self._slots:
+                self._slots *= 2
             self._next_label += 1
-        self._index.add_items(vector.reshape(1, -1), np.array([label], dtype=np.int64))
+        unit = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
+        unit = unit / np.linalg.norm(unit)  # what hnswlib's cosine space stores
+        self._queued_vectors[label] = unit
+        self._enqueue(_QueuedOp(label, unit, self._slots))
         return label
 
     def remove(self, label: int) -> None:
         """Delete a label; its slot is reused by a later :meth:`add`."""
-        self._index.mark_deleted(label)
+        self._queued_vectors.pop(label, None)
         heapq.heappush(self._free, label)
+        self._enqueue(_QueuedOp(label, None, self._slots))
+
+    def _enqueue(self, op: _QueuedOp) -> None:
+        self._queue.append(op)
+        self._queued_per_label[op.label] = self._queued_per_label.get(op.label, 0) + 1
+        self._queued_matrix = None
+        if len(self._queue) > self.backlog:
+            self.index_pending(len(self._queue) - self.backlog)
+
+    def index_pending(self, max_ops: int | None = None) -> int:
+        """Run up to ``max_ops`` queued hnswlib calls (all if None), oldest first; return how many ran."""
+        done = 0
+        while self._queue and (max_ops is None or done < max_ops):
+            op = self._queue[0]
+            if op.grow_to > self._index.get_max_elements():
+                self._index.resize_index(op.grow_to)
+            if op.vector is None:
+                self._index.mark_deleted(op.label)
+                self._indexed_live -= 1
+            else:
+                self._index.add_items(op.vector.reshape(1, -1), np.array([op.label], dtype=np.int64))
+                self._indexed_live += 1
+            self._queue.popleft()  # only now: until the call has run, searches must not trust the graph
+            left = self._queued_per_label[op.label] - 1
+            if left:
+                self._queued_per_label[op.label] = left
+            else:
+                del self._queued_per_label[op.label]
+                if self._queued_vectors.pop(op.label, None) is not None:
+                    self._queued_matrix = None
+            done += 1
+        return done
 
     def vector(self, label: int) -> np.ndarray:
         """The stored (normalised) vector of a live label."""
+        if label in self._queued_per_label:
+            return self._queued_vectors[label]
         return np.asarray(self._index.get_items([label])[0], dtype=np.float32)
 
     def search(
@@ -150,8 +226,44 @@ class VectorIndex:
 
         ``accept`` filters labels (for example, expired entries); when it rejects
         some, the search widens until it has ``k`` or has seen every vector.
+        Vectors still in the backlog are compared exactly and merged in.
         """
-        live = len(self)
+        if self._queued_per_label:
+            stale = self._queued_per_label
+
+            def settled(label: int) -> bool:  # the graph's copy of a label with queued ops is out of date
+                return label not in stale and (accept is None or accept(label))
+
+            hits = self._search_graph(vector, k, settled) + self._search_queued(vector, k, accept)
+            return sorted(hits, key=lambda hit: -hit[1])[:k]
+        return self._search_graph(vector, k, accept)
+
+    def _search_queued(
+        self, vector: np.ndarray, k: int, accept: Callable[[int], bool] | None
+    ) -> list[tuple[int, float]]:
+        """Exact cosine search over the vectors whose adds are still queued."""
+        if not self._queued_vectors:
+            return []
+        if self._queued_matrix is None:
+            labels = np.fromiter(self._queued_vectors, dtype=np.int64, count=len(self._queued_vectors))
+            self._queued_matrix = (labels, np.stack(list(self._queued_vectors.values())))
+        labels, matrix = self._queued_matrix
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        similarities = matrix @ (query / np.linalg.norm(query))
+        hits = []
+        for position in np.argsort(-similarities, kind="stable"):
+            label = int(labels[position])
+            if accept is None or accept(label):
+                hits.append((label, float(similarities[position])))
+                if len(hits) == k:
+                    break
+        return hits
+
+    def _search_graph(
+        self, vector: np.ndarray, k: int, accept: Callable[[int], bool] | None
+    ) -> list[tuple[int, float]]:
+        """The hnswlib part of :meth:`search`."""
+        live = self._indexed_live
         # The most results hnswlib has shown it can return: after many deletions
         # it may fail to gather ``want`` live neighbours, and every failure
         # lowers this ceiling, so the loop below always ends.
@@ -178,12 +290,18 @@ class VectorIndex:
         return []
 
     def save(self, path: Path) -> dict[str, object]:
-        """Write the graph to ``path`` (hnswlib format); return the metadata :meth:`load` needs."""
+        """Write the graph to ``path`` (hnswlib format); return the metadata :meth:`load` needs.
+
+        The backlog is indexed first: a snapshot holds the whole graph.
+        """
+        self.index_pending()
         self._index.save_index(str(path))
         return {"next_label": self._next_label, "free": sorted(self._free), "slots": self.slots}
 
     @classmethod
-    def load(cls, path: Path, dim: int, settings: IndexSettings, meta: dict[str, object]) -> VectorIndex:
+    def load(
+        cls, path: Path, dim: int, settings: IndexSettings, meta: dict[str, object], *, backlog: int = 0
+    ) -> VectorIndex:
         """Read an index written by :meth:`save`."""
         index = cls.__new__(cls)
         index.dim = dim
@@ -196,8 +314,11 @@ class VectorIndex:
         index._free = [int(label) for label in free]
         heapq.heapify(index._free)
         index._next_label = next_label
+        index._slots = slots
         index._index = _load_reseeded(path, dim, slots, settings.random_seed)
         index._configure(index._index)
+        index._init_backlog(backlog)
+        index._indexed_live = next_label - len(index._free)
         if not jump_ahead_verified():
             log.warning(
                 "semcache: this hnswlib build draws levels differently; a restored index may "

@@ -170,7 +170,10 @@ class ReplicatedShard(SyncObj):
         self._maintenance.start()
 
     def _new_state(self) -> ShardState:
-        return ShardState(self._dim, self._model_id, self.config.index_settings(), self._limits)
+        return ShardState(
+            self._dim, self._model_id, self.config.index_settings(), self._limits,
+            index_backlog=self.config.index_backlog,
+        )
 
     # ------------------------------------------------------------ replicated
     # pysyncobj applies committed entries in its tick thread, the thread that also
@@ -206,9 +209,26 @@ class ReplicatedShard(SyncObj):
         self._apply_queue.put(record)
         return record
 
+    def _next_record(self) -> _Applied | _SnapshotRequest | None:
+        """The next queued batch; while none is queued, run deferred hnswlib inserts one at a time.
+
+        Committed batches always go first (they are what writers wait for); an
+        insert holds the state lock for about a millisecond, the same wait a
+        reader had when every put inserted as it was applied.
+        """
+        while True:
+            try:
+                return self._apply_queue.get_nowait()
+            except queue.Empty:
+                pass
+            with self._lock:
+                indexed = self._state.index_pending(1)
+            if not indexed:
+                return self._apply_queue.get()
+
     def _applier_loop(self) -> None:
         while True:
-            record = self._apply_queue.get()
+            record = self._next_record()
             if record is None:
                 return
             if isinstance(record, _SnapshotRequest):
@@ -518,6 +538,7 @@ class ReplicatedShard(SyncObj):
         with self._lock:
             entries = len(self._state.entries)
             applied_commands = self._state.applied
+            index_queue = self._state.queued_index_ops
         return {
             "node": self.replica_id,
             "shard": self.shard_id,
@@ -530,6 +551,7 @@ class ReplicatedShard(SyncObj):
             "applied_commands": applied_commands,
             "log_len": int(raw.get("log_len") or 0),
             "entries": entries,
+            "index_queue": index_queue,  # hnswlib inserts deferred to idle moments (already searchable)
             "has_quorum": bool(raw.get("has_quorum")),
             "healthy": leader is not None and bool(raw.get("has_quorum")),
             "replicas": replicas,
@@ -622,7 +644,11 @@ class ReplicatedShard(SyncObj):
         started = time.perf_counter()
         members = self.members  # copied under the lock here: a forked child must never take a lock
         if self._fork_snapshots:
-            pid = os.fork()
+            # Fork with the state lock held, so that no reader is inside hnswlib (and
+            # perhaps holding one of its mutexes) when the image is taken: the child
+            # indexes any deferred inserts before saving, and those take its mutexes.
+            with self._lock:
+                pid = os.fork()
             if pid == 0:  # the child: write, then leave without running any of the parent's cleanup
                 code = 1
                 try:
@@ -697,6 +723,7 @@ class ReplicatedShard(SyncObj):
                 raise InvalidInputError(f"unknown shard snapshot format {meta.get('format')!r}")
             state = ShardState.restore(root / "state", model_id=self._model_id, dim=self._dim)
         state.limits = self._limits
+        state.set_index_backlog(self.config.index_backlog)
         self.wait_applied()  # nothing older may land on the new state
         with self._lock:
             self._state = state

@@ -119,11 +119,15 @@ class ShardState:
         model_id: str,
         settings: IndexSettings | None = None,
         limits: Limits | None = None,
+        *,
+        index_backlog: int = 0,
     ) -> None:
         self.dim = dim
         self.model_id = model_id
         self.settings = settings or IndexSettings()
         self.limits = limits or Limits()
+        # hnswlib inserts each index may defer (see semcache.index); never part of the replicated state.
+        self.index_backlog = index_backlog
         self.entries: dict[str, Entry] = {}
         self.indexes: dict[str, VectorIndex] = {}
         # Derived from entries (rebuilt on restore): which key holds each label, per scope.
@@ -230,10 +234,35 @@ class ShardState:
         for index in self.indexes.values():
             index.set_ef_search(ef_search)
 
+    def set_index_backlog(self, backlog: int) -> None:
+        """Let each index defer up to ``backlog`` hnswlib calls (0: index every vector as it is applied)."""
+        self.index_backlog = backlog
+        for index in self.indexes.values():
+            index.backlog = backlog
+            index.index_pending(max(0, index.queued - backlog))
+
+    @property
+    def queued_index_ops(self) -> int:
+        """hnswlib calls deferred by the indexes (their vectors are already searchable)."""
+        return sum(index.queued for index in self.indexes.values())
+
+    def index_pending(self, max_ops: int = 1) -> int:
+        """Run up to ``max_ops`` deferred hnswlib calls; return how many ran.
+
+        It changes when the graph is built, never what it becomes: the owner calls
+        it whenever it has a spare moment (the order across scopes does not matter).
+        """
+        done = 0
+        for index in self.indexes.values():
+            if done >= max_ops:
+                break
+            done += index.index_pending(max_ops - done)
+        return done
+
     def _index_for(self, scope: str) -> VectorIndex:
         index = self.indexes.get(scope)
         if index is None:
-            index = self.indexes[scope] = VectorIndex(self.dim, self.settings)
+            index = self.indexes[scope] = VectorIndex(self.dim, self.settings, backlog=self.index_backlog)
             self._key_of_label[scope] = {}
         return index
 
@@ -296,6 +325,7 @@ class ShardState:
             "searchable": sum(len(index) for index in self.indexes.values()),
             "scopes": len(self.indexes),
             "index_slots": sum(index.slots for index in self.indexes.values()),
+            "index_queue": self.queued_index_ops,
             "applied": self.applied,
             "model_id": self.model_id,
             "dim": self.dim,

@@ -1,0 +1,116 @@
+"""Deferred indexing: queued hnswlib calls change when the graph is built, never what it becomes.
+
+A replica with an index backlog applies a put at once (the vector is
+searchable by an exact scan of the backlog) and runs the hnswlib insert when
+it has time.  Replicas that drain at different moments must still agree byte
+for byte, and a search must never miss or misreport a vector because its
+insert is still queued.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from semcache.index import IndexSettings, VectorIndex
+from semcache.state import ShardState
+
+from .test_state_determinism import DIM, SCOPES, SETTINGS, command_stream, queries
+
+
+def fed_with_backlog(commands, backlog: int, seed: int) -> ShardState:
+    """Apply ``commands``, draining a random number of queued calls between them."""
+    pick = random.Random(seed)
+    state = ShardState(DIM, "test-model", SETTINGS, index_backlog=backlog)
+    for command in commands:
+        state.validate(command)
+        state.apply(command)
+        if pick.random() < 0.3:
+            state.index_pending(pick.randint(1, 8))
+    return state
+
+
+def top(state: ShardState, now_ms: int = 2_000_000) -> tuple[list[list[str]], np.ndarray]:
+    """Every scope's top-5 keys for fixed queries, and their similarities (compared within float32 noise)."""
+    found = [state.search(q, scope, 5, None, now_ms) for scope in SCOPES for q in queries(0)]
+    return [[m.key for m in matches] for matches in found], np.array([m.similarity for ms in found for m in ms])
+
+
+def unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1)[:, None]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_backlogged_replica_ends_byte_identical_to_an_eager_one(seed):
+    stream = command_stream(seed, 1_500)
+    eager = fed_with_backlog(stream, backlog=0, seed=seed)
+    lazy = fed_with_backlog(stream, backlog=200, seed=seed + 100)
+    other = fed_with_backlog(stream, backlog=50, seed=seed + 200)
+    assert lazy.queued_index_ops > 0  # the stream really left inserts queued
+    (lazy_keys, lazy_sims), (eager_keys, eager_sims) = top(lazy), top(eager)
+    assert lazy_keys == eager_keys  # searches agree before the backlog is drained
+    assert np.allclose(lazy_sims, eager_sims, atol=1e-5)
+    assert lazy.digest() == eager.digest() == other.digest()  # a snapshot indexes the backlog first
+    assert lazy.queued_index_ops == 0
+
+
+def test_every_applied_vector_is_found_while_its_insert_is_queued():
+    index = VectorIndex(16, IndexSettings(max_entries=8), backlog=10_000)
+    vectors = unit_vectors(300, 16, seed=4)
+    labels = [index.add(v) for v in vectors]
+    assert index.queued == 300 and index.slots >= 300
+    for label, v in zip(labels, vectors, strict=True):
+        assert index.search(v, 1)[0] == (label, pytest.approx(1.0, abs=1e-5))
+    index.index_pending(150)  # half in the graph, half still queued: both halves are found
+    assert index.queued == 150
+    assert all(index.search(v, 1)[0][0] == label for label, v in zip(labels, vectors, strict=True))
+
+
+def test_a_removed_or_replaced_vector_is_never_returned_before_its_call_runs():
+    vectors = unit_vectors(40, 8, seed=5)
+    index = VectorIndex(8, IndexSettings(max_entries=64), backlog=100)
+    for v in vectors[:20]:
+        index.add(v)
+    index.index_pending()  # labels 0..19 are in the graph
+    index.remove(3)  # queued: the graph still holds label 3
+    assert all(label != 3 for label, _ in index.search(vectors[3], 5))
+    assert index.add(vectors[30]) == 3  # the freed label is reused for another vector, also queued
+    ((label, similarity),) = index.search(vectors[30], 1)
+    assert label == 3 and similarity == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(index.vector(3), vectors[30], atol=1e-6)
+    assert all(sim < 0.999 for _, sim in index.search(vectors[3], 5))  # the old vector is gone
+    index.index_pending()
+    assert index.search(vectors[30], 1)[0][0] == 3
+    assert np.allclose(index.vector(3), vectors[30], atol=1e-6)
+
+
+def test_the_backlog_is_bounded():
+    index = VectorIndex(8, IndexSettings(max_entries=64), backlog=25)
+    for v in unit_vectors(200, 8, seed=6):
+        index.add(v)
+        assert index.queued <= 25
+    assert index.queued == 25 and len(index) == 200
+
+
+def test_lowering_the_backlog_indexes_the_excess_at_once():
+    state = ShardState(DIM, "test-model", SETTINGS, index_backlog=500)
+    for command in command_stream(7, 400):
+        state.apply(command)
+    assert state.queued_index_ops > 10
+    state.set_index_backlog(10)
+    assert all(index.queued <= 10 for index in state.indexes.values())
+    state.set_index_backlog(0)
+    assert state.queued_index_ops == 0
+
+
+def test_expired_and_filtered_labels_stay_hidden_in_the_backlog():
+    vectors = unit_vectors(50, 8, seed=8)
+    index = VectorIndex(8, IndexSettings(max_entries=64), backlog=100)
+    for v in vectors:
+        index.add(v)
+    odd = index.search(vectors[0], 5, accept=lambda label: label % 2 == 1)
+    assert len(odd) == 5 and all(label % 2 == 1 for label, _ in odd)
+    assert index.search(vectors[0], 5, accept=lambda label: False) == []
