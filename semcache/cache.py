@@ -41,7 +41,7 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .backend import Backend
 from .embeddings import BaseEmbedding
@@ -88,9 +88,10 @@ class CacheHit:
     exact: bool
 
 
-@dataclass(frozen=True)
-class Address:
+class Address(NamedTuple):
     """Where a prompt lives in a scope: computed once by :meth:`SemanticCache.address`.
+
+    A named tuple, not a dataclass: every lookup builds one, and a tuple is built faster.
 
     Attributes:
         prompt: the prompt as given (what the hit guard compares).
