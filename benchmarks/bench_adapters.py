@@ -15,6 +15,13 @@ Run: ``.venv/bin/python benchmarks/bench_adapters.py [--rounds N]``.
   as a first-seen paraphrase does.  The LangChain row times the cache's own
   ``lookup(prompt, llm_string)``: what LangChain calls, without its own
   invoke machinery.
+* **Exact hit, warm and cold**: the adapters remember a repeated request's plan
+  and the answer built from its stored entry (``semcache.integrations._memo``;
+  the entry is still read and compared on every call).  "exact" rows repeat
+  one request through the same adapter (warm: every call but the first).
+  "exact, cold" rows ask two cached questions in turn through adapters made
+  with ``memo_size=1``, so each call plans, decodes and builds from scratch:
+  what the first repeat of a request costs (in a new process, say).
 
 All embeddings are the packaged all-MiniLM-L6-v2.  Rounds are interleaved so
 load on a shared machine hits baseline and adapter alike.
@@ -31,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -48,6 +56,7 @@ from semcache.testing import FakeOpenAIServer  # noqa: E402
 
 MODEL = "gpt-4o-mini"
 CACHED = "How do I reverse a list in Python?"
+CACHED_TOO = "How do I sort a list of tuples by the second item?"
 PARAPHRASE = "How can I reverse a Python list?"
 TOPICS = (
     "sort a dictionary by value",
@@ -132,43 +141,58 @@ def measure_hits(
     client = OpenAI(base_url=server.base_url, api_key="bench", max_retries=0)
     cache = SemanticCache(SemanticKV(embedding=embedding))
 
-    @semantic_cache(cache=cache, write_behind=False)
-    def ask(q: str) -> str:
+    def ask_upstream(q: str) -> str:
         reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": q}])
         return reply.choices[0].message.content or ""
 
-    wrapped = wrap(client, cache=cache, write_behind=False)
-    lc_cache = LangChainSemanticCache(cache, write_behind=False)
+    def adapters(memo_size: int) -> tuple[Callable[[str], str], Any, LangChainSemanticCache]:
+        """A decorated function, a wrapped client and a LangChain cache over ``cache``."""
+        return (
+            semantic_cache(cache=cache, write_behind=False, memo_size=memo_size)(ask_upstream),
+            wrap(client, cache=cache, write_behind=False, memo_size=memo_size),
+            LangChainSemanticCache(cache, write_behind=False, memo_size=memo_size),
+        )
+
     llm_string = ChatOpenAI(model=MODEL, base_url=server.base_url, api_key="bench")._get_llm_string()
     bare_scope = {"model": MODEL}
 
     def messages(q: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": q}]
 
-    # Fill: the cached question through each path.
-    cache.store(CACHED, "reverse() or [::-1]", scope=bare_scope)
-    ask(CACHED)
-    wrapped.chat.completions.create(model=MODEL, messages=messages(CACHED))
-    lc_cache.update(dumps([HumanMessage(CACHED)]), llm_string, lc_cache_generations())
+    lc_prompts = {t: dumps([HumanMessage(t)]) for t in (CACHED, CACHED_TOO, PARAPHRASE)}  # made by LangChain
+    warm, cold = adapters(memo_size=256), adapters(memo_size=1)
+    # Fill: the cached questions through each path.
+    for text in (CACHED, CACHED_TOO):
+        cache.store(text, "reverse() or [::-1]", scope=bare_scope)
+        ask, wrapped, lc_cache = warm
+        ask(text)
+        wrapped.chat.completions.create(model=MODEL, messages=messages(text))
+        lc_cache.update(lc_prompts[text], llm_string, lc_cache_generations())
     times: dict[str, list[float]] = {}
-    for kind, text in (("semantic", PARAPHRASE), ("exact", CACHED)):
-        lc_prompt = dumps([HumanMessage(text)])
-        runs: dict[str, Callable[[], object]] = {
-            f"bare SemanticCache.lookup ({kind})": lambda t=text: cache.lookup(t, scope=bare_scope),
-            f"@semantic_cache hit ({kind})": lambda t=text: ask(t),
-            f"wrap(client) hit ({kind})": lambda t=text: wrapped.chat.completions.create(
+    # Cold: two questions in turn through adapters that remember one request, so every call plans,
+    # decodes and builds from scratch (the first repeat of a request in a new process).
+    for kind, texts, (ask, wrapped, lc_cache) in (
+        ("semantic", (PARAPHRASE,), warm),
+        ("exact", (CACHED,), warm),
+        ("exact, cold", (CACHED, CACHED_TOO), cold),
+    ):
+        runs: dict[str, Callable[[str], object]] = {
+            f"bare SemanticCache.lookup ({kind})": lambda t: cache.lookup(t, scope=bare_scope),
+            f"@semantic_cache hit ({kind})": lambda t, ask=ask: ask(t),
+            f"wrap(client) hit ({kind})": lambda t, wrapped=wrapped: wrapped.chat.completions.create(
                 model=MODEL, messages=messages(t)
             ),
-            f"LangChainSemanticCache.lookup hit ({kind})": lambda p=lc_prompt: lc_cache.lookup(p, llm_string),
+            f"LangChainSemanticCache.lookup hit ({kind})": lambda t, lc=lc_cache: lc.lookup(lc_prompts[t], llm_string),
         }
         for name, run in runs.items():  # every path must really hit before it is timed
-            assert run() is not None, name
+            assert all(run(t) is not None for t in texts), name
         for name in runs:
             times[name] = []
         for _ in range(rounds):
             for name, run in runs.items():
-                times[name].append(timed(run))
-    assert server.count("chat.completions") == 2, "a hit went upstream"
+                for t in texts:
+                    times[name].append(timed(lambda run=run, t=t: run(t)))
+    assert server.count("chat.completions") == 4, "a hit went upstream"  # the fill: 2 questions x 2 paths
     return times
 
 
@@ -218,7 +242,7 @@ def main() -> None:
         )
     )
     verdicts = []
-    for kind in ("semantic", "exact"):
+    for kind in ("semantic", "exact", "exact, cold"):
         bare = s[f"bare SemanticCache.lookup ({kind})"]
         print(row(f"bare SemanticCache.lookup, {kind} hit (baseline)", bare, None))
         for adapter in ("@semantic_cache hit", "wrap(client) hit", "LangChainSemanticCache.lookup hit"):
