@@ -265,6 +265,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return run_cluster_bench(args)
     from .bench import DEFAULT_SIZES, format_report, run
+    from .bench_data import default_cache_dir
 
     embedding = load_model(args.model, memo_size=0)
     rounds, queries, durable = (10, 50, 200) if args.quick else (args.rounds, 500, 5_000)
@@ -276,7 +277,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         queries=queries,
         durable_puts=durable,
         ef_search=args.ef_search,
+        data_dir=args.data,
+        # A quick run embeds a few hundred texts: not worth a cache file.
+        cache_dir=None if args.quick else default_cache_dir(),
         progress=True,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     print(format_report(report))
     return 0
@@ -322,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ef-search", type=int, default=64, help="query-time HNSW ef of the search store (64)")
     bench.add_argument("--rounds", type=int, default=300, help="timed lookups per latency figure")
     bench.add_argument("--quick", action="store_true", help="few rounds: a smoke run, not a measurement")
+    bench.add_argument(
+        "--data", type=Path, default=None, help="labelled data for the real-prompt search (default: ../shared/data)"
+    )
     bench.add_argument("--model", help="sentence-transformers model (default: packaged all-MiniLM-L6-v2)")
     bench.set_defaults(handler=cmd_bench)
 
