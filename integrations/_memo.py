@@ -1,24 +1,29 @@
 """The adapters' exact-hit fast path: memoised request plans and built answers.
 
 An exact hit (the same request again) costs the bare cache one key read and a
-JSON decode; the adapters used to add two to three times that in fixed work:
-canonicalising the request into a scope, then rebuilding a validated openai or
-LangChain object from the stored JSON.  Two bounded memos take that work off
-repeated requests without giving up correctness:
+JSON decode; without this, the adapters' fixed work (canonicalising the
+request into a scope, then rebuilding a validated openai or LangChain object
+from the stored JSON) made it two to four times as slow.  Bounded memos take
+that work off repeated requests without giving up correctness (the decoded
+hits' memo is :class:`~semcache.cache.HitMemo`, in the core):
 
 * **Plans.** A request's fingerprint (:func:`fingerprint`, exact over its
   values and their types) maps to its plan: prompt, canonical scope and
   :class:`~semcache.cache.Address`.  A request that cannot be fingerprinted
   exactly (an object, a ``NOT_GIVEN``) is planned from scratch every time.
-* **Answers.** Per exact hit, a serialised form of the answer built from it
-  (its JSON text, or a pickle made in this process for LangChain objects,
-  which rebuild faster that way); each call rebuilds the answer from it, so no
-  two callers share a mutable object.  An
-  answer is valid only for the very hit object it was built from, and
-  :class:`~semcache.cache.HitMemo` hands out the same hit object only while the
-  backend holds the same bytes: an overwrite, delete, clear, expiry or another
-  process's write is seen on the next call.  Keys include the scope, so an
-  answer never crosses scopes.
+* **Answers.** Per exact hit, a serialised copy of the answer built from it
+  (JSON bytes for openai objects, a pickle made in this process for LangChain
+  objects, which rebuild faster that way, or the value itself when it is
+  immutable); each call rebuilds the answer from that copy, so no two callers
+  share a mutable object.  An answer is valid only for the very hit object it
+  was built from, and :class:`~semcache.cache.HitMemo` hands out the same hit
+  object only while the backend holds the same bytes: an overwrite, delete,
+  clear, expiry or another process's write is seen on the next call.  Keys
+  include the scope, so an answer never crosses scopes.
+
+Memory: each adapter keeps at most ``memo_size`` (default
+:data:`DEFAULT_MEMO_SIZE`) plans, decoded hits and answers; a plan is not kept
+for a request longer than :data:`MAX_PLAN_CHARS`.
 
 >>> import json
 >>> from semcache import SemanticCache, SemanticKV

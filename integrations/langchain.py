@@ -307,19 +307,25 @@ class LangChainSemanticCache(BaseCache):
         return generations
 
     def _generations(self, hit: CacheHit) -> list[Generation] | None:
-        """Fresh generations for ``hit``: they share nothing with the hit (which the memo may share).
+        """The generations for ``hit``, sharing nothing with what a memo or another caller holds.
 
-        Built from the hit's JSON text; for an exact hit, a pickle of them is
-        remembered (taken before the caller can touch them), which rebuilds
-        LangChain objects in half the time of parsing and validating the JSON.
+        An exact hit's record may be shared (the hit memo's, the write-behind
+        map's), and generations built from it share its nested dicts; so the
+        caller gets a copy unpickled from a pickle taken before anyone could
+        touch them, and the pickle is remembered for the next exact hit of the
+        same stored entry (unpickling rebuilds LangChain objects in half the
+        time of validating them again).  A semantic hit's record was decoded
+        for this call alone.
         """
         generations = self._answers.get(hit)
-        if generations is not None or not isinstance(hit.response, dict):
+        if generations is not None:
             return generations
-        generations = _load_generations(json.loads(json.dumps(hit.response)))
-        if generations is not None and hit.exact:
-            self._answers.put(hit, pickle.dumps(generations), pickle.loads)
-        return generations
+        generations = _load_generations(hit.response)
+        if generations is None or not hit.exact:
+            return generations
+        pickled = pickle.dumps(generations)  # built from JSON: nothing unpicklable in them
+        self._answers.put(hit, pickled, pickle.loads)
+        return pickle.loads(pickled)
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Cache ``return_val`` for ``prompt`` under ``llm_string`` (write-behind).

@@ -90,6 +90,7 @@ from typing import Any, Literal
 
 import openai
 import pydantic
+import pydantic_core
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
 
@@ -513,21 +514,28 @@ class OpenAICache:
         return None
 
     def _fresh(self, hit: CacheHit, cls: Any, data: Any) -> Any:
-        """The answer parsed from ``data``'s JSON text, sharing nothing with ``hit`` (which a memo may share).
+        """The answer for ``hit`` from ``data``: an instance of the openai type ``cls``, or a plain value (None).
 
-        The text is remembered for the next exact hit on the same stored entry.
-        ``cls`` is the openai type to validate into, or None for a plain JSON value.
+        An exact hit's data may be shared (the hit memo's decoded record, the
+        write-behind map's pending payload), so its answer is parsed from a
+        serialised copy, which is remembered for the next exact hit of the same
+        stored entry; a semantic hit's data was decoded for this call alone.
         """
-        parse: Callable[[str], Any] = json.loads if cls is None else cls.model_validate_json
+        if not hit.exact:
+            return data if cls is None else _build(cls, data)
+        serialised: Any
+        parse: Callable[[Any], Any]
         try:
-            text = json.dumps(data)
-            answer = parse(text)
-        except TypeError:  # a pending value that is not JSON (its store will fail and be counted)
-            return data
-        except pydantic.ValidationError:
-            return _build(cls, data)
-        if hit.exact:
-            self._answers.put(hit, text, parse)
+            if cls is None and (data is None or isinstance(data, str | int | float | bool)):
+                serialised, parse = data, _immutable  # nothing to copy
+            elif cls is None:
+                serialised, parse = json.dumps(data), json.loads
+            else:
+                serialised, parse = pydantic_core.to_json(data), cls.model_validate_json
+            answer = parse(serialised)
+        except (TypeError, ValueError):  # a pending value that is not JSON, or data invalid for cls: as before
+            return data if cls is None else _build(cls, data)
+        self._answers.put(hit, serialised, parse)
         return answer
 
     # -------------------------------------------------------------- records
@@ -689,6 +697,10 @@ def _zero_counts(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _zero_counts(v) for k, v in value.items()}
     return 0 if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+def _immutable(value: Any) -> Any:
+    return value
 
 
 def _build(cls: Any, data: dict[str, Any]) -> Any:
