@@ -203,10 +203,15 @@ def lc_cache_generations() -> list:
     return [ChatGeneration(message=AIMessage("reverse() or [::-1]"))]
 
 
+def ms(value: float, sign: str = "") -> str:
+    """Milliseconds with three decimals below 1 ms (exact hits take tens of microseconds), two above."""
+    return f"{value:{sign}.3f}" if abs(value) < 1 else f"{value:{sign}.2f}"
+
+
 def row(name: str, summary: Summary, baseline: Summary | None) -> str:
     ratio = f"{summary.p50 / baseline.p50:.2f}x" if baseline else "1.00x (baseline)"
-    added = f"{summary.p50 - baseline.p50:+.2f}" if baseline else ""
-    return f"| {name} | {summary.p50:.2f} | {summary.p90:.2f} | {summary.p99:.2f} | {added} | {ratio} |"
+    added = ms(summary.p50 - baseline.p50, "+") if baseline else ""
+    return f"| {name} | {ms(summary.p50)} | {ms(summary.p90)} | {ms(summary.p99)} | {added} | {ratio} |"
 
 
 def main() -> None:
