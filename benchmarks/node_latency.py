@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--token", default="bench-token", help="RPC token the nodes require (\"\" for none)")
+    parser.add_argument("--index-backlog", type=int, default=None,
+                        help="deferred hnswlib inserts per scope (cluster file index_backlog; 0 inserts at once)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((args.ops, args.dim)).astype(np.float32)
@@ -159,7 +161,8 @@ def main() -> None:
     raw_procs, raw_addresses = start_raw_group("bench-secret")
     with tempfile.TemporaryDirectory(prefix="semcache-latency-") as tmp:
         cluster = LocalCluster(tmp)
-        cluster.create(1, 3, embedding=f"hash:{args.dim}", token=args.token)
+        settings = {} if args.index_backlog is None else {"index_backlog": args.index_backlog}
+        cluster.create(1, 3, embedding=f"hash:{args.dim}", token=args.token, **settings)
         cluster.start_all()
         try:
             leader_address = next(iter(cluster.wait_for_leaders(60).values()))

@@ -276,8 +276,11 @@ def measure_size(kv: Any, size: int, vectors: np.ndarray, queries: np.ndarray, o
 
 
 def run(sizes: Sequence[int] = DEFAULT_SIZES, *, ops: int = 500, directory: str | None = None,
-        progress: Callable[[str], None] = print) -> ClusterBenchReport:
-    """Start a 2×3 cluster, measure the table and the baselines, stop the cluster."""
+        progress: Callable[[str], None] = print, **cluster_settings: Any) -> ClusterBenchReport:
+    """Start a 2×3 cluster, measure the table and the baselines, stop the cluster.
+
+    ``cluster_settings`` go into the cluster file (for example ``index_backlog=0``).
+    """
     from .client import DistributedSemanticKV
     from .embeddings import HashEmbedding
 
@@ -290,7 +293,7 @@ def run(sizes: Sequence[int] = DEFAULT_SIZES, *, ops: int = 500, directory: str 
         cluster = LocalCluster(directory or tmp)
         try:
             progress("starting a local cluster: 2 shards x 3 replicas")
-            cluster.up(2, 3, embedding=f"hash:{DIM}")
+            cluster.up(2, 3, embedding=f"hash:{DIM}", **cluster_settings)
             kv = DistributedSemanticKV(cluster.addresses(), embedding=HashEmbedding(DIM), max_workers=16)
             rng = np.random.default_rng(5)
             vectors = unit_vectors(rng, max(sizes), DIM)
@@ -399,7 +402,8 @@ def run_cluster_bench(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         # SIGTERM unwinds like Ctrl-C, so the cluster and baseline processes are stopped on the way out.
         signal.signal(signal.SIGTERM, _exit_on_signal)
-    report = run(sizes, ops=ops, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
+    settings = {} if getattr(args, "index_backlog", None) is None else {"index_backlog": args.index_backlog}
+    report = run(sizes, ops=ops, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True), **settings)
     print(format_report(report))
     return 0
 
@@ -410,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = sub.add_parser("run", help="the whole benchmark")
     bench.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
     bench.add_argument("--ops", type=int, default=500)
+    bench.add_argument("--index-backlog", type=int, default=None,
+                       help="deferred hnswlib inserts per scope (cluster file index_backlog; 0 inserts at once)")
     echo = sub.add_parser("flight-echo")
     echo.add_argument("--port", type=int, required=True)
     worker = sub.add_parser("raft-worker")

@@ -111,6 +111,7 @@ class ReplicaStatus:
     entries: int | None = None
     lag: int | None = None
     error: str | None = None
+    index_queue: int | None = None  # HNSW inserts deferred to idle moments (the vectors are already searchable)
 
 
 @dataclass(frozen=True)
@@ -350,6 +351,7 @@ class LocalCluster:
                 replicas.append(ReplicaStatus(
                     replica.id, replica.rpc, self.pid(replica.id), h.get("role"), h.get("term"),
                     h.get("commit_index"), h.get("applied"), h.get("entries"), lag, h.get("error"),
+                    h.get("index_queue"),
                 ))
             out.append(ShardStatus(
                 shard.id,
@@ -468,12 +470,14 @@ def format_status(shards: Sequence[ShardStatus]) -> str:
             f"{shard.id}: leader {shard.leader or 'NONE'}  term {_show(shard.term)}  "
             f"commit {_show(shard.commit_index)}  entries {_show(shard.entries)}"
         )
-        lines.append(f"  {'replica':<16} {'pid':>7} {'role':<10} {'term':>5} {'applied':>8} {'lag':>5}  rpc")
+        lines.append(
+            f"  {'replica':<16} {'pid':>7} {'role':<10} {'term':>5} {'applied':>8} {'lag':>5} {'to index':>8}  rpc"
+        )
         for r in shard.replicas:
             role = r.role or ("DOWN" if r.error else "?")
             lines.append(
                 f"  {r.id:<16} {_show(r.pid):>7} {role:<10} {_show(r.term):>5} {_show(r.applied):>8} "
-                f"{_show(r.lag):>5}  {r.rpc}"
+                f"{_show(r.lag):>5} {_show(r.index_queue):>8}  {r.rpc}"
             )
     return "\n".join(lines)
 

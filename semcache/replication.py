@@ -49,7 +49,7 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SERIALIZER_STATE, SyncObj, SyncObjConf, SyncObjException, replicated
 from pysyncobj.node import TCPNode
 
-from .commands import Command, Evict, Expire, Put, decode_command, encode_command
+from .commands import Command, Delete, Evict, Expire, Put, decode_command, encode_command
 from .config import ClusterConfig
 from .errors import ClusterError, InvalidInputError, LimitExceededError, NoQuorumError, NotLeaderError
 from .eviction import AccessLog, choose_victims
@@ -69,6 +69,8 @@ MAX_BACKPRESSURE_WAIT = 0.2  # seconds per tick, far below the 1 s minimum elect
 READ_BARRIER_TIMEOUT = 2.0  # seconds a new leader may take to apply its log before refusing leader reads
 SNAPSHOT_FORMAT = 1
 SNAPSHOT_FILE = "raft.snapshot"
+# How long the applier waits without a new batch before it runs deferred index inserts.
+INDEX_IDLE_SECONDS = 0.05
 ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 
 
@@ -126,6 +128,7 @@ class ReplicatedShard(SyncObj):
         self._applied_batches = 0  # ...and ever applied: the read barrier compares the two
         self._read_ready_noop: int | None = None  # the election no-op index a leader read barrier passed
         self._wait_budget = MAX_BACKPRESSURE_WAIT  # back-pressure wait left in this tick (seconds)
+        self._last_batch_at = 0.0  # when the last batch committed: deferred inserts wait for a pause
         self._applier = threading.Thread(target=self._applier_loop, name="semcache-apply", daemon=True)
         self._applier.start()
         self._stopping = threading.Event()
@@ -179,10 +182,14 @@ class ReplicatedShard(SyncObj):
     # pysyncobj applies committed entries in its tick thread, the thread that also
     # answers the leader.  An HNSW insert takes ~0.7 ms (384 dims), so applying
     # there would delay every follower's acknowledgement of the next entry by the
-    # apply of the previous one.  Instead the tick thread only decodes and queues
-    # the batch; an applier thread applies batches in log order.  A writer is
-    # acknowledged once its batch is applied here, and a snapshot request queues
-    # behind the batches before it, so both see exactly the state at their index.
+    # apply of the previous one.  So inserts are deferred (ShardState's index
+    # backlog) and run by an applier thread in idle moments; a batch of puts and
+    # deletes then applies in microseconds, and the tick thread applies it itself
+    # when nothing is queued before it.  Anything else (expiry scans, evictions,
+    # clears, a full backlog) goes to the applier thread, which applies batches
+    # in log order.  A writer is acknowledged once its batch is applied here, and
+    # a snapshot request queues behind the batches before it, so both see exactly
+    # the state at their index.
     @replicated
     def apply_batch(self, data: bytes) -> _Applied:
         """Queue a committed batch of encoded commands for the applier thread (every replica, in log order).
@@ -196,6 +203,7 @@ class ReplicatedShard(SyncObj):
             record = _Applied([], [f"error: {exc}"])
             record.done.set()
             return record
+        self._last_batch_at = time.monotonic()
         with self._applier_cond:
             # Back-pressure: a slow applier slows the log instead of growing the queue,
             # but never stalls the tick thread (heartbeats, votes) more than
@@ -206,25 +214,44 @@ class ReplicatedShard(SyncObj):
                 self._wait_budget -= time.monotonic() - started
             self._backlog += 1
             self._queued_batches += 1
-        self._apply_queue.put(record)
+            # Nothing queued before it and nothing expensive in it: apply it here and
+            # spare the writer a thread hand-off.  Order holds, since the tick thread
+            # is the only one that queues, and the applier is idle (backlog was 0).
+            inline = self._backlog == 1 and self._cheap(record.commands)
+        if inline:
+            self._apply_record(record)
+        else:
+            self._apply_queue.put(record)
         return record
 
-    def _next_record(self) -> _Applied | _SnapshotRequest | None:
-        """The next queued batch; while none is queued, run deferred hnswlib inserts one at a time.
+    def _cheap(self, commands: list[Command]) -> bool:
+        """Whether applying ``commands`` costs microseconds: puts and deletes whose inserts the backlog can defer."""
+        room = self.config.index_backlog - self._state.queued_index_ops
+        return len(commands) < room and all(isinstance(c, Put | Delete) for c in commands)
 
-        Committed batches always go first (they are what writers wait for); an
-        insert holds the state lock for about a millisecond, the same wait a
-        reader had when every put inserted as it was applied.
+    def _next_record(self) -> _Applied | _SnapshotRequest | None:
+        """The next queued batch; once no batch has committed for INDEX_IDLE_SECONDS, run deferred inserts.
+
+        Batches always go first: they are what writers wait for.  Deferred
+        hnswlib inserts run one at a time (each holds the state lock for about a
+        millisecond, the wait a reader had when every put inserted at once),
+        only after a pause in the writes, so a burst of writes is acknowledged
+        at commit speed and indexed afterwards; a backlog past the configured
+        bound is indexed by the writes themselves.  The wait is a poll because
+        batches the tick thread applies itself queue inserts without waking us.
         """
         while True:
+            quiet = time.monotonic() - self._last_batch_at
             try:
+                if not self._state.queued_index_ops:
+                    return self._apply_queue.get(timeout=INDEX_IDLE_SECONDS)
+                if quiet < INDEX_IDLE_SECONDS:
+                    return self._apply_queue.get(timeout=INDEX_IDLE_SECONDS - quiet)
                 return self._apply_queue.get_nowait()
             except queue.Empty:
-                pass
-            with self._lock:
-                indexed = self._state.index_pending(1)
-            if not indexed:
-                return self._apply_queue.get()
+                if self._state.queued_index_ops and time.monotonic() - self._last_batch_at >= INDEX_IDLE_SECONDS:
+                    with self._lock:
+                        self._state.index_pending(1)
 
     def _applier_loop(self) -> None:
         while True:
@@ -237,18 +264,22 @@ class ReplicatedShard(SyncObj):
                     self._backlog -= 1
                     self._applier_cond.notify_all()
                 continue
-            for command in record.commands:  # the lock per command: readers wait one insert, not a batch
-                try:
-                    with self._lock:
-                        record.results.append(int(self._state.apply(command)))
-                except Exception as exc:  # noqa: BLE001 - validated before logging; never expected
-                    logger.exception("replica %s could not apply a command", self.replica_id)
-                    record.results.append(f"error: {exc}")
-            record.done.set()
-            with self._applier_cond:
-                self._backlog -= 1
-                self._applied_batches += 1
-                self._applier_cond.notify_all()
+            self._apply_record(record)
+
+    def _apply_record(self, record: _Applied) -> None:
+        """Apply a committed batch (applier thread, or the tick thread when it is cheap and first in line)."""
+        for command in record.commands:  # the lock per command: readers wait one insert, not a batch
+            try:
+                with self._lock:
+                    record.results.append(int(self._state.apply(command)))
+            except Exception as exc:  # noqa: BLE001 - validated before logging; never expected
+                logger.exception("replica %s could not apply a command", self.replica_id)
+                record.results.append(f"error: {exc}")
+        record.done.set()
+        with self._applier_cond:
+            self._backlog -= 1
+            self._applied_batches += 1
+            self._applier_cond.notify_all()
 
     def wait_applied(self, timeout: float | None = None) -> bool:
         """Block until every committed batch handed to the applier has been applied; False on timeout."""

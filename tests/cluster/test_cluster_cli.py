@@ -72,7 +72,7 @@ def test_up_prints_addresses_and_a_client_line_that_works(cluster_dir: Path) -> 
 
     status = semcache("cluster", "status", "--dir", str(cluster_dir)).stdout
     assert status.count("leader grpc://") == 2 and status.count(" leader ") >= 2
-    assert "entries" in status and "lag" in status
+    assert "entries" in status and "lag" in status and "to index" in status
 
 
 def test_a_killed_node_rejoins_with_its_data_and_down_stops_everything(cluster_dir: Path) -> None:

@@ -171,6 +171,20 @@ def test_a_paused_leader_acknowledges_nothing_it_did_not_commit(shard_1x3: Clust
 
 
 # -------------------------------------------------- 3. whole-cluster restart
+def same_top_k(first: list[tuple[str, float]], second: list[tuple[str, float]]) -> bool:
+    """Whether two top-k lists agree: the same similarities, and the same keys above the cut-off.
+
+    Keys tied at the k-th similarity may differ: which of them make the cut
+    depends on whether a vector was still in the index backlog (exact scan) or
+    already in the graph when the search ran.
+    """
+    if [sim for _, sim in first] != [sim for _, sim in second]:
+        return False
+    cutoff = first[-1][1] if first else 0.0
+    by_sim = lambda hits: {(key, sim) for key, sim in hits if sim > cutoff}  # noqa: E731
+    return by_sim(first) == by_sim(second)
+
+
 def test_the_whole_cluster_killed_and_started_again_keeps_everything(cluster_2x3: ClusterHarness) -> None:
     kv = cluster_2x3.client(embedding=None)
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
@@ -179,7 +193,7 @@ def test_the_whole_cluster_killed_and_started_again_keeps_everything(cluster_2x3
     kv.delete("doc:7")
     queries = ["alpha beta", "gamma item", "theta kappa"]
     before_search = {q: [(r.key, round(r.similarity, 5)) for r in kv.search(q, top_k=10)] for q in queries}
-    before_scoped = [r.key for r in kv.search("alpha", top_k=50, scope="s")]
+    before_scoped = sorted((r.key, round(r.similarity, 5)) for r in kv.search("alpha", top_k=50, scope="s"))
     before_keys = kv.scan("doc:", 1000)
     before_digests = {s: cluster_2x3.converge(s) for s in kv.shard_ids}
     replicas = [r.id for r in cluster_2x3.local.config().replicas()]
@@ -193,8 +207,11 @@ def test_the_whole_cluster_killed_and_started_again_keeps_everything(cluster_2x3
     assert after.get("doc:7") is None
     for i in (0, 1, 42, 149):
         assert after.get(f"doc:{i}") is not None
-    assert {q: [(r.key, round(r.similarity, 5)) for r in after.search(q, top_k=10)] for q in queries} == before_search
-    assert [r.key for r in after.search("alpha", top_k=50, scope="s")] == before_scoped
+    after_search = {q: [(r.key, round(r.similarity, 5)) for r in after.search(q, top_k=10)] for q in queries}
+    assert {q: same_top_k(after_search[q], before_search[q]) for q in queries} == dict.fromkeys(queries, True)
+    # The scope holds 30 entries, so all come back (in an order that may differ among ties).
+    assert sorted((r.key, round(r.similarity, 5)) for r in after.search("alpha", top_k=50, scope="s")) == before_scoped
+    assert len(before_scoped) == 30
     assert {s: cluster_2x3.converge(s) for s in kv.shard_ids} == before_digests
 
 
