@@ -307,6 +307,11 @@ class DistributedSemanticKV(KVHelpers):
             routes, model_id, dim = parse_topology(topology)
             self.limits = limits or Limits(max_value_bytes=cluster_value_limit(topology))
             self._routes = {route.id: route for route in routes}
+            for route in routes:
+                if route.id != topology.get("answered_for"):
+                    # The seed knows its own shard's live members, others only from the cluster file.
+                    with contextlib.suppress(ShardUnavailableError):
+                        self._refresh_route(route)
             self.ring = HashRing(self._routes, vnodes=vnodes)
             self._embedding = embedding_for_cluster(embedding, model_id, dim)
         except BaseException:
@@ -345,12 +350,16 @@ class DistributedSemanticKV(KVHelpers):
         """
         self._check_open()
         for route in self._routes.values():
-            topology = self._first_topology([r.rpc for r in route.replicas])
-            fresh = {r.id: r for r in parse_topology(topology)[0]}.get(route.id)
-            if fresh is not None:
-                route.replicas = fresh.replicas
-                if route.leader not in {r.rpc for r in fresh.replicas}:
-                    route.leader = None
+            self._refresh_route(route)
+
+    def _refresh_route(self, route: ShardRoute) -> None:
+        """Ask the shard's own replicas for its live members (a node knows other shards only from its file)."""
+        topology = self._first_topology([r.rpc for r in route.replicas])
+        fresh = {r.id: r for r in parse_topology(topology)[0]}.get(route.id)
+        if fresh is not None:
+            route.replicas = fresh.replicas
+            if route.leader not in {r.rpc for r in fresh.replicas}:
+                route.leader = None
 
     def _check_open(self) -> None:
         if self._closed:

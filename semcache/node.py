@@ -253,7 +253,8 @@ class SemanticKVNode:
                 replicas = [{"id": r.id, "rpc": r.rpc, "raft": r.raft} for r in shard.replicas]
             shards.append({"id": shard.id, "replicas": replicas})
         model_id, dim = self.config.embedding_identity()
-        return {"shards": shards, "model_id": model_id, "dim": dim}, []
+        # Only this node's own shard lists live members; the others come from the cluster file.
+        return {"shards": shards, "model_id": model_id, "dim": dim, "answered_for": self.shard.shard_id}, []
 
     def _digest(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
         applied, digest = self.shard.digest()

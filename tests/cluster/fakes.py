@@ -67,6 +67,7 @@ class FakeCluster:
             addresses = [f"fake://{shard_id}/{r}" for r in range(replicas)]
             kv = SemanticKV(embedding=self.embedding, node_id=shard_id)
             self.shards[shard_id] = FakeShard(shard_id, addresses, kv, leader=addresses[0])
+        self.file_replicas = {shard_id: list(shard.replicas) for shard_id, shard in self.shards.items()}
 
     def shard_of(self, address: str) -> FakeShard:
         return self.shards[address.split("/")[2]]
@@ -87,14 +88,20 @@ class FakeCluster:
     def connect(self, address: str, token: str | None = None) -> FakeNode:
         return FakeNode(self, address, token)
 
-    def topology(self) -> dict[str, Any]:
+    def topology(self, answered_for: str | None = None) -> dict[str, Any]:
+        """As a node of ``answered_for`` answers: its own shard's live members, the others' from the file."""
+        def replicas(shard: FakeShard) -> list[str]:
+            return shard.replicas if answered_for in (None, shard.id) else self.file_replicas[shard.id]
+
         return {
             "shards": [
-                {"id": s.id, "replicas": [{"id": f"{s.id}-r{i}", "rpc": a} for i, a in enumerate(s.replicas)]}
+                {"id": s.id, "replicas": [{"id": a.replace("fake://", "").replace("/", "-r"), "rpc": a}
+                                          for a in replicas(s)]}
                 for s in self.shards.values()
             ],
             "model_id": self.embedding.model_id,
             "dim": self.embedding.dim,
+            **({} if answered_for is None else {"answered_for": answered_for}),
         }
 
     def close(self) -> None:
@@ -174,7 +181,7 @@ class FakeNode:
             raise ShardUnavailableError(f"{self.address} is down")
         if self.address.startswith("fake://nowhere"):
             raise ShardUnavailableError(f"{self.address} does not answer")
-        return self.cluster.topology()
+        return self.cluster.topology(None if self.shard is None else self.shard.id)
 
     def close(self) -> None:
         self.cluster.calls[(self.address, "close")] += 1

@@ -104,6 +104,28 @@ def test_writes_ride_through_a_leader_crash_until_the_new_election(
     assert client.get(key) == b"after"
 
 
+def test_a_new_client_learns_every_shard_s_live_members_not_only_its_seed_s(cluster: FakeCluster) -> None:
+    """A node knows other shards only from its cluster file, so the client asks each shard itself."""
+    cluster.shards["shard-1"].replicas.append("fake://shard-1/3")  # add-replica on shard-1, after the file
+    seeded_elsewhere = make_client(cluster)  # the seed is a shard-0 node
+    try:
+        replicas = [r.rpc for r in seeded_elsewhere._routes["shard-1"].replicas]
+        assert "fake://shard-1/3" in replicas and len(replicas) == 4
+        assert cluster.calls[("fake://shard-1/0", "topology")] == 1  # asked once, at construction
+    finally:
+        seeded_elsewhere.close()
+
+
+def test_a_new_client_starts_with_a_shard_down(cluster: FakeCluster) -> None:
+    for address in cluster.shards["shard-1"].replicas:
+        cluster.kill(address)
+    kv = make_client(cluster)  # shard-1 cannot be asked; its file members are kept
+    try:
+        assert [r.rpc for r in kv._routes["shard-1"].replicas] == cluster.file_replicas["shard-1"]
+    finally:
+        kv.close()
+
+
 def test_refresh_topology_learns_new_replicas(cluster: FakeCluster, client: DistributedSemanticKV) -> None:
     shard = cluster.shards["shard-0"]
     old = list(shard.replicas)
