@@ -15,6 +15,7 @@ from semcache.bench import (
     measure_prompt_search,
     run,
     run_prompt_search,
+    settle,
 )
 from semcache.bench_data import (
     Dataset,
@@ -28,6 +29,7 @@ from semcache.bench_data import (
 from semcache.calibrate import default_data_dir
 from semcache.embeddings import HashEmbedding
 from semcache.errors import InvalidInputError
+from semcache.kv import SemanticKV
 
 TOPICS = ("bread", "tea", "Python", "taxes", "running", "chess", "guitar", "rust", "Paris", "sleep")
 
@@ -190,3 +192,15 @@ def test_real_prompts_real_model_small(minilm, tmp_path: Path) -> None:
     again = run_prompt_search(minilm, (60,), 10, cache_dir=tmp_path, log=messages.append)
     assert "read from" in messages[-1] and again.result is not None
     assert again.result.paraphrase[60].quality == row.quality
+
+
+def test_settle_indexes_deferred_inserts_before_searches_are_timed() -> None:
+    embedding = HashEmbedding(dim=256)
+    with SemanticKV(embedding=embedding, purge_interval=3600) as kv:
+        kv._state.set_index_backlog(100)  # as a replica does: inserts wait for a spare moment
+        for row in range(30):
+            kv.put(f"k{row}", b"v", text=f"text number {row}")
+        assert kv._state.queued_index_ops == 30
+        assert settle(kv) == 30 and kv._state.queued_index_ops == 0
+        assert settle(kv) == 0
+        assert kv.search("text number 7", 1)[0].key == "k7"
