@@ -11,7 +11,9 @@ hits' memo is :class:`~semcache.cache.HitMemo`, in the core):
   values and their types) maps to its plan: prompt, canonical scope and
   :class:`~semcache.cache.Address`.  A request that cannot be fingerprinted
   exactly (an object, a ``NOT_GIVEN``) is planned from scratch every time.
-* **Answers.** Per exact hit, a serialised copy of the answer built from it
+* **Answers.** Per remembered exact hit (:class:`~semcache.cache.HitMemo`
+  remembers a hit from the second time its bytes are decoded, so a one-off
+  hit costs no copy), a serialised copy of the answer built from it
   (JSON bytes for openai objects, a pickle made in this process for LangChain
   objects, which rebuild faster that way, or the value itself when it is
   immutable); each call rebuilds the answer from that copy, so no two callers
@@ -31,7 +33,7 @@ for a request longer than :data:`MAX_PLAN_CHARS`.
 >>> cache, memo = SemanticCache(SemanticKV(embedding=HashEmbedding())), HitMemo()
 >>> _ = cache.store("What is 2+2?", {"answer": 4})
 >>> answers = AnswerMemo()
->>> hit = cache.lookup_at(cache.address("What is 2+2?"), memo=memo)
+>>> hit = [cache.lookup_at(cache.address("What is 2+2?"), memo=memo) for _ in range(2)][-1]  # remembered now
 >>> answers.put(hit, json.dumps(hit.response), json.loads)
 >>> again = cache.lookup_at(cache.address("What is 2+2?"), memo=memo)
 >>> first, second = answers.get(again), answers.get(again)

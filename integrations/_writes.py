@@ -90,6 +90,14 @@ class WriteBehind:
             return None
         return CacheHit(entry.response, 1.0, entry.prompt, key, {}, exact=True)
 
+    def holds(self, hit: CacheHit) -> bool:
+        """Whether ``hit`` (from :meth:`pending`) carries a pending write's response, shared with the writer."""
+        if not self._pending:
+            return False
+        with self._lock:
+            entry = self._pending.get(hit.key)
+        return entry is not None and entry.response is hit.response
+
     def _forget(self, future: Future[None]) -> None:
         with self._lock:
             self._futures.discard(future)

@@ -309,22 +309,24 @@ class LangChainSemanticCache(BaseCache):
     def _generations(self, hit: CacheHit) -> list[Generation] | None:
         """The generations for ``hit``, sharing nothing with what a memo or another caller holds.
 
-        An exact hit's record may be shared (the hit memo's, the write-behind
-        map's), and generations built from it share its nested dicts; so the
-        caller gets a copy unpickled from a pickle taken before anyone could
-        touch them, and the pickle is remembered for the next exact hit of the
-        same stored entry (unpickling rebuilds LangChain objects in half the
-        time of validating them again).  A semantic hit's record was decoded
-        for this call alone.
+        Generations built from a record share its nested dicts.  When the
+        record is shared (a remembered hit, a pending write), the caller gets a
+        copy unpickled from a pickle taken before anyone could touch them, and
+        the pickle is remembered for the next exact hit of the same stored
+        entry (unpickling rebuilds LangChain objects in half the time of
+        validating them again).  A record decoded for this call alone (a
+        semantic hit, an exact hit seen once) is built from directly.
         """
         generations = self._answers.get(hit)
         if generations is not None:
             return generations
         generations = _load_generations(hit.response)
-        if generations is None or not hit.exact:
+        remembered = self._hits.remembers(hit)
+        if generations is None or (not remembered and not self.writes.holds(hit)):
             return generations
         pickled = pickle.dumps(generations)  # built from JSON: nothing unpicklable in them
-        self._answers.put(hit, pickled, pickle.loads)
+        if remembered:
+            self._answers.put(hit, pickled, pickle.loads)
         return pickle.loads(pickled)
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:

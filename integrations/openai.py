@@ -516,12 +516,14 @@ class OpenAICache:
     def _fresh(self, hit: CacheHit, cls: Any, data: Any) -> Any:
         """The answer for ``hit`` from ``data``: an instance of the openai type ``cls``, or a plain value (None).
 
-        An exact hit's data may be shared (the hit memo's decoded record, the
-        write-behind map's pending payload), so its answer is parsed from a
-        serialised copy, which is remembered for the next exact hit of the same
-        stored entry; a semantic hit's data was decoded for this call alone.
+        ``data`` shares its nested values with the hit's response.  When that
+        response is shared too (a remembered hit, a pending write), the answer
+        is parsed from a serialised copy, remembered for the next exact hit of
+        the same stored entry; otherwise it is built directly, as it is the
+        caller's alone (a semantic hit, or an exact one decoded for this call).
         """
-        if not hit.exact:
+        remembered = self._hits.remembers(hit)
+        if not remembered and not self.writes.holds(hit):
             return data if cls is None else _build(cls, data)
         serialised: Any
         parse: Callable[[Any], Any]
@@ -535,7 +537,8 @@ class OpenAICache:
             answer = parse(serialised)
         except (TypeError, ValueError):  # a pending value that is not JSON, or data invalid for cls: as before
             return data if cls is None else _build(cls, data)
-        self._answers.put(hit, serialised, parse)
+        if remembered:
+            self._answers.put(hit, serialised, parse)
         return answer
 
     # -------------------------------------------------------------- records

@@ -114,35 +114,51 @@ class HitMemo:
     the one a remembered hit was decoded from.  An overwrite (every record
     carries its store time, so even the same answer stored again differs), a
     delete, a clear, an expiry or another process's write changes or removes
-    the value, so a stale hit is never served.  A remembered hit is shared by
-    the lookups that reuse it: its ``response`` must be treated as read-only.
-    Bounded (least recently used out) and thread-safe.
+    the value, so a stale hit is never served.
+
+    A hit is remembered from the second time the same bytes are decoded: until
+    then the memo keeps only the bytes, and the hit is its caller's alone.  A
+    remembered hit is shared by the lookups that reuse it (:meth:`remembers`
+    tells), so its ``response`` must be treated as read-only.  Bounded (least
+    recently used out) and thread-safe.
 
     >>> from semcache.embeddings import HashEmbedding
     >>> from semcache.kv import SemanticKV
     >>> cache, memo = SemanticCache(SemanticKV(embedding=HashEmbedding())), HitMemo()
     >>> _ = cache.store("What is 2+2?", "4")
     >>> address = cache.address("What is 2+2?")
-    >>> cache.lookup_at(address, memo=memo) is cache.lookup_at(address, memo=memo)
-    True
+    >>> first, second, third = (cache.lookup_at(address, memo=memo) for _ in range(3))
+    >>> memo.remembers(first), second is third, memo.remembers(third)
+    (False, True, True)
     >>> _ = cache.store("What is 2+2?", "four")
     >>> cache.lookup_at(address, memo=memo).response
     'four'
     """
 
     def __init__(self, size: int = 256) -> None:
-        self._entries: LRU[str, tuple[bytes, str, CacheHit]] = LRU(size)
+        self._entries: LRU[str, tuple[bytes, str, CacheHit | None]] = LRU(size)
 
     def get(self, address: Address, value: bytes) -> CacheHit | None:
         """The hit remembered for ``address`` if it was decoded from ``value``, else None."""
         entry = self._entries.get(address.key)
-        if entry is None or entry[1] != address.normalized or (entry[0] is not value and entry[0] != value):
+        if entry is None or entry[2] is None or not self._same(entry, address, value):
             return None
         return entry[2]
 
     def put(self, address: Address, value: bytes, hit: CacheHit) -> None:
-        """Remember ``hit``, decoded from ``value`` stored at ``address``."""
-        self._entries.put(address.key, (value, address.normalized, hit))
+        """Note that ``hit`` was decoded from ``value`` at ``address``; remember it if these bytes were seen before."""
+        seen = self._entries.get(address.key)
+        again = seen is not None and self._same(seen, address, value)
+        self._entries.put(address.key, (value, address.normalized, hit if again else None))
+
+    def remembers(self, hit: CacheHit) -> bool:
+        """Whether ``hit`` is a remembered (shared) hit."""
+        entry = self._entries.get(hit.key)
+        return entry is not None and entry[2] is hit
+
+    @staticmethod
+    def _same(entry: tuple[bytes, str, CacheHit | None], address: Address, value: bytes) -> bool:
+        return entry[1] == address.normalized and (entry[0] is value or entry[0] == value)
 
     def __len__(self) -> int:
         return len(self._entries)

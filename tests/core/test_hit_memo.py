@@ -55,27 +55,36 @@ def test_address_rejects_bad_input_like_lookup(cache):
         cache.address(QUESTION, scope={"bad": object()})
 
 
+def warm(cache: SemanticCache, address, memo: HitMemo):
+    """Two lookups: the second decode of the same bytes is remembered."""
+    seen_once = cache.lookup_at(address, memo=memo)
+    assert seen_once is not None and not memo.remembers(seen_once)  # its caller's alone
+    hit = cache.lookup_at(address, memo=memo)
+    assert memo.remembers(hit)
+    return hit
+
+
 def test_memo_reuses_a_hit_only_while_its_bytes_are_stored(cache, clock):
     memo = HitMemo()
     address = cache.address(QUESTION)
     cache.store(QUESTION, "Paris")
-    first = cache.lookup_at(address, memo=memo)
-    assert cache.lookup_at(address, memo=memo) is first and cache.stats.exact_hits == 2
+    first = warm(cache, address, memo)
+    assert cache.lookup_at(address, memo=memo) is first and cache.stats.exact_hits == 3
     cache.store(QUESTION, "Paris")  # the same answer again: a new record (its store time), a new hit
     again = cache.lookup_at(address, memo=memo)
-    assert again is not first and again.response == "Paris"
+    assert again is not first and again.response == "Paris" and not memo.remembers(first)
     cache.store(QUESTION, "Lyon")
-    assert cache.lookup_at(address, memo=memo).response == "Lyon"
+    assert warm(cache, address, memo).response == "Lyon"
     SemanticCache(cache.backend).store(QUESTION, "Marseille")  # another writer, no shared memo
-    assert cache.lookup_at(address, memo=memo).response == "Marseille"
+    assert warm(cache, address, memo).response == "Marseille"
     assert cache.delete(QUESTION)
     assert cache.lookup_at(address, memo=memo) is None
     cache.store(QUESTION, "Nice")
-    cache.lookup_at(address, memo=memo)
+    warm(cache, address, memo)
     cache.clear()
     assert cache.lookup_at(address, memo=memo) is None
     cache.store(QUESTION, "Toulouse", ttl=1)
-    assert cache.lookup_at(address, memo=memo).response == "Toulouse"
+    assert warm(cache, address, memo).response == "Toulouse"
     clock.now += 1_001
     assert cache.lookup_at(address, memo=memo) is None
 
@@ -84,7 +93,7 @@ def test_memo_needs_the_same_normalised_prompt_not_only_the_key(cache):
     memo = HitMemo()
     cache.store(QUESTION, "Paris")
     address = cache.address(QUESTION)
-    hit = cache.lookup_at(address, memo=memo)
+    hit = warm(cache, address, memo)
     value = cache.backend.get(address.key)
     assert memo.get(address, value) is hit
     assert memo.get(address._replace(normalized="another prompt with the same key"), value) is None

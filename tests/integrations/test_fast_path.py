@@ -8,6 +8,7 @@ or what is asked, and checks that the answer follows.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from langchain_core.load import dumps
@@ -144,16 +145,17 @@ def test_ttl_set_on_the_adapter_expires_warm_hits(raw_client, hash_embedding, cl
 
 # ------------------------------------------------------------------ no shared objects
 def test_wrap_callers_mutating_their_hits_do_not_affect_each_other(client):
-    warm(client)
-    first, second = ask(client), ask(client)
-    assert first is not second and first == second
-    first.choices[0].message.content = "mutated"
-    first.choices.append(first.choices[0])
-    first.usage.total_tokens = 99
-    cache_info(first)["cached_prompt"] = "mutated"
-    first.id = "mutated"
-    third = ask(client)
-    for later in (second, third):
+    ask(client)  # the miss
+    # Seen once (built for its caller alone), remembered (built, then copied), then served from the memo.
+    hits = [ask(client) for _ in range(4)]
+    assert all(is_cached(h) for h in hits) and len({id(h) for h in hits}) == 4
+    for hit in hits[:3]:
+        hit.choices[0].message.content = "mutated"
+        hit.choices.append(hit.choices[0])
+        hit.usage.total_tokens = 99
+        cache_info(hit)["cached_prompt"] = "mutated"
+        hit.id = "mutated"
+    for later in (hits[3], ask(client)):
         assert later.choices[0].message.content != "mutated" and len(later.choices) == 1
         assert later.usage.total_tokens == 0 and later.id != "mutated"
         assert cache_info(later)["cached_prompt"] == QUESTION
@@ -349,19 +351,45 @@ def test_langchain_hit_after_the_entry_is_gone_is_a_miss(cache, clock, drop):
 
 
 def test_langchain_callers_mutating_their_generations_do_not_affect_each_other(lc_cache):
-    lc_warm(lc_cache, lc_prompt(), "Paris")
-    first, second = lc_cache.lookup(lc_prompt(), LLM), lc_cache.lookup(lc_prompt(), LLM)
-    assert first == second and first is not second and first[0].message is not second[0].message
-    first[0].message.content = "mutated"
-    first[0].message.additional_kwargs["extra"]["nested"].append("mutated")
-    first[0].message.response_metadata["token_usage"]["total_tokens"] = 99
-    first[0].generation_info["finish_reason"] = "mutated"
-    first.append(first[0])
-    for later in (second, lc_cache.lookup(lc_prompt(), LLM)):
+    lc_cache.update(lc_prompt(), LLM, generations("Paris"))
+    # Seen once (built for its caller alone), remembered (built, then copied), then served from the memo.
+    hits = [lc_cache.lookup(lc_prompt(), LLM) for _ in range(4)]
+    assert all(h == hits[0] for h in hits) and len({id(h[0].message) for h in hits}) == 4
+    for hit in hits[:3]:
+        hit[0].message.content = "mutated"
+        hit[0].message.additional_kwargs["extra"]["nested"].append("mutated")
+        hit[0].message.response_metadata["token_usage"]["total_tokens"] = 99
+        hit[0].generation_info["finish_reason"] = "mutated"
+        hit.append(hit[0])
+    for later in (hits[3], lc_cache.lookup(lc_prompt(), LLM)):
         assert len(later) == 1 and later[0].message.content == "Paris" and later[0].text == "Paris"
         assert later[0].message.additional_kwargs["extra"] == {"nested": ["a"]}
         assert later[0].message.response_metadata["token_usage"]["total_tokens"] == 7
         assert later[0].generation_info == {"finish_reason": "stop"}
+
+
+def test_langchain_pending_generations_are_not_shared_with_the_write(hash_embedding, monkeypatch):
+    adapter = LangChainSemanticCache(SemanticCache(SemanticKV(embedding=hash_embedding)))
+    view, release = adapter.cache, threading.Event()
+    store = view.store
+
+    def store_when_released(*args, **kwargs):  # the entry stays pending (and its payload unserialised) meanwhile
+        assert release.wait(30)
+        return store(*args, **kwargs)
+
+    monkeypatch.setattr(view, "store", store_when_released)
+    adapter.update(lc_prompt(), LLM, generations("Paris"))
+    pending = adapter.lookup(lc_prompt(), LLM)
+    assert adapter.stats.pending_hits == 1
+    pending[0].message.additional_kwargs["extra"]["nested"].append("mutated")
+    pending[0].message.response_metadata["token_usage"]["total_tokens"] = 99
+    release.set()
+    assert adapter.flush(timeout=30)
+    stored = adapter.lookup(lc_prompt(), LLM)
+    assert adapter.stats.hits == 2 and adapter.stats.pending_hits == 1
+    assert stored[0].message.additional_kwargs["extra"] == {"nested": ["a"]}
+    assert stored[0].message.response_metadata["token_usage"]["total_tokens"] == 7
+    adapter.close()
 
 
 def test_langchain_warm_prompts_still_partition_by_llm_string_and_system_prompt(lc_cache):
