@@ -140,6 +140,7 @@ _CONTROLS = ("cache_skip", "cache_refresh", "cache_scope")
 _PROMPT_FIELDS = {"chat.completions": ("messages",), "responses": ("input",), "function": ("messages", "prompt")}
 _ZERO_CHAT_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 _PIECE = re.compile(r"\S+\s*|\s+")
+_SCALARS = frozenset({str, int, float, bool, type(None)})  # exact types: a subclass may carry a model_dump
 _ARGUMENT_PIECE = 16  # characters of tool-call arguments per replayed delta
 
 
@@ -721,6 +722,8 @@ def _omitted(value: Any) -> bool:
 
 def _jsonable(value: Any) -> Any:
     """Request values as JSON: pydantic objects dumped, pydantic classes (``response_format``) as their schema."""
+    if type(value) in _SCALARS:  # most values: returned as they are, without probing for attributes
+        return value
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json", exclude_none=True)
     if isinstance(value, type) and hasattr(value, "model_json_schema"):
