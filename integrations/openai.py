@@ -68,6 +68,7 @@ Upstream errors propagate and are never cached.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import inspect
 import json
@@ -536,8 +537,9 @@ class OpenAICache:
             else:
                 serialised, parse = pydantic_core.to_json(data), cls.model_validate_json
             answer = parse(serialised)
-        except (TypeError, ValueError):  # a pending value that is not JSON, or data invalid for cls: as before
-            return data if cls is None else _build(cls, data)
+        except (TypeError, ValueError):  # a pending value that is not JSON, or data invalid for cls
+            fresh = copy.deepcopy(data)  # built as before, from a copy: the data is shared
+            return fresh if cls is None else _build(cls, fresh)
         if remembered:
             self._answers.put(hit, serialised, parse)
         return answer

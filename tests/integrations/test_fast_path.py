@@ -400,3 +400,21 @@ def test_langchain_warm_prompts_still_partition_by_llm_string_and_system_prompt(
     lc_warm(lc_cache, lc_prompt(system="Answer in French."), "Paris (fr)")
     assert lc_cache.lookup(lc_prompt(), LLM)[0].message.content == "Paris"
     assert lc_cache.lookup(lc_prompt(system="Answer in French."), LLM)[0].message.content == "Paris (fr)"
+
+
+def test_answers_the_client_would_not_validate_are_not_shared_either(client, cache):
+    warm(client)
+    plan = client.semcache.plan("chat.completions", {"model": MODEL, "messages": user()}, {})
+    stored = cache.lookup(plan.prompt, scope=plan.scope).response
+    odd = {**stored, "completion": {**stored["completion"], "choices": [{**stored["completion"]["choices"][0]}]}}
+    odd["completion"]["choices"][0]["finish_reason"] = "a_reason_newer_than_this_client"  # fails validation
+    odd["completion"]["provider_extras"] = {"trace": ["a"]}  # a field this client does not know: kept as it is
+    SemanticCache(cache.backend).store(plan.prompt, odd, scope=plan.scope, metadata={"endpoint": "chat.completions"})
+    hits = [ask(client) for _ in range(4)]
+    assert all(h.choices[0].finish_reason == "a_reason_newer_than_this_client" for h in hits)
+    for hit in hits[:3]:
+        hit.provider_extras["trace"].append("mutated")
+        hit.choices[0].message.content = "mutated"
+        hit.choices.clear()
+    for later in (hits[3], ask(client)):
+        assert later.choices[0].message.content != "mutated" and later.provider_extras == {"trace": ["a"]}
