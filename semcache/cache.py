@@ -138,18 +138,18 @@ class HitMemo:
     def __init__(self, size: int = 256) -> None:
         self._entries: LRU[str, tuple[bytes, str, CacheHit | None]] = LRU(size)
 
-    def get(self, address: Address, value: bytes) -> CacheHit | None:
-        """The hit remembered for ``address`` if it was decoded from ``value``, else None."""
-        entry = self._entries.get(address.key)
-        if entry is None or entry[2] is None or not self._same(entry, address, value):
+    def get(self, key: str, normalized: str, value: bytes) -> CacheHit | None:
+        """The hit remembered for the prompt ``normalized`` at ``key`` if it was decoded from ``value``, else None."""
+        entry = self._entries.get(key)
+        if entry is None or entry[2] is None or not self._same(entry, normalized, value):
             return None
         return entry[2]
 
-    def put(self, address: Address, value: bytes, hit: CacheHit) -> None:
-        """Note that ``hit`` was decoded from ``value`` at ``address``; remember it if these bytes were seen before."""
-        seen = self._entries.get(address.key)
-        again = seen is not None and self._same(seen, address, value)
-        self._entries.put(address.key, (value, address.normalized, hit if again else None))
+    def put(self, key: str, normalized: str, value: bytes, hit: CacheHit) -> None:
+        """Note that ``hit`` was decoded from ``value`` at ``key``; remember it if these bytes were seen before."""
+        seen = self._entries.get(key)
+        again = seen is not None and self._same(seen, normalized, value)
+        self._entries.put(key, (value, normalized, hit if again else None))
 
     def remembers(self, hit: CacheHit) -> bool:
         """Whether ``hit`` is a remembered (shared) hit."""
@@ -157,8 +157,8 @@ class HitMemo:
         return entry is not None and entry[2] is hit
 
     @staticmethod
-    def _same(entry: tuple[bytes, str, CacheHit | None], address: Address, value: bytes) -> bool:
-        return entry[1] == address.normalized and (entry[0] is value or entry[0] == value)
+    def _same(entry: tuple[bytes, str, CacheHit | None], normalized: str, value: bytes) -> bool:
+        return entry[1] == normalized and (entry[0] is value or entry[0] == value)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -337,7 +337,11 @@ class SemanticCache:
         Args:
             threshold: overrides the cache's threshold for this call.
         """
-        return self.lookup_at(self.address(prompt, scope), threshold=threshold)
+        # The body is shared with lookup_at(), without building an Address: a bare lookup is
+        # what the adapters' hits are measured against, and it pays for no extra layer.
+        normalized = normalize_prompt(self._check_prompt(prompt))
+        scope_id = self.scope_id(scope)
+        return self._lookup(prompt, normalized, scope_id, self._key(scope_id, normalized), threshold, None)
 
     def lookup_at(
         self, address: Address, *, threshold: float | None = None, memo: HitMemo | None = None
@@ -349,27 +353,31 @@ class SemanticCache:
             memo: reuse exact hits decoded earlier while their stored bytes are
                 unchanged (see :class:`HitMemo`); its hits are shared, read-only.
         """
+        return self._lookup(*address, threshold, memo)
+
+    def _lookup(
+        self, prompt: str, normalized: str, scope_id: str, key: str, threshold: float | None, memo: HitMemo | None
+    ) -> CacheHit | None:
         limit = self.threshold if threshold is None else self._check_threshold(threshold)
         self._count("lookups")
-        key, normalized = address.key, address.normalized
         value = self.backend.get(key)
-        hit = None if value is None or memo is None else memo.get(address, value)
+        hit = None if memo is None or value is None else memo.get(key, normalized, value)
         if hit is None:
             record = self._read(key, value)
             if record is not None and normalize_prompt(record["prompt"]) == normalized:
                 hit = self._hit(key, record, 1.0, exact=True)
                 if memo is not None and value is not None:
-                    memo.put(address, value, hit)
+                    memo.put(key, normalized, value, hit)
         if hit is not None:
             self._count("exact_hits")
             return hit
         vector = self.embedding.embed_one(normalized)
-        results = self.backend.search(None, SEMANTIC_CANDIDATES, limit, scope=address.scope_id, vector=vector)
+        results = self.backend.search(None, SEMANTIC_CANDIDATES, limit, scope=scope_id, vector=vector)
         for result in results:
             record = self._read(result.key, result.value)
             if record is None:
                 continue
-            reason = conflict(record["prompt"], address.prompt) if self.guard else None
+            reason = conflict(record["prompt"], prompt) if self.guard else None
             if reason:
                 self._count("guard_vetoes", reason)
                 continue

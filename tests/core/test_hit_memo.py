@@ -95,8 +95,8 @@ def test_memo_needs_the_same_normalised_prompt_not_only_the_key(cache):
     address = cache.address(QUESTION)
     hit = warm(cache, address, memo)
     value = cache.backend.get(address.key)
-    assert memo.get(address, value) is hit
-    assert memo.get(address._replace(normalized="another prompt with the same key"), value) is None
+    assert memo.get(address.key, address.normalized, value) is hit
+    assert memo.get(address.key, "another prompt with the same key", value) is None
 
 
 def test_memo_and_lru_are_bounded():
