@@ -8,7 +8,8 @@ that work off repeated requests without giving up correctness (the decoded
 hits' memo is :class:`~semcache.cache.HitMemo`, in the core):
 
 * **Plans.** A request's fingerprint (:func:`fingerprint`, exact over its
-  values and their types) maps to its plan: prompt, canonical scope and
+  values and their types; for LangChain, the ``(prompt, llm_string)`` strings
+  themselves) maps to its plan: prompt, canonical scope and
   :class:`~semcache.cache.Address`.  A request that cannot be fingerprinted
   exactly (an object, a ``NOT_GIVEN``) is planned from scratch every time.
 * **Answers.** Per remembered exact hit (:class:`~semcache.cache.HitMemo`

@@ -54,10 +54,10 @@ call.  Streamed requests neither lead nor wait.
 
 **Repeated requests** take a fast path (:mod:`semcache.integrations._memo`):
 the plan of a request seen recently (its prompt, scope and cache key) and the
-answer built from an exact hit are remembered, so an exact hit costs about
-what a bare ``SemanticCache.lookup`` does.  The stored entry is still read on
-every call and the remembered answer is used only while it is unchanged; each
-caller gets an object of its own.
+answer built from an exact hit are remembered (``memo_size`` of each), so a
+repeated exact hit costs about what a bare ``SemanticCache.lookup`` does.  The
+stored entry is still read on every call and the remembered answer is used
+only while it is unchanged; each caller gets an object of its own.
 
 **Controls.** ``cache_skip=True`` bypasses the cache for one call;
 ``cache_refresh=True`` skips the lookup and overwrites the entry with a fresh
