@@ -9,6 +9,7 @@ import pytest
 
 MODULES = [
     "semcache.integrations._conversation",
+    "semcache.integrations._memo",
     "semcache.integrations._writes",
     "semcache.integrations.langchain",
     "semcache.integrations.openai",
