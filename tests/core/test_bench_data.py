@@ -144,11 +144,12 @@ def test_prompt_search_reports_every_size_and_the_sweep() -> None:
         for row in table.values():
             # ef_search 64 covers every entry of so small an index: the search is exact.
             assert row.quality.recall_at_1 == 1.0
+            assert row.quality.served_differently == 0.0  # so a cache answers as with an exact search
             assert row.timing.cpu.count == 5
     # Hash vectors carry no meaning, so the exact search rarely puts the partner first; HNSW agrees with it.
     for row in found.paraphrase.values():
         assert row.quality.partner_first == row.quality.partner_first_exact
-    assert found.unrelated[1].quality == SearchQuality(1.0)
+    assert found.unrelated[1].quality == SearchQuality(1.0, 0.0)
     assert (found.entries, found.originals, found.paraphrase_pairs) == (60, corpus.originals, 5)
     lines = "\n".join(format_prompts(PromptOutcome(found, "embedded in 0 s")))
     assert "| 60 entries, paraphrase prompt |" in lines and "| 64 (this run) |" in lines
@@ -171,7 +172,7 @@ def test_missing_data_leaves_the_real_rows_out_and_keeps_the_random_ones(tmp_pat
     text = format_report(report)
     assert "real prompt embeddings left out" in text and "not found" in text
     assert "| 40 entries, unrelated query |" in text and "random unit vectors: the worst case" in text
-    assert "| 40 entries, unrelated prompt |" not in text
+    assert "| 40 entries, held-out prompt |" not in text
 
 
 DATA = default_data_dir()
