@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--token", default="bench-token", help="RPC token the nodes require (\"\" for none)")
     parser.add_argument("--index-backlog", type=int, default=None,
-                        help="deferred hnswlib inserts per scope (cluster file index_backlog; 0 inserts at once)")
+                        help="deferred hnswlib inserts, all scopes (cluster file index_backlog; 0 inserts at once)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((args.ops, args.dim)).astype(np.float32)

@@ -415,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
     bench.add_argument("--ops", type=int, default=500)
     bench.add_argument("--index-backlog", type=int, default=None,
-                       help="deferred hnswlib inserts per scope (cluster file index_backlog; 0 inserts at once)")
+                       help="deferred hnswlib inserts, all scopes (cluster file index_backlog; 0 inserts at once)")
     echo = sub.add_parser("flight-echo")
     echo.add_argument("--port", type=int, required=True)
     worker = sub.add_parser("raft-worker")

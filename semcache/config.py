@@ -100,7 +100,7 @@ class ClusterConfig:
             log entries or this much time.
         fork_snapshots: write snapshots in a forked child so they never hold up
             Raft's tick thread (ignored where the OS cannot fork).
-        index_backlog: hnswlib inserts per scope a replica may defer until it is
+        index_backlog: hnswlib inserts (over all scopes) a replica may defer until it is
             idle, so a write is acknowledged without waiting for its insert (the
             vector is searchable at once); 0 inserts every vector as it is applied.
         capacity, eviction: per-shard entry limit and the policy that picks victims.

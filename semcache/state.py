@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -126,7 +127,7 @@ class ShardState:
         self.model_id = model_id
         self.settings = settings or IndexSettings()
         self.limits = limits or Limits()
-        # hnswlib inserts each index may defer (see semcache.index); never part of the replicated state.
+        # hnswlib inserts the indexes may defer in all (see semcache.index); never part of the replicated state.
         self.index_backlog = index_backlog
         self.entries: dict[str, Entry] = {}
         self.indexes: dict[str, VectorIndex] = {}
@@ -182,6 +183,12 @@ class ShardState:
     def apply(self, command: Command) -> int:
         """Apply one command; returns True for a put, whether a delete found its key,
         and the number of entries removed for clear, expire and evict."""
+        result = self._apply(command)
+        if self.index_backlog:
+            self._bound_backlog()
+        return result
+
+    def _apply(self, command: Command) -> int:
         self.applied += 1
         match command:
             case Put():
@@ -235,11 +242,21 @@ class ShardState:
             index.set_ef_search(ef_search)
 
     def set_index_backlog(self, backlog: int) -> None:
-        """Let each index defer up to ``backlog`` hnswlib calls (0: index every vector as it is applied)."""
+        """Let the indexes defer up to ``backlog`` hnswlib calls in all (0: index every vector as it is applied)."""
         self.index_backlog = backlog
         for index in self.indexes.values():
-            index.backlog = backlog
-            index.index_pending(max(0, index.queued - backlog))
+            index.backlog = self._per_index_backlog()
+        self._bound_backlog()
+
+    def _per_index_backlog(self) -> int:
+        # The bound is over all scopes together (a store may hold thousands of
+        # scopes), so an index itself never indexes early unless nothing may wait.
+        return sys.maxsize if self.index_backlog else 0
+
+    def _bound_backlog(self) -> None:
+        excess = self.queued_index_ops - self.index_backlog
+        if excess > 0:
+            self.index_pending(excess)
 
     @property
     def queued_index_ops(self) -> int:
@@ -262,7 +279,7 @@ class ShardState:
     def _index_for(self, scope: str) -> VectorIndex:
         index = self.indexes.get(scope)
         if index is None:
-            index = self.indexes[scope] = VectorIndex(self.dim, self.settings, backlog=self.index_backlog)
+            index = self.indexes[scope] = VectorIndex(self.dim, self.settings, backlog=self._per_index_backlog())
             self._key_of_label[scope] = {}
         return index
 

@@ -14,6 +14,7 @@ import random
 import numpy as np
 import pytest
 
+from semcache.commands import Put
 from semcache.index import IndexSettings, VectorIndex
 from semcache.state import ShardState
 
@@ -101,7 +102,7 @@ def test_lowering_the_backlog_indexes_the_excess_at_once():
         state.apply(command)
     assert state.queued_index_ops > 10
     state.set_index_backlog(10)
-    assert all(index.queued <= 10 for index in state.indexes.values())
+    assert state.queued_index_ops == 10
     state.set_index_backlog(0)
     assert state.queued_index_ops == 0
 
@@ -114,3 +115,16 @@ def test_expired_and_filtered_labels_stay_hidden_in_the_backlog():
     odd = index.search(vectors[0], 5, accept=lambda label: label % 2 == 1)
     assert len(odd) == 5 and all(label % 2 == 1 for label, _ in odd)
     assert index.search(vectors[0], 5, accept=lambda label: False) == []
+
+
+def test_the_bound_holds_over_all_scopes_together():
+    """Thousands of tenant scopes must not each get a backlog of their own."""
+    state = ShardState(8, "test-model", IndexSettings(max_entries=16), index_backlog=40)
+    vectors = unit_vectors(600, 8, seed=9)
+    for i, vector in enumerate(vectors):
+        state.apply(Put(f"k{i}", b"v", f"tenant-{i % 50}", vector.tobytes(), 0, 0))
+        assert state.queued_index_ops <= 40
+    assert state.queued_index_ops == 40 and len(state.indexes) == 50
+    for i in (0, 17, 599):  # queued or indexed, every vector is found in its own scope only
+        (match,) = state.search(vectors[i], f"tenant-{i % 50}", 1, None, 0)
+        assert match.key == f"k{i}"
