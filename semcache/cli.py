@@ -22,6 +22,7 @@ from typing import Any
 
 from .embeddings import BaseEmbedding
 from .errors import ConfigurationError, SemcacheError
+from .index import IndexSettings
 
 # The packaged model loads offline; never let sentence-transformers reach for the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -324,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--cluster", action="store_true", help="benchmark a local 2x3 cluster of node processes")
     bench.add_argument("--sizes", type=_sizes, default=None, help="index sizes (embedded: 1000,10000,100000)")
     bench.add_argument("--ops", type=int, default=None, help="operations per cluster figure")
-    bench.add_argument("--ef-search", type=int, default=64, help="query-time HNSW ef of the search store (64)")
+    bench.add_argument("--ef-search", type=int, default=IndexSettings().ef_search,
+                       help=f"query-time HNSW ef of the search store ({IndexSettings().ef_search})")
     bench.add_argument("--rounds", type=int, default=300, help="timed lookups per latency figure")
     bench.add_argument("--quick", action="store_true", help="few rounds: a smoke run, not a measurement")
     bench.add_argument(

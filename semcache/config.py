@@ -119,7 +119,7 @@ class ClusterConfig:
     max_entries: int = 100_000
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
-    ef_search: int = 64
+    ef_search: int = 48
     capacity: int | None = None
     eviction: str = "lru"
     max_value_bytes: int = 48 * 1024

@@ -80,7 +80,7 @@ class IndexSettings:
     max_entries: int = 100_000
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
-    ef_search: int = 64
+    ef_search: int = 48
     random_seed: int = 100
 
     def __post_init__(self) -> None:

@@ -137,12 +137,12 @@ def test_prompt_search_reports_every_size_and_the_sweep() -> None:
     corpus = build_corpus(toy_data(), 60, 5, seed=3)
     embedding = HashEmbedding(dim=32, memo_size=0)
     vectors = embedding.embed(corpus.texts())
-    found = measure_prompt_search(embedding, corpus, vectors, (20, 60), sweep=(8, 64))
+    found = measure_prompt_search(embedding, corpus, vectors, (20, 60), sweep=(8, 48))
     assert set(found.unrelated) == set(found.paraphrase) == {1, 20, 60}
-    assert set(found.sweep) == {8, 64}
+    assert set(found.sweep) == {8, 48}
     for table in (found.unrelated, found.paraphrase):
         for row in table.values():
-            # ef_search 64 covers every entry of so small an index: the search is exact.
+            # The default ef_search (48) covers every entry of so small an index: the search is exact.
             assert row.quality.recall_at_1 == 1.0
             assert row.quality.served_differently == 0.0  # so a cache answers as with an exact search
             assert row.timing.cpu.count == 5
@@ -152,7 +152,7 @@ def test_prompt_search_reports_every_size_and_the_sweep() -> None:
     assert found.unrelated[1].quality == SearchQuality(1.0, 0.0)
     assert (found.entries, found.originals, found.paraphrase_pairs) == (60, corpus.originals, 5)
     lines = "\n".join(format_prompts(PromptOutcome(found, "embedded in 0 s")))
-    assert "| 60 entries, paraphrase prompt |" in lines and "| 64 (this run) |" in lines
+    assert "| 60 entries, paraphrase prompt |" in lines and "| 48 (this run) |" in lines
 
 
 def test_mismatched_vectors_or_sizes_are_clear_errors() -> None:
@@ -186,7 +186,7 @@ def test_real_prompts_real_model_small(minilm, tmp_path: Path) -> None:
     found = outcome.result
     assert found is not None and "saved to" in messages[-1]
     row = found.paraphrase[60]
-    assert row.quality.recall_at_1 == 1.0  # 60 entries, ef_search 64: exact
+    assert row.quality.recall_at_1 == 1.0  # 60 entries, the default ef_search (48): exact
     # Real paraphrases: the stored partner is the nearest text for most of them (fixed seed, fixed data).
     assert row.quality.partner_first_exact is not None and row.quality.partner_first_exact >= 0.8
     assert found.unrelated[60].quality.recall_at_1 == 1.0
