@@ -56,7 +56,11 @@ PAYLOAD_BYTES = 200  # value size of the fill entries (a short cached answer)
 FILL_CHUNK = 1024
 DEFAULT_EF_SEARCH = IndexSettings().ef_search
 SWEEP_EF_SEARCH = (16, 32, 48, 64, 128)  # the ef_search values tried on real prompts at the largest size
-MIN_RECALL = 0.99  # recall@1 against an exact search that an ef_search must keep to count as good enough
+# What an ef_search must keep to count as good enough for a cache: recall@1 against an exact
+# search on the queries that can hit (paraphrases), and no cache answer different from an
+# exact search's.  Top-1 recall on held-out queries is shown but not required: missing their
+# true nearest neighbour changes no answer when it lies below the threshold anyway.
+MIN_RECALL = 0.99
 SIMILARITY_TIE = 1e-5  # hnswlib and numpy round cosine similarity differently; closer than this is a tie
 
 CACHED = (
@@ -713,16 +717,15 @@ def format_prompts(outcome: PromptOutcome) -> list[str]:
         f"| ef_search (real prompts, {largest:,} entries) | held-out: added CPU ms | held-out: top-1 recall "
         "| paraphrase: added CPU ms | paraphrase: top-1 recall | paraphrase: partner first "
         f"| answered differently at {DEFAULT_THRESHOLD} (held-out; paraphrase) "
-        f"| <= {TARGETS['search_ms']} ms and recall >= {MIN_RECALL:.0%} |",
+        f"| <= {TARGETS['search_ms']} ms, paraphrase recall >= {MIN_RECALL:.0%}, no answer differs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     one_unrelated, one_paraphrase = found.unrelated[1].timing, found.paraphrase[1].timing
     for ef, (unrelated, paraphrase) in sorted(found.sweep.items()):
         added = (_added_ms(unrelated.timing, one_unrelated), _added_ms(paraphrase.timing, one_paraphrase))
-        recall = min(unrelated.quality.recall_at_1, paraphrase.quality.recall_at_1)
-        verdict = ""
-        if largest >= 100_000:
-            verdict = _verdict(max(added) <= TARGETS["search_ms"] and recall >= MIN_RECALL)
+        same_answers = unrelated.quality.served_differently == paraphrase.quality.served_differently == 0
+        good = max(added) <= TARGETS["search_ms"] and paraphrase.quality.recall_at_1 >= MIN_RECALL and same_answers
+        verdict = _verdict(good) if largest >= 100_000 else ""
         lines.append(
             f"| {ef}{' (this run)' if ef == found.ef_search else ''} | {added[0]:+.3f} "
             f"| {unrelated.quality.recall_at_1:.1%} | {added[1]:+.3f} | {paraphrase.quality.recall_at_1:.1%} "
