@@ -128,3 +128,22 @@ def test_the_bound_holds_over_all_scopes_together():
     for i in (0, 17, 599):  # queued or indexed, every vector is found in its own scope only
         (match,) = state.search(vectors[i], f"tenant-{i % 50}", 1, None, 0)
         assert match.key == f"k{i}"
+
+
+def test_overwrites_while_the_insert_is_queued():
+    """The same-vector shortcut and a real overwrite both work on a vector still in the backlog."""
+    state = ShardState(8, "test-model", IndexSettings(max_entries=16), index_backlog=100)
+    first, second = unit_vectors(2, 8, seed=10)
+    state.apply(Put("k", b"one", "", first.tobytes(), 0, 0))
+    queued = state.queued_index_ops
+    state.apply(Put("k", b"two", "", first.tobytes(), 1, 0))  # same vector: keeps its slot, queues nothing
+    assert state.queued_index_ops == queued
+    (match,) = state.search(first, "", 1, None, 2)
+    assert (match.key, match.entry.value) == ("k", b"two")
+    state.apply(Put("k", b"three", "", second.tobytes(), 3, 0))  # a new vector for the key
+    (match,) = state.search(second, "", 1, None, 4)
+    assert (match.key, match.entry.value, round(match.similarity, 4)) == ("k", b"three", 1.0)
+    eager = ShardState(8, "test-model", IndexSettings(max_entries=16))
+    for value, vector, at in ((b"one", first, 0), (b"two", first, 1), (b"three", second, 3)):
+        eager.apply(Put("k", value, "", vector.tobytes(), at, 0))
+    assert state.digest() == eager.digest()
