@@ -433,15 +433,6 @@ class PromptSearch:
     put_per_second: float
 
 
-def set_ef_search(kv: SemanticKV, ef_search: int) -> None:
-    """Change the query-time ``ef`` of every index of an open store (a benchmark knob).
-
-    SemanticKV takes ``ef_search`` only at construction; the shard state's setter
-    is what the constructor itself uses on a restored store.
-    """
-    kv._state.set_ef_search(ef_search)
-
-
 def measure_prompt_search(
     embedding: BaseEmbedding,
     corpus: PromptCorpus,
@@ -495,9 +486,9 @@ def measure_prompt_search(
         if bar is not None:
             bar.close()
         for ef in sweep:
-            set_ef_search(kv, ef)
+            kv.set_ef_search(ef)
             results[ef] = measure(kv, largest)
-        set_ef_search(kv, ef_search)
+        kv.set_ef_search(ef_search)
     return PromptSearch(
         unrelated,
         paraphrase,

@@ -428,6 +428,27 @@ class SemanticKV(KVHelpers):
         """Remove everything; returns how many entries were removed."""
         return self._clear("")
 
+    def set_ef_search(self, ef_search: int) -> None:
+        """Use another query-time HNSW ``ef`` from now on: more finds more, at more search time.
+
+        It changes search effort only, never the stored graph (the README's
+        "Benchmark" section shows what each value costs and finds at 100K entries).
+
+        >>> from semcache.embeddings import HashEmbedding
+        >>> with SemanticKV(embedding=HashEmbedding(dim=8)) as kv:
+        ...     kv.set_ef_search(128)
+        ...     kv.stats()["ef_search"]
+        128
+
+        Raises:
+            ConfigurationError: ``ef_search`` is not a positive int.
+        """
+        if isinstance(ef_search, bool) or not isinstance(ef_search, int) or ef_search < 1:
+            raise ConfigurationError(f"ef_search must be a positive int, got {ef_search!r}")
+        with self._lock:
+            self._check_open()
+            self._state.set_ef_search(ef_search)
+
     def _clear(self, scope_prefix: str) -> int:
         with self._lock:
             doomed = [key for key, entry in self._state.entries.items() if entry.scope.startswith(scope_prefix)]

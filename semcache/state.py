@@ -343,6 +343,7 @@ class ShardState:
             "scopes": len(self.indexes),
             "index_slots": sum(index.slots for index in self.indexes.values()),
             "index_queue": self.queued_index_ops,
+            "ef_search": self.settings.ef_search,
             "applied": self.applied,
             "model_id": self.model_id,
             "dim": self.dim,

@@ -92,3 +92,30 @@ def test_clear_scope_and_clear_all_report_counts(kv):
     assert kv.scan("", 10) == ["b", "plain"]
     assert kv.clear_all() == 2 and len(kv) == 0
     assert kv.stats()["scopes"] == 0
+
+
+def test_set_ef_search_changes_search_effort_only(tmp_path) -> None:
+    from semcache.errors import ClosedError, ConfigurationError
+
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(300, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1)[:, None]
+    kv = SemanticKV(embedding=HashEmbedding(dim=16))
+    for i, vector in enumerate(vectors):
+        kv.put(f"k{i}", b"v", vector=vector)
+    def graphs(name: str) -> dict[str, bytes]:
+        kv._state.snapshot(tmp_path / name)
+        return {f.name: f.read_bytes() for f in sorted((tmp_path / name).glob("index-*.bin"))}
+
+    before = graphs("before")
+    kv.set_ef_search(200)
+    assert kv.stats()["ef_search"] == 200
+    assert all(kv.search(None, top_k=1, vector=v)[0].key == f"k{i}" for i, v in enumerate(vectors))
+    assert graphs("after") == before and before  # the graph is untouched
+    for bad in (0, -1, 2.5, True, "64"):
+        with pytest.raises(ConfigurationError, match="ef_search"):
+            kv.set_ef_search(bad)  # type: ignore[arg-type]
+    assert kv.stats()["ef_search"] == 200
+    kv.close()
+    with pytest.raises(ClosedError):
+        kv.set_ef_search(64)
