@@ -6,7 +6,8 @@ Two 3-replica groups run side by side as real processes on 127.0.0.1:
 
 * *raw*: a bare pysyncobj ``SyncObj`` (same settings as a semcache replica:
   password, no batching, same timeouts) whose one ``@replicated`` method
-  stores bytes in a dict, behind a bare Flight server.  Its ``echo`` action is
+  stores bytes in a dict, behind a bare Flight server
+  (``semcache.bench_cluster.raw_flight_group``, shared with ``semcache bench --cluster``).  Its ``echo`` action is
   the raw Flight round trip; its ``commit`` action is a raw sync commit plus
   that round trip.
 * *node*: a semcache shard (``python -m semcache.node``), ``--dim`` vectors (384, MiniLM's).
@@ -19,95 +20,18 @@ from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.flight as flight
 
-from semcache.cluster import LocalCluster, free_ports
+from semcache.bench_cluster import raw_flight_group
+from semcache.cluster import LocalCluster
 from semcache.errors import NotLeaderError
-
-
-# ----------------------------------------------------------------- raw group
-def raw_node(self_port: int, partner_ports: list[int], rpc_port: int, password: str) -> None:
-    """One raw replica: pysyncobj + a bare Flight server (runs in its own process)."""
-    from pysyncobj import SyncObj, SyncObjConf, replicated
-
-    class Store(SyncObj):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.data: dict[bytes, bytes] = {}
-            conf = SyncObjConf(
-                password=password, appendEntriesUseBatch=False, raftMinTimeout=1.0, raftMaxTimeout=2.0,
-                bindAddress=f"127.0.0.1:{self_port}", commandsWaitLeader=False,
-            )
-            super().__init__(f"127.0.0.1:{self_port}", [f"127.0.0.1:{p}" for p in partner_ports], conf)
-
-        @replicated
-        def set(self, key: bytes, value: bytes) -> bool:
-            self.data[key] = value
-            return True
-
-    store = Store()
-
-    class Server(flight.FlightServerBase):  # type: ignore[misc]
-        def do_action(self, context: Any, action: flight.Action) -> list[flight.Result]:
-            body = action.body.to_pybytes()
-            if action.type == "echo":
-                return [flight.Result(body)]
-            if action.type == "role":
-                return [flight.Result(b"leader" if store._isLeader() else b"follower")]
-            if action.type == "commit":
-                store.set(body[:16], body, sync=True, timeout=5.0)
-                return [flight.Result(b"ok")]
-            if action.type == "commit_local":  # n sync commits inside the leader: the raw commit itself
-                out = []
-                for i in range(int(body)):
-                    started = time.perf_counter()
-                    store.set(str(i).encode(), b"v" * 1500, sync=True, timeout=5.0)
-                    out.append(time.perf_counter() - started)
-                return [flight.Result(np.array(out).tobytes())]
-            raise flight.FlightServerError(f"unknown action {action.type}")
-
-    server = Server(f"grpc://127.0.0.1:{rpc_port}")
-    server.serve()
-
-
-def start_raw_group(password: str) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
-    ports = free_ports(6)
-    raft, rpc = ports[:3], ports[3:]
-    procs = []
-    for i in range(3):
-        partners = [p for p in raft if p != raft[i]]
-        code = (
-            f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import node_latency as m; "
-            f"m.raw_node({raft[i]}, {partners!r}, {rpc[i]}, {password!r})"
-        )
-        procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
-    return procs, [f"grpc://127.0.0.1:{p}" for p in rpc]
-
-
-def raw_leader(addresses: list[str], timeout: float = 60.0) -> tuple[flight.FlightClient, str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for address in addresses:
-            try:
-                client = flight.FlightClient(address)
-                role = list(client.do_action(flight.Action("role", b"")))[0].body.to_pybytes()
-                if role == b"leader":
-                    return client, address
-                client.close()
-            except flight.FlightError:
-                pass
-        time.sleep(0.2)
-    raise RuntimeError("the raw group elected no leader")
 
 
 # ------------------------------------------------------------------- timing
@@ -158,8 +82,10 @@ def main() -> None:
     vectors = rng.standard_normal((args.ops, args.dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     value = b"x" * 100
-    raw_procs, raw_addresses = start_raw_group("bench-secret")
-    with tempfile.TemporaryDirectory(prefix="semcache-latency-") as tmp:
+    with (
+        raw_flight_group() as (raw, raw_leader_address),
+        tempfile.TemporaryDirectory(prefix="semcache-latency-") as tmp,
+    ):
         cluster = LocalCluster(tmp)
         settings = {} if args.index_backlog is None else {"index_backlog": args.index_backlog}
         cluster.create(1, 3, embedding=f"hash:{args.dim}", token=args.token, **settings)
@@ -167,7 +93,6 @@ def main() -> None:
         try:
             leader_address = next(iter(cluster.wait_for_leaders(60).values()))
             node = cluster.connect(leader_address, timeout=10.0)
-            raw, raw_leader_address = raw_leader(raw_addresses)
             local = list(raw.do_action(flight.Action("commit_local", str(args.ops).encode())))[0]
             payload = value + vectors[0].tobytes()
             rows = interleaved({
@@ -193,9 +118,6 @@ def main() -> None:
             raise SystemExit(f"leadership moved during the benchmark ({exc}); run it again") from exc
         finally:
             cluster.stop_all()
-            for proc in raw_procs:
-                proc.terminate()
-                proc.wait(10)
     print(f"# {platform.platform()}, python {platform.python_version()}; {args.ops} sequential ops, "
           f"8 threads for {args.seconds:.0f} s; 100-byte values, {args.dim}-dim vectors; 1 shard x 3 replicas; "
           f"token {'on' if args.token else 'off'}")
