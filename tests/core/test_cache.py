@@ -4,32 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from semcache import Backend, SemanticCache, SemanticKV, canonical_scope, normalize_prompt
 from semcache.embeddings import HashEmbedding
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000
-
-    def __call__(self) -> int:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def cache(clock) -> Iterator[SemanticCache]:
-    backend = SemanticKV(embedding=HashEmbedding(dim=64), clock=clock, purge_interval=3600)
-    with SemanticCache(backend, threshold=0.7) as c:
-        yield c
 
 
 def wait_until(condition, bound: float = 60.0) -> None:

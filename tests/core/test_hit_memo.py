@@ -3,37 +3,14 @@ backend holds the very bytes it was decoded from."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from semcache import SemanticCache, SemanticKV
+from semcache import SemanticCache
 from semcache.cache import HitMemo
-from semcache.embeddings import HashEmbedding
 from semcache.errors import ConfigurationError, InvalidInputError
 from semcache.lru import LRU
 
 QUESTION = "What is the capital of France?"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000
-
-    def __call__(self) -> int:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def cache(clock) -> Iterator[SemanticCache]:
-    backend = SemanticKV(embedding=HashEmbedding(dim=64), clock=clock, purge_interval=3600)
-    with SemanticCache(backend, threshold=0.7) as c:
-        yield c
 
 
 def test_lookup_at_an_address_is_lookup(cache):

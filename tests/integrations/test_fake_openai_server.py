@@ -11,7 +11,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from semcache.testing import FakeOpenAIServer, fake_answer, fake_embedding
+from semcache.testing import fake_answer, fake_embedding
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
 TOOLS = [
@@ -23,12 +23,6 @@ TOOLS = [
         },
     }
 ]
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeOpenAIServer() as server:
-        yield server
 
 
 @pytest.fixture

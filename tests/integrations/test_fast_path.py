@@ -14,14 +14,13 @@ import pytest
 from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration
-from openai import AsyncOpenAI, OpenAI
+from openai import AsyncOpenAI
 from semcache.integrations._memo import AnswerMemo, fingerprint
 from semcache.integrations.langchain import LangChainSemanticCache
 from semcache.integrations.openai import cache_info, is_cached, semantic_cache, wrap
 
 from semcache import SemanticCache, SemanticKV
 from semcache.errors import ConfigurationError
-from semcache.testing import FakeOpenAIServer
 
 MODEL = "gpt-4o-mini"
 QUESTION = "What is the capital of France?"
@@ -42,12 +41,6 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeOpenAIServer() as server:
-        yield server
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
@@ -57,13 +50,6 @@ def clock() -> Clock:
 def cache(hash_embedding, clock):
     with SemanticCache(SemanticKV(embedding=hash_embedding, clock=clock)) as cache:
         yield cache
-
-
-@pytest.fixture
-def raw_client(server):
-    server.reset()
-    with OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as client:
-        yield client
 
 
 @pytest.fixture

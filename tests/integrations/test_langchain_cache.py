@@ -19,7 +19,7 @@ from semcache.integrations.langchain import LangChainSemanticCache, conversation
 from semcache import SemanticCache, SemanticKV
 from semcache.embeddings import HashEmbedding
 from semcache.errors import ConfigurationError, InvalidInputError
-from semcache.testing import FakeOpenAIServer, fake_answer
+from semcache.testing import fake_answer
 
 
 def new_cache(**kwargs) -> LangChainSemanticCache:
@@ -195,12 +195,6 @@ def test_bad_arguments():
 
 
 # -------------------------------------------------------------- end to end, ChatOpenAI
-@pytest.fixture(scope="module")
-def server():
-    with FakeOpenAIServer() as server:
-        yield server
-
-
 @pytest.fixture
 def global_cache(minilm):
     lc_cache = LangChainSemanticCache(SemanticCache(SemanticKV(embedding=minilm)))

@@ -43,23 +43,10 @@ def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeOpenAIServer() as server:
-        yield server
-
-
 @pytest.fixture
 def cache(hash_embedding):
     with SemanticCache(SemanticKV(embedding=hash_embedding)) as cache:
         yield cache
-
-
-@pytest.fixture
-def raw_client(server):
-    server.reset()
-    with OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as client:
-        yield client
 
 
 @pytest.fixture
