@@ -125,6 +125,9 @@ class VectorIndex:
         self._queued_vectors: dict[int, np.ndarray] = {}  # ...and, if their last op adds, the vector it adds
         self._queued_matrix: tuple[np.ndarray, np.ndarray] | None = None  # (labels, vectors) for the scan
         self._indexed_live = 0  # live vectors in the hnswlib graph itself
+        # Told of every change in the queue's length (+1 queued, -n indexed), so an owner
+        # of many indexes can keep a running total instead of summing them on every write.
+        self.on_queue_change: Callable[[int], None] | None = None
 
     def _new_hnsw(self, slots: int) -> hnswlib.Index:
         index = hnswlib.Index(space="cosine", dim=self.dim)
@@ -186,6 +189,8 @@ class VectorIndex:
         self._queue.append(op)
         self._queued_per_label[op.label] = self._queued_per_label.get(op.label, 0) + 1
         self._queued_matrix = None
+        if self.on_queue_change is not None:
+            self.on_queue_change(1)
         if len(self._queue) > self.backlog:
             self.index_pending(len(self._queue) - self.backlog)
 
@@ -211,6 +216,8 @@ class VectorIndex:
                 if self._queued_vectors.pop(op.label, None) is not None:
                     self._queued_matrix = None
             done += 1
+        if done and self.on_queue_change is not None:
+            self.on_queue_change(-done)
         return done
 
     def vector(self, label: int) -> np.ndarray:

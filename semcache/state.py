@@ -129,6 +129,8 @@ class ShardState:
         self.limits = limits or Limits()
         # hnswlib inserts the indexes may defer in all (see semcache.index); never part of the replicated state.
         self.index_backlog = index_backlog
+        self._queued_total = 0  # deferred hnswlib calls over all indexes...
+        self._queued_by_scope: dict[str, int] = {}  # ...and per scope, only scopes that have some
         self.entries: dict[str, Entry] = {}
         self.indexes: dict[str, VectorIndex] = {}
         # Derived from entries (rebuilt on restore): which key holds each label, per scope.
@@ -261,7 +263,7 @@ class ShardState:
     @property
     def queued_index_ops(self) -> int:
         """hnswlib calls deferred by the indexes (their vectors are already searchable)."""
-        return sum(index.queued for index in self.indexes.values())
+        return self._queued_total
 
     def index_pending(self, max_ops: int = 1) -> int:
         """Run up to ``max_ops`` deferred hnswlib calls; return how many ran.
@@ -270,18 +272,32 @@ class ShardState:
         it whenever it has a spare moment (the order across scopes does not matter).
         """
         done = 0
-        for index in self.indexes.values():
+        for scope in list(self._queued_by_scope):
             if done >= max_ops:
                 break
-            done += index.index_pending(max_ops - done)
+            done += self.indexes[scope].index_pending(max_ops - done)
         return done
 
     def _index_for(self, scope: str) -> VectorIndex:
         index = self.indexes.get(scope)
         if index is None:
-            index = self.indexes[scope] = VectorIndex(self.dim, self.settings, backlog=self._per_index_backlog())
-            self._key_of_label[scope] = {}
+            index = VectorIndex(self.dim, self.settings, backlog=self._per_index_backlog())
+            self._add_index(scope, index)
         return index
+
+    def _add_index(self, scope: str, index: VectorIndex) -> None:
+        """Hold ``index`` for ``scope`` and keep the running count of its deferred calls."""
+        self.indexes[scope] = index
+        self._key_of_label[scope] = {}
+        index.on_queue_change = lambda delta: self._queue_changed(scope, delta)
+
+    def _queue_changed(self, scope: str, delta: int) -> None:
+        self._queued_total += delta
+        left = self._queued_by_scope.get(scope, 0) + delta
+        if left:
+            self._queued_by_scope[scope] = left
+        else:
+            self._queued_by_scope.pop(scope, None)
 
     def _remove(self, key: str) -> bool:
         entry = self.entries.pop(key, None)
@@ -298,6 +314,7 @@ class ShardState:
             del self.entries[key]
         for scope in [scope for scope in self.indexes if scope.startswith(scope_prefix)]:
             del self.indexes[scope]
+            self._queued_total -= self._queued_by_scope.pop(scope, 0)  # its deferred calls go with it
             del self._key_of_label[scope]
         return len(doomed)
 
@@ -409,10 +426,8 @@ class ShardState:
         state.applied = header["applied"]
         state.entries = _decode_entries((directory / "entries.bin").read_bytes())
         for scope in header["scopes"]:
-            state.indexes[scope["scope"]] = VectorIndex.load(
-                directory / scope["file"], state.dim, settings, scope["meta"]
-            )
-            state._key_of_label[scope["scope"]] = {}
+            index = VectorIndex.load(directory / scope["file"], state.dim, settings, scope["meta"])
+            state._add_index(scope["scope"], index)
         for key, entry in state.entries.items():
             if entry.label is not None:
                 state._key_of_label[entry.scope][entry.label] = key

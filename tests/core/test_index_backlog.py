@@ -30,6 +30,8 @@ def fed_with_backlog(commands, backlog: int, seed: int) -> ShardState:
         state.apply(command)
         if pick.random() < 0.3:
             state.index_pending(pick.randint(1, 8))
+        # The running count the bound and the applier read equals the indexes' own queues.
+        assert state.queued_index_ops == sum(index.queued for index in state.indexes.values())
     return state
 
 
