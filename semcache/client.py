@@ -39,6 +39,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import random
 import threading
@@ -51,6 +52,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from .backend import SearchResult
+from .coalesce import WriteCombiner
 from .config import ClusterConfig
 from .embeddings import BaseEmbedding, HashEmbedding, as_embedding
 from .errors import (
@@ -63,6 +65,7 @@ from .errors import (
     LimitExceededError,
     NoQuorumError,
     NotLeaderError,
+    SemcacheError,
     ShardUnavailableError,
 )
 from .kv import (
@@ -76,6 +79,7 @@ from .kv import (
 )
 from .routing import DEFAULT_VNODES, HashRing
 from .state import Limits, check_key
+from .transport import PutItem
 
 T = TypeVar("T")
 
@@ -89,10 +93,15 @@ MAX_BACKOFF = 0.5
 MAX_REDIRECTS = 3
 
 
+def _put_size(item: PutItem) -> int:
+    return item.size
+
+
 class NodeConnection(Protocol):
     """What the client calls on one node (``semcache.transport.NodeClient`` has it all)."""
 
     def put(self, key: str, value: bytes, *, scope: str, vector: bytes | None, ttl_ms: int) -> None: ...
+    def put_many(self, items: Sequence[PutItem]) -> list[SemcacheError | None]: ...
     def get(self, key: str, *, read_from: str = "leader") -> bytes | None: ...
     def delete(self, key: str) -> bool: ...
     def exists(self, key: str, *, read_from: str = "leader") -> bool: ...
@@ -313,6 +322,10 @@ class DistributedSemanticKV(KVHelpers):
                     with contextlib.suppress(ShardUnavailableError):
                         self._refresh_route(route)
             self.ring = HashRing(self._routes, vnodes=vnodes)
+            self._writers = {
+                shard_id: WriteCombiner[PutItem](functools.partial(self._send_puts, shard_id), size=_put_size)
+                for shard_id in self._routes
+            }
             self._embedding = embedding_for_cluster(embedding, model_id, dim)
         except BaseException:
             self.close()
@@ -532,11 +545,34 @@ class DistributedSemanticKV(KVHelpers):
         scope = check_scope(scope)
         if len(data) > self.limits.max_value_bytes:  # refuse before paying for the embedding
             raise LimitExceededError("value", len(data), self.limits.max_value_bytes)
-        vector_bytes = put_vector(self._embedding, data, text, vector)
-        self._on_key(
-            key, lambda node: node.put(key, data, scope=scope, vector=vector_bytes, ttl_ms=ttl_ms), write=True
-        )
+        item = PutItem(key, data, scope, put_vector(self._embedding, data, text, vector), ttl_ms)
+        self._writers[self.ring.shard_for(key)].submit(item)
         return True
+
+    def _send_puts(self, shard_id: str, items: list[PutItem]) -> list[SemcacheError | None]:
+        """Send puts that concurrent writers queued for one shard: one RPC, one error (or None) per put.
+
+        A lone put goes as a plain ``put``.  A shard-level refusal of any put in
+        a batch (not the leader, no quorum) retries the whole batch, as for a
+        lone put; puts are idempotent, so resending the committed ones is harmless.
+        """
+        if len(items) == 1:
+            (item,) = items
+            self._on_shard(
+                shard_id,
+                lambda node: node.put(item.key, item.value, scope=item.scope, vector=item.vector, ttl_ms=item.ttl_ms),
+                leader=True, timeout=self.request_timeout,
+            )
+            return [None]
+
+        def call(node: NodeConnection) -> list[SemcacheError | None]:
+            errors = node.put_many(items)
+            retry = next((e for e in errors if isinstance(e, NotLeaderError | NoQuorumError)), None)
+            if retry is not None:
+                raise retry
+            return errors
+
+        return self._on_shard(shard_id, call, leader=True, timeout=self.request_timeout)
 
     def get(self, key: str) -> bytes | None:
         """The value of ``key``, or None if absent or expired."""

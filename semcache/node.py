@@ -36,11 +36,11 @@ import numpy as np
 from .commands import Clear, Delete, Put
 from .config import ClusterConfig
 from .embeddings import BaseEmbedding, validate_vectors
-from .errors import InvalidInputError, ShardUnavailableError
+from .errors import InvalidInputError, SemcacheError, ShardUnavailableError
 from .kv import check_scope, check_search_args, check_ttl_ms
 from .replication import ReplicatedShard
 from .state import Limits, ShardState, check_key
-from .transport import FlightNodeServer
+from .transport import FlightNodeServer, decode_put_items, error_to_header
 
 logger = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0005  # seconds; see run_node
@@ -72,6 +72,7 @@ class SemanticKVNode:
         key = Path(config.tls_key).read_bytes() if config.tls_key else None
         self._handlers = {
             "put": self._put,
+            "put_many": self._put_many,
             "get": self._get,
             "delete": self._delete,
             "exists": self._exists,
@@ -138,18 +139,40 @@ class SemanticKVNode:
 
     # ---------------------------------------------------------------- writes
     def _put(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        if len(blobs) != (2 if header.get("v") else 1):
+            raise InvalidInputError("put needs a value blob, plus a vector blob when v is set")
+        self.shard.require_leader()  # before embedding: a follower must not spend a model call
+        command = self._put_command(header, blobs[0], blobs[1] if header.get("v") else None, self.shard.now_ms())
+        self.shard.submit(command)
+        self._counters["puts"] += 1
+        return {}, []
+
+    def _put_many(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        """Several puts in one call (a client coalescing concurrent writers): one answer each, shared Raft entries."""
+        items = decode_put_items(header, blobs)
+        self.shard.require_leader()
+        now = self.shard.now_ms()
+        outcomes: list[Put | SemcacheError] = []
+        for entry, value, vector in items:
+            try:
+                outcomes.append(self._put_command(entry, value, vector, now))
+            except SemcacheError as exc:
+                outcomes.append(exc)
+        commands = [c for c in outcomes if isinstance(c, Put)]
+        results = iter(self.shard.submit_many(commands))
+        errors: list[dict[str, Any] | None] = []
+        for outcome in outcomes:
+            error = outcome if isinstance(outcome, SemcacheError) else next(results)
+            errors.append(error_to_header(error) if isinstance(error, SemcacheError) else None)
+        self._counters["puts"] += errors.count(None)
+        return {"r": errors}, []
+
+    def _put_command(self, header: dict[str, Any], value: bytes, vector: bytes | None, now: int) -> Put:
+        """The Put a request asks for, checked; the leader's clock ``now`` stamps it."""
         key = _str(header, "k")
         scope = check_scope(header.get("s"))
         ttl_ms = check_ttl_ms(header.get("t", 0))
-        if len(blobs) != (2 if header.get("v") else 1):
-            raise InvalidInputError("put needs a value blob, plus a vector blob when v is set")
-        value = blobs[0]
-        self.shard.require_leader()  # before embedding: a follower must not spend a model call
-        vector = self._vector(blobs[1] if header.get("v") else None, header.get("x"))
-        now = self.shard.now_ms()
-        self.shard.submit(Put(key, value, scope, vector, now, now + ttl_ms if ttl_ms else 0))
-        self._counters["puts"] += 1
-        return {}, []
+        return Put(key, value, scope, self._vector(vector, header.get("x")), now, now + ttl_ms if ttl_ms else 0)
 
     def _vector(self, raw: bytes | None, text: object) -> bytes | None:
         dim = self.shard.dim

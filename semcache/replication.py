@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,14 @@ from pysyncobj.node import TCPNode
 
 from .commands import Command, Delete, Evict, Expire, Put, decode_command, encode_command
 from .config import ClusterConfig
-from .errors import ClusterError, InvalidInputError, LimitExceededError, NoQuorumError, NotLeaderError
+from .errors import (
+    ClusterError,
+    InvalidInputError,
+    LimitExceededError,
+    NoQuorumError,
+    NotLeaderError,
+    SemcacheError,
+)
 from .eviction import AccessLog, choose_victims
 from .state import Limits, ShardState
 
@@ -318,27 +325,60 @@ class ReplicatedShard(SyncObj):
                 or leadership changed before the command committed (it did not apply).
             NoQuorumError: no commit within ``timeout``; the command may still commit later.
         """
-        self._state.validate(command)
-        data = encode_command(command)
-        if len(data) + BATCH_ITEM_OVERHEAD > MAX_ENTRY_BYTES:
-            raise LimitExceededError("encoded command", len(data), MAX_ENTRY_BYTES - BATCH_ITEM_OVERHEAD)
+        (outcome,) = self.submit_many([command], timeout)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def submit_many(self, commands: Sequence[Command], timeout: float | None = None) -> list[int | SemcacheError]:
+        """Commit ``commands`` together (they share batch entries) and return each one's result or error.
+
+        An invalid command gets its validation error and is not logged; the
+        others still are.  Errors that concern the whole shard come back for
+        every command: a write that timed out (NoQuorumError) may still commit.
+
+        Raises:
+            NotLeaderError: this replica is not the leader (nothing was logged).
+        """
+        outcomes: list[int | SemcacheError] = []
+        pending: list[_Pending | None] = []
+        for command in commands:
+            try:
+                self._state.validate(command)
+                data = encode_command(command)
+                if len(data) + BATCH_ITEM_OVERHEAD > MAX_ENTRY_BYTES:
+                    raise LimitExceededError("encoded command", len(data), MAX_ENTRY_BYTES - BATCH_ITEM_OVERHEAD)
+            except SemcacheError as exc:
+                outcomes.append(exc)
+                pending.append(None)
+                continue
+            outcomes.append(0)
+            pending.append(_Pending(data))
+        if not any(pending):
+            return outcomes
         self.require_leader()
-        pending = _Pending(data)
         with self._batch_lock:
-            self._pending.append(pending)
+            self._pending.extend(item for item in pending if item is not None)
         self._issue_batches()
         deadline = time.monotonic() + (timeout or self.config.commit_timeout)
+        for position, (command, item) in enumerate(zip(commands, pending, strict=True)):
+            if item is not None:
+                outcomes[position] = self._outcome(command, item, deadline)
+        return outcomes
+
+    def _outcome(self, command: Command, pending: _Pending, deadline: float) -> int | SemcacheError:
+        """Wait for one submitted command to commit and apply; its result, or the error to report."""
         if not pending.done.wait(max(0.0, deadline - time.monotonic())):
             pending.abandoned = True  # not sent yet? then never: fewer "may have happened" writes
-            raise self._map_failure("Timeout")
+            return self._map_failure("Timeout")
         if pending.error is not None:
-            raise self._map_failure(pending.error)
+            return self._map_failure(pending.error)
         record = pending.record
         if record is None or not record.done.wait(max(0.0, deadline - time.monotonic())):
-            raise self._map_failure("Timeout")
+            return self._map_failure("Timeout")
         result = record.results[pending.position] if pending.position < len(record.results) else "missing result"
         if isinstance(result, str):
-            raise ClusterError(f"shard {self.shard_id} failed to apply a committed command: {result}")
+            return ClusterError(f"shard {self.shard_id} failed to apply a committed command: {result}")
         if isinstance(command, Put):
             self._access.touch(command.key, command.created_at_ms)
             if self.config.capacity is not None and len(self._state.entries) > self.config.capacity:

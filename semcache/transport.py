@@ -29,7 +29,8 @@ from __future__ import annotations
 import hmac
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.flight as flight
@@ -71,6 +72,55 @@ ERROR_CODES: dict[str, type[SemcacheError]] = {
 }
 
 Handler = Callable[[str, dict[str, Any], list[bytes]], tuple[dict[str, Any], list[bytes]]]
+
+
+@dataclass(frozen=True, slots=True)
+class PutItem:
+    """One put as the client sends it: the value, and the float32 vector bytes or None (unsearchable)."""
+
+    key: str
+    value: bytes
+    scope: str
+    vector: bytes | None
+    ttl_ms: int
+
+    @property
+    def size(self) -> int:
+        """Bytes it adds to a request (and, roughly, to a Raft entry)."""
+        return len(self.key) + len(self.value) + len(self.scope) + (len(self.vector) if self.vector else 0)
+
+
+def encode_put_items(items: Sequence[PutItem]) -> tuple[dict[str, Any], list[bytes]]:
+    """The ``put_many`` request: one header entry per put, then each put's value and vector blobs in order."""
+    blobs: list[bytes] = []
+    entries = []
+    for item in items:
+        entries.append({"k": item.key, "s": item.scope, "t": item.ttl_ms, "v": item.vector is not None})
+        blobs.append(item.value)
+        if item.vector is not None:
+            blobs.append(item.vector)
+    return {"items": entries}, blobs
+
+
+def decode_put_items(header: dict[str, Any], blobs: list[bytes]) -> list[tuple[dict[str, Any], bytes, bytes | None]]:
+    """Split a ``put_many`` request into (item header, value, vector bytes or None), checking the framing.
+
+    Raises:
+        InvalidInputError: ``items`` is not a list of objects, or the blobs do not match it.
+    """
+    entries = header.get("items")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise InvalidInputError("put_many needs 'items', a list of objects")
+    needed = sum(2 if e.get("v") else 1 for e in entries)
+    if needed != len(blobs):
+        raise InvalidInputError(f"put_many items need {needed} blobs, got {len(blobs)}")
+    out, position = [], 0
+    for entry in entries:
+        value = blobs[position]
+        vector = blobs[position + 1] if entry.get("v") else None
+        position += 2 if entry.get("v") else 1
+        out.append((entry, value, vector))
+    return out
 
 
 # ------------------------------------------------------------------ frames
@@ -208,7 +258,7 @@ class FlightNodeServer(flight.FlightServerBase):
 
 
 ACTIONS = (
-    "put", "get", "delete", "exists", "scan", "search", "clear", "stats", "health",
+    "put", "put_many", "get", "delete", "exists", "scan", "search", "clear", "stats", "health",
     "topology", "add_replica", "remove_replica", "digest", "compact",
 )
 
@@ -275,6 +325,18 @@ class NodeClient:
         if text is not None:
             header["x"] = text
         self.call("put", header, [value] if vector is None else [value, vector])
+
+    def put_many(self, items: Sequence[PutItem]) -> list[SemcacheError | None]:
+        """Store several puts in one call (they share Raft entries); each one's error, or None once committed.
+
+        Errors that concern the whole call (not the leader, no quorum, unreachable) raise instead.
+        """
+        header, blobs = encode_put_items(items)
+        reply, _ = self.call("put_many", header, blobs)
+        errors = reply.get("r")
+        if not isinstance(errors, list) or len(errors) != len(items):
+            raise ClusterError(f"{self.address} answered put_many with {errors!r}")
+        return [None if error is None else error_from_reply(error) for error in errors]
 
     def get(self, key: str, *, read_from: str = "leader") -> bytes | None:
         reply, blobs = self.call("get", {"k": key, "r": read_from})

@@ -140,6 +140,13 @@ class FakeNode:
         # The client sends no vector only for binary values, which the embedded store keeps unsearchable too.
         kv.put(key, value, ttl_ms, scope=scope, vector=array)
 
+    def put_many(self, items: list[Any]) -> list[Any]:
+        kv = self._enter("put_many", write=True)
+        for item in items:
+            array = None if item.vector is None else np.frombuffer(item.vector, dtype=np.float32)
+            kv.put(item.key, item.value, item.ttl_ms, scope=item.scope, vector=array)
+        return [None] * len(items)
+
     def get(self, key: str, *, read_from: str = "leader") -> bytes | None:
         return self._enter("get", leader_only=read_from == "leader").get(key)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from semcache.errors import (
     InvalidInputError,
     LimitExceededError,
     NoQuorumError,
+    NotLeaderError,
     ShardUnavailableError,
 )
 
@@ -102,6 +106,62 @@ def test_writes_ride_through_a_leader_crash_until_the_new_election(
     assert cluster.clock() - start >= 1.5  # it backed off until the election
     assert client.leader_of("shard-0") == shard.replicas[1]
     assert client.get(key) == b"after"
+
+
+class GatedNode:
+    """A fake node whose ``put`` calls block until ``gate`` opens (writes in flight), and whose first
+    ``put_many`` may answer every item with ``NotLeaderError`` (leadership changed before commit)."""
+
+    entered = threading.Event()
+
+    def __init__(self, node: Any, gate: threading.Event, refuse_first_batch: list[bool]) -> None:
+        self.node, self.gate, self.refuse_first_batch = node, gate, refuse_first_batch
+
+    def put(self, *args: Any, **kwargs: Any) -> None:
+        GatedNode.entered.set()
+        assert self.gate.wait(10)
+        self.node.put(*args, **kwargs)
+
+    def put_many(self, items: list[Any]) -> list[Any]:
+        if self.refuse_first_batch:
+            self.refuse_first_batch.pop()
+            return [NotLeaderError("leadership changed", shard_id="shard-0", leader_hint=None)] * len(items)
+        return list(self.node.put_many(items))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.node, name)
+
+
+@pytest.mark.parametrize("refuse_first_batch", [False, True])
+def test_concurrent_puts_to_one_shard_share_one_put_many_and_each_is_stored(
+    cluster: FakeCluster, refuse_first_batch: bool
+) -> None:
+    gate = threading.Event()
+    refusals = [True] if refuse_first_batch else []
+    kv = DistributedSemanticKV(
+        ["fake://shard-0/0"],
+        connect=lambda address: GatedNode(cluster.connect(address), gate, refusals),  # type: ignore[arg-type]
+        clock=cluster.clock, sleep=cluster.clock.sleep,
+    )
+    keys = [f"k{i}" for i in range(200) if kv.shard_for(f"k{i}") == "shard-0"][:7]
+    threads = [threading.Thread(target=kv.put, args=(key, f"value of {key}")) for key in keys]
+    GatedNode.entered.clear()
+    threads[0].start()  # a lone put: sent at once, and now in flight
+    assert GatedNode.entered.wait(10)
+    leader = cluster.shards["shard-0"].leader
+    for thread in threads[1:]:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while kv._writers["shard-0"].queued < 6 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert [kv.get(key) for key in keys] == [f"value of {key}".encode() for key in keys]
+    assert cluster.calls[(leader, "put")] == 1
+    assert cluster.calls[(leader, "put_many")] == 1  # the six queued went in one call (once more if refused)
+    assert not refusals
+    kv.close()
 
 
 def test_a_new_client_learns_every_shard_s_live_members_not_only_its_seed_s(cluster: FakeCluster) -> None:

@@ -35,7 +35,7 @@ from semcache.errors import (
     NotLeaderError,
     ShardUnavailableError,
 )
-from semcache.transport import NodeClient, decode_frame
+from semcache.transport import NodeClient, PutItem, decode_frame, encode_frame
 
 from .test_node_transport import self_signed_cert
 
@@ -437,6 +437,37 @@ def test_concurrent_writes_share_entries_but_each_gets_its_own_result(make_shard
     assert sorted(deleted) == sorted(keys)
     assert shard.client(shard.leader()).stats()["entries"] == 0
     assert shard.wait_converged(min_applied=160)
+
+
+def test_put_many_answers_each_put_and_stores_only_the_valid_ones(make_shard: Callable[..., LocalShard]) -> None:
+    shard = make_shard()
+    leader = shard.client(shard.leader())
+    items = [
+        PutItem("a", b"va", "", _vector(1), 0),
+        PutItem("wrong-dim", b"x", "", b"\x00" * 8, 0),
+        PutItem("b", b"vb", "docs", _vector(2), 60_000),
+        PutItem("", b"x", "", None, 0),
+        PutItem("big", b"x" * (shard.config.max_value_bytes + 1), "", None, 0),
+        PutItem("unsearchable", b"\xff", "", None, 0),
+    ]
+    errors = leader.put_many(items)
+    assert errors[0] is None and errors[2] is None and errors[5] is None
+    assert isinstance(errors[1], InvalidInputError) and "dim" in str(errors[1])
+    assert isinstance(errors[3], InvalidInputError)
+    assert isinstance(errors[4], LimitExceededError) and errors[4].limit == shard.config.max_value_bytes
+    stored = [leader.get(k) for k in ("a", "b", "unsearchable", "wrong-dim", "big")]
+    assert stored == [b"va", b"vb", b"\xff", None, None]
+    hits = leader.search(_vector(2), scope="docs", top_k=1, threshold=0.99)
+    assert [key for key, _, _ in hits] == ["b"]
+    assert leader.stats()["entries"] == 3
+    follower = next(rid for rid in shard.ids if rid != shard.leader())
+    with pytest.raises(NotLeaderError):
+        shard.client(follower).put_many([PutItem("c", b"vc", "", _vector(3), 0)])
+    bad_framing = _raw_action(shard.config.replica(shard.leader()).rpc, "put_many",
+                              encode_frame({"items": [{"k": "d", "v": True}]}, [b"value only"]))
+    assert bad_framing["error"] == "invalid_input" and "blobs" in bad_framing["message"]
+    assert leader.get("c") is None and leader.get("d") is None
+    shard.wait_converged(min_applied=1)
 
 
 def test_node_embeds_only_requests_with_text_and_no_vector(make_shard: Callable[..., LocalShard]) -> None:
