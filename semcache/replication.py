@@ -14,8 +14,16 @@ How pysyncobj 0.3.17 is used, and why:
   port, so only peers holding the secret (Fernet-encrypted traffic) may talk.
 * ``bindAddress`` is always the configured Raft address: pysyncobj would
   otherwise bind ``0.0.0.0``.
-* ``appendEntriesUseBatch=False``: a sync write is sent at once instead of
-  waiting for the next 0.1 s heartbeat.
+* New entries go to the followers in the tick that appends them (a sync write
+  never waits for the 0.1 s heartbeat), but the commit index does not get
+  messages of its own: followers learn it from the next append or heartbeat.
+  Stock pysyncobj offers either batching (``appendEntriesUseBatch=True``:
+  writes wait for the heartbeat) or not (every commit then costs two more
+  messages per follower, and their answers, which on a loaded 2-core machine
+  took CPU from the writer being acknowledged).  So batching is on and a tick
+  callback sends what the tick appended (:meth:`_send_new_entries`); with a
+  pysyncobj lacking the private methods this needs, the stock unbatched mode is
+  used instead.
 * One log entry must stay under 64 KiB (larger entries take a broken chunked
   path), so :meth:`submit` refuses encoded commands over :data:`MAX_ENTRY_BYTES`
   and evictions are split into several commands.
@@ -48,6 +56,7 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON, SERIALIZER_STATE, SyncObj, SyncObjConf, SyncObjException, replicated
 from pysyncobj.node import TCPNode
+from pysyncobj.pipe_notifier import PipeNotifier
 
 from .commands import Command, Delete, Evict, Expire, Put, decode_command, encode_command
 from .config import ClusterConfig
@@ -79,6 +88,8 @@ SNAPSHOT_FILE = "raft.snapshot"
 # How long the applier waits without a new batch before it runs deferred index inserts.
 INDEX_IDLE_SECONDS = 0.05
 ROLES = {0: "follower", 1: "candidate", 2: "leader"}
+# Batching on, with new entries sent by a tick callback (see the module docstring); needs these private methods.
+EAGER_SEND = all(hasattr(SyncObj, f"_SyncObj__{name}") for name in ("sendAppendEntries", "getCurrentLogIndex"))
 
 
 @dataclass(frozen=True)
@@ -156,7 +167,7 @@ class ReplicatedShard(SyncObj):
         conf = SyncObjConf(
             password=config.secret,
             bindAddress=me.raft,
-            appendEntriesUseBatch=False,
+            appendEntriesUseBatch=EAGER_SEND,
             appendEntriesPeriod=config.heartbeat,
             raftMinTimeout=config.election_timeout_min,
             raftMaxTimeout=config.election_timeout_max,
@@ -175,6 +186,9 @@ class ReplicatedShard(SyncObj):
             onStateChanged=self._on_state_changed,
         )
         super().__init__(me.raft, partners, conf)
+        # Wakes the tick thread when a write is queued (pysyncobj only has its own in unbatched mode).
+        self._wakeup = PipeNotifier(self._poller) if EAGER_SEND else getattr(self, "_SyncObj__pipeNotifier", None)
+        self._sent_through = 0  # the last log index _send_new_entries sent
         self.addOnTickCallback(self._on_tick)
         self._maintenance = threading.Thread(target=self._maintenance_loop, name="semcache-maint", daemon=True)
         self._maintenance.start()
@@ -408,6 +422,8 @@ class ReplicatedShard(SyncObj):
                 self._in_flight[batch_id] = now
             self.apply_batch(pack_batch([item.data for item in batch]),
                              callback=functools.partial(self._batch_done, batch_id, batch))
+            if self._wakeup is not None:
+                self._wakeup.notify()
 
     def _batch_done(self, batch_id: int, batch: list[_Pending], results: Any, error: Any) -> None:
         """pysyncobj callback (tick thread): the batch entry was applied here, or failed."""
@@ -422,9 +438,19 @@ class ReplicatedShard(SyncObj):
         self._issue_batches()
 
     def _on_tick(self) -> None:
-        """pysyncobj tick callback."""
+        """pysyncobj tick callback (it runs after the tick appended queued writes to the log)."""
         self._wait_budget = MAX_BACKPRESSURE_WAIT
+        if EAGER_SEND:
+            self._send_new_entries()
         self._nudge_lone_leader()
+
+    def _send_new_entries(self) -> None:
+        """Leader: send entries appended since the last call now, not at the next heartbeat."""
+        if self._isLeader():
+            last = self._SyncObj__getCurrentLogIndex()
+            if last > self._sent_through:
+                self._sent_through = last
+                self._SyncObj__sendAppendEntries()
 
     def _nudge_lone_leader(self) -> None:
         """Tick callback: wake the next tick at once when a one-replica group has entries to commit.
@@ -432,10 +458,8 @@ class ReplicatedShard(SyncObj):
         A lone leader commits an entry at the tick after it appends it; with no
         follower to answer, that tick would otherwise wait out autoTickPeriod (50 ms).
         """
-        if self._in_flight and not self.otherNodes:
-            notifier = getattr(self, "_SyncObj__pipeNotifier", None)  # pysyncobj's own wake-up pipe
-            if notifier is not None:
-                notifier.notify()
+        if self._in_flight and not self.otherNodes and self._wakeup is not None:
+            self._wakeup.notify()
 
     def _map_failure(self, code: object) -> ClusterError:
         hint = self.leader_rpc()
