@@ -7,11 +7,13 @@ A one-replica shard is its own majority, so these run without other processes
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pysyncobj import tcp_connection
 
 from semcache.cluster import free_ports
 from semcache.commands import Delete, Evict, Put, encode_command
@@ -60,6 +62,14 @@ def test_batch_codec_round_trips_and_rejects_trailing_bytes() -> None:
     assert unpack_batch(pack_batch(items)) == items
     with pytest.raises(InvalidInputError):
         unpack_batch(pack_batch(items) + b"x")
+
+
+def test_raft_messages_go_out_stored_and_stock_zlib_reads_them(open_shard: Callable[..., ReplicatedShard]) -> None:
+    open_shard()  # a replica switches its process's pysyncobj transport over
+    message = np.random.default_rng(1).standard_normal(384).astype(np.float32).tobytes() + b"v" * 200
+    sent = tcp_connection.zlib.compress(message, 3)  # the call pysyncobj makes
+    assert zlib.decompress(sent) == message and len(sent) > len(message)  # stored, not compressed
+    assert tcp_connection.zlib.decompress(zlib.compress(message, 3)) == message  # and it reads compressed peers
 
 
 def test_evictions_are_split_into_commands_that_each_fit_one_entry() -> None:
