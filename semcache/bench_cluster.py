@@ -1,23 +1,32 @@
 """The cluster benchmark behind ``semcache bench --cluster``.
 
 It starts a local cluster (2 shards × 3 replicas of node processes on
-127.0.0.1), reproduces the seed's table (GET, PUT, DELETE, SEARCH at 1K and
-10K keys, one thread and 8 threads), and measures in the same run the two
-baselines the targets are stated against:
+127.0.0.1) and reproduces the seed's table (GET, PUT, DELETE, SEARCH at 1K and
+10K keys, one thread and 8 threads).  Beside the cluster runs a **raw group**:
+3 processes, each a bare pysyncobj ``SyncObj`` (same settings as a node:
+password, journal on disk, same election timeouts; one ``@replicated`` method
+storing bytes in a dict) behind a bare Flight server.  The baselines the
+targets are stated against come from it, measured *interleaved* with the
+cluster's rows, because this shared machine's speed drifts by tens of percent
+within minutes:
 
-* **raw Flight round trip**: a bare Arrow Flight server process echoing a
-  payload of the GET reply's size (no semcache code on either side);
-* **raw pysyncobj commit**: a bare 3-process ``SyncObj`` group with the same
-  settings as the nodes (password, no batching, same timeouts) committing a
-  PUT command's bulk (the value + a random 384-dim unit vector: pysyncobj
-  compresses every message, so a constant vector would flatter the baseline),
-  measured in the leader's process, one at a time and from 8 threads.
+* **raw Flight round trip**: its ``echo`` action, alternated op by op with the GETs;
+* **raw pysyncobj commit**: one sync commit timed inside the leader, alternated
+  op by op with the sync PUTs; for throughput, 8 threads committing inside the
+  leader, run just before and just after the cluster's 8-thread PUT burst (the
+  mean of the two);
+* **raw commit through Flight**: a sync commit requested through one Flight
+  call, as a node is reached (a second reading of both write targets), timed
+  and bracketed the same way.
 
-Vectors are precomputed (random unit vectors of dim 384), so the figures are
-the store's, not the embedder's.  Targets (benchmark, not tests):
+Every raw commit carries a PUT command's bulk: the value plus a random 384-dim
+unit vector.  pysyncobj compresses its messages, and a constant vector would
+make the raw messages about 20 times smaller than a node's.  Vectors are
+precomputed, so the figures are the store's, not the embedder's.  Targets
+(benchmark, not tests):
 
 * GET p50 ≤ 1.5 × raw Flight RTT;
-* sync PUT p50 ≤ 1.5 × (raw commit p50 + raw Flight RTT);
+* sync PUT p50 ≤ 1.5 × (raw commit p50 + raw Flight RTT p50);
 * pipelined PUT throughput (8 threads) ≥ 0.7 × raw pysyncobj (8 threads);
 * SEARCH at 10K keys with 8 threads ≥ 460 ops/s.
 """
@@ -26,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import signal
@@ -69,6 +77,8 @@ class Row:
 
 @dataclass
 class ClusterBenchReport:
+    """The rows, and the raw group's baselines measured beside the largest size's rows."""
+
     rows: list[Row]
     flight_rtt: Summary
     raft_commit: Summary
@@ -91,6 +101,19 @@ def latencies(fn: Callable[[int], Any], count: int) -> Summary:
         fn(i)
         samples.append(time.perf_counter() - start)
     return Summary.of(samples)
+
+
+def interleaved(fns: dict[str, Callable[[int], float | None]], count: int) -> dict[str, Summary]:
+    """Call each of ``fns`` ``count`` times, alternating op by op, so drift in the
+    machine's speed hits every one alike.  A function may return the duration it
+    measured itself (a commit timed inside the raw leader); otherwise its call is timed."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(count):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            own = fn(i)
+            samples[name].append(time.perf_counter() - start if own is None else own)
+    return {name: Summary.of(values) for name, values in samples.items()}
 
 
 def wait_indexed(kv: Any, timeout: float = 300.0) -> float:
@@ -150,127 +173,33 @@ def _processes(commands: Sequence[list[str]]) -> Iterator[list[subprocess.Popen[
             process.wait(timeout=10)
 
 
-def measure_flight_rtt(count: int) -> Summary:
-    """Round trip of a bare Flight action (GET-sized request and reply) to a server process."""
-    import pyarrow.flight as flight
-
-    (port,) = free_ports(1)
-    command = [sys.executable, "-m", "semcache.bench_cluster", "flight-echo", "--port", str(port)]
-    with _processes([command]):
-        client = flight.FlightClient(f"grpc://127.0.0.1:{port}")
-        request = flight.Action("get", b'{"k":"key:000123","r":"leader"}')
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                list(client.do_action(request))
-                break
-            except flight.FlightError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        for _ in range(50):
-            list(client.do_action(request))  # warm up
-        summary = latencies(lambda _: list(client.do_action(request)), count)
-        client.close()
-        return summary
-
-
-def measure_raw_raft(count: int, secret: str = "bench-secret") -> tuple[Summary, float]:
-    """Sync commit latency and 8-thread throughput of a bare 3-process pysyncobj group."""
-    ports = free_ports(3)
-    addresses = [f"127.0.0.1:{p}" for p in ports]
-    with tempfile.TemporaryDirectory(prefix="semcache-raft-bench-") as tmp:
-        out = Path(tmp) / "result.json"
-        commands = [
-            [sys.executable, "-m", "semcache.bench_cluster", "raft-worker", "--self", address,
-             "--partners", ",".join(a for a in addresses if a != address), "--secret", secret,
-             "--out", str(out), "--count", str(count), "--journal", str(Path(tmp) / f"journal-{i}")]
-            for i, address in enumerate(addresses)
-        ]
-        with _processes(commands):
-            deadline = time.monotonic() + 600
-            while not out.exists():
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the raw pysyncobj baseline did not finish")
-                time.sleep(0.2)
-            result = json.loads(out.read_text())
-    return Summary(**result["latency"]), float(result["ops_per_second"])
-
-
 def all_partners_connected(store: Any) -> bool:
     """Whether a raw group member is connected to every partner: a commit measured before
     would need one follower fewer, and be cheaper than a node's."""
     return all(store.isNodeConnected(node) for node in store.otherNodes)
 
 
-def _flight_echo(port: int) -> None:
+def raw_flight_node(raft_port: int, partner_ports: list[int], rpc_port: int, secret: str, journal: str) -> None:
+    """One replica of the raw group: a bare pysyncobj ``SyncObj`` behind a bare Flight server (its own process).
+
+    Actions: ``echo`` (a round trip), ``role``, ``commit`` (one sync commit of
+    the request body, so a client times a raw commit reached as a node is
+    reached), ``commit_local`` (n sync commits timed inside the leader; their
+    durations) and ``commit_threads`` (n sync commits from THREADS threads inside
+    the leader; commits per second).
+    """
     import pyarrow.flight as flight
-
-    reply = b'{"f":true}' + b"x" * VALUE_BYTES
-
-    class Echo(flight.FlightServerBase):
-        def do_action(self, context: Any, action: Any) -> list[Any]:
-            return [flight.Result(reply)]
-
-    Echo(f"grpc://127.0.0.1:{port}").serve()
-
-
-def _raft_worker(me: str, partners: list[str], secret: str, out: Path, count: int, journal: str) -> None:
     from pysyncobj import SyncObj, SyncObjConf, replicated
 
     from .config import DEFAULT_ELECTION_MAX, DEFAULT_ELECTION_MIN, DEFAULT_HEARTBEAT
 
     class Store(SyncObj):
         def __init__(self) -> None:
-            conf = SyncObjConf(
-                password=secret, bindAddress=me, appendEntriesUseBatch=False, appendEntriesPeriod=DEFAULT_HEARTBEAT,
-                raftMinTimeout=DEFAULT_ELECTION_MIN, raftMaxTimeout=DEFAULT_ELECTION_MAX, journalFile=journal,
-            )
-            super().__init__(me, partners, conf)
-            self.data: dict[str, bytes] = {}
-
-        @replicated
-        def put(self, key: str, value: bytes) -> None:
-            self.data[key] = value
-
-    store = Store()
-    payload = put_payload()
-    while store._getLeader() is None:
-        time.sleep(0.05)
-    if store._getLeader() != store.selfNode:
-        while True:  # a follower: just replicate until the parent kills it
-            time.sleep(1)
-    while not all_partners_connected(store):
-        time.sleep(0.05)
-    for i in range(50):
-        store.put(f"warm{i}", payload, sync=True, timeout=10)
-    latency = latencies(lambda i: store.put(f"k{i}", payload, sync=True, timeout=10), count)
-    ops = throughput(lambda i: store.put(f"p{i}", payload, sync=True, timeout=10), count * 2)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"latency": latency.__dict__, "ops_per_second": ops}))
-    tmp.replace(out)
-    while True:
-        time.sleep(1)
-
-
-def raw_flight_node(raft_port: int, partner_ports: list[int], rpc_port: int, secret: str) -> None:
-    """One replica of a raw group: a bare pysyncobj ``SyncObj`` behind a bare Flight server (its own process).
-
-    Actions: ``echo`` (a round trip), ``role``, ``commit`` (one sync commit of the
-    request body, so a client times a raw commit reached as a node is reached),
-    and ``commit_local`` (n sync commits timed inside the leader).
-    """
-    import pyarrow.flight as flight
-    from pysyncobj import SyncObj, SyncObjConf, replicated
-
-    from .config import DEFAULT_ELECTION_MAX, DEFAULT_ELECTION_MIN
-
-    class Store(SyncObj):
-        def __init__(self) -> None:
             self.data: dict[bytes, bytes] = {}
             conf = SyncObjConf(
-                password=secret, appendEntriesUseBatch=False, raftMinTimeout=DEFAULT_ELECTION_MIN,
-                raftMaxTimeout=DEFAULT_ELECTION_MAX, bindAddress=f"127.0.0.1:{raft_port}", commandsWaitLeader=False,
+                password=secret, appendEntriesUseBatch=False, appendEntriesPeriod=DEFAULT_HEARTBEAT,
+                raftMinTimeout=DEFAULT_ELECTION_MIN, raftMaxTimeout=DEFAULT_ELECTION_MAX,
+                bindAddress=f"127.0.0.1:{raft_port}", commandsWaitLeader=False, journalFile=journal,
             )
             super().__init__(f"127.0.0.1:{raft_port}", [f"127.0.0.1:{p}" for p in partner_ports], conf)
 
@@ -280,6 +209,13 @@ def raw_flight_node(raft_port: int, partner_ports: list[int], rpc_port: int, sec
             return True
 
     store = Store()
+    payload = put_payload()
+    commits = iter(range(1 << 62))  # keys of local commits, never reused
+
+    def commit_local(_: int = 0) -> float:
+        started = time.perf_counter()
+        store.set(b"local%d" % next(commits), payload, sync=True, timeout=5.0)
+        return time.perf_counter() - started
 
     class Server(flight.FlightServerBase):
         def do_action(self, context: Any, action: Any) -> list[Any]:
@@ -293,12 +229,10 @@ def raw_flight_node(raft_port: int, partner_ports: list[int], rpc_port: int, sec
                 store.set(body[:16], body, sync=True, timeout=5.0)
                 return [flight.Result(b"ok")]
             if action.type == "commit_local":
-                payload, out = put_payload(), []
-                for i in range(int(body)):
-                    started = time.perf_counter()
-                    store.set(str(i).encode(), payload, sync=True, timeout=5.0)
-                    out.append(time.perf_counter() - started)
-                return [flight.Result(np.array(out).tobytes())]
+                durations = [commit_local() for _ in range(int(body))]
+                return [flight.Result(np.array(durations).tobytes())]
+            if action.type == "commit_threads":
+                return [flight.Result(str(throughput(commit_local, int(body))).encode())]
             raise flight.FlightServerError(f"unknown action {action.type}")
 
     Server(f"grpc://127.0.0.1:{rpc_port}").serve()
@@ -306,122 +240,177 @@ def raw_flight_node(raft_port: int, partner_ports: list[int], rpc_port: int, sec
 
 @contextlib.contextmanager
 def raw_flight_group(secret: str = "bench-secret") -> Iterator[tuple[Any, str]]:
-    """Start a 3-process raw group; yield ``(FlightClient to its leader, the leader's address)``."""
+    """Start the 3-process raw group; yield ``(FlightClient to its leader, the leader's address)``."""
     import pyarrow.flight as flight
 
     ports = free_ports(6)
     raft, rpc = ports[:3], ports[3:]
-    commands = [
-        [sys.executable, "-m", "semcache.bench_cluster", "raw-flight-node", "--raft-port", str(raft[i]),
-         "--partners", ",".join(str(p) for p in raft if p != raft[i]), "--rpc-port", str(rpc[i]),
-         "--secret", secret]
-        for i in range(3)
-    ]
-    with _processes(commands):
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            for port in rpc:
-                address = f"grpc://127.0.0.1:{port}"
-                client = flight.FlightClient(address)
-                try:
-                    if list(client.do_action(flight.Action("role", b"")))[0].body.to_pybytes() == b"leader":
-                        try:
-                            yield client, address
-                        finally:
-                            client.close()
-                        return
-                except flight.FlightError:
-                    pass
-                client.close()
-            time.sleep(0.2)
-        raise TimeoutError("the raw group behind Flight elected no leader")
+    with tempfile.TemporaryDirectory(prefix="semcache-raw-group-") as journals:
+        commands = [
+            [sys.executable, "-m", "semcache.bench_cluster", "raw-flight-node", "--raft-port", str(raft[i]),
+             "--partners", ",".join(str(p) for p in raft if p != raft[i]), "--rpc-port", str(rpc[i]),
+             "--secret", secret, "--journal", str(Path(journals) / f"journal-{i}")]
+            for i in range(3)
+        ]
+        with _processes(commands):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                for port in rpc:
+                    address = f"grpc://127.0.0.1:{port}"
+                    client = flight.FlightClient(address)
+                    try:
+                        if list(client.do_action(flight.Action("role", b"")))[0].body.to_pybytes() == b"leader":
+                            try:
+                                yield client, address
+                            finally:
+                                client.close()
+                            return
+                    except flight.FlightError:
+                        pass
+                    client.close()
+                time.sleep(0.2)
+            raise TimeoutError("the raw group behind Flight elected no leader")
 
 
-def measure_raw_raft_through_flight(count: int) -> tuple[Summary, float]:
-    """A raw commit reached the way a node is (one Flight call from another process): latency and 8-thread ops/s."""
-    import pyarrow.flight as flight
+class RawGroup:
+    """The raw group's operations, as the phases interleave them with the cluster's."""
 
-    payload = put_payload()
-    with raw_flight_group() as (client, address):
-        for i in range(50):
-            list(client.do_action(flight.Action("commit", b"warm%012d" % i + payload)))
-        latency = latencies(lambda i: list(client.do_action(flight.Action("commit", b"%016d" % i + payload))), count)
-        clients = [flight.FlightClient(address) for _ in range(THREADS)]
+    def __init__(self, client: Any, address: str) -> None:
+        import pyarrow.flight as flight
+
+        self._flight = flight
+        self._client = client
+        self._address = address
+        self._payload = put_payload()
+        self._sent = iter(range(1 << 62))  # keys of commits through Flight, never reused
+        for _ in range(50):  # warm the connection, the journal and the followers
+            self.commit()
+
+    def _call(self, action: str, body: bytes, client: Any = None) -> bytes:
+        result = list((client or self._client).do_action(self._flight.Action(action, body)))
+        return bytes(result[0].body.to_pybytes())
+
+    def echo(self, _: int = 0) -> None:
+        """A bare Flight round trip with a GET request's size."""
+        self._call("echo", b'{"k":"key:000123","r":"leader"}')
+
+    def commit(self, _: int = 0, client: Any = None) -> None:
+        """One sync commit requested through a Flight call."""
+        self._call("commit", b"%016d" % next(self._sent) + self._payload, client)
+
+    def commit_in_leader(self, _: int = 0) -> float:
+        """One sync commit, timed inside the leader (the request's round trip is not counted)."""
+        return float(np.frombuffer(self._call("commit_local", b"1"))[0])
+
+    def in_leader_throughput(self, count: int) -> float:
+        """Commits per second of ``THREADS`` threads committing inside the leader."""
+        return float(self._call("commit_threads", str(count).encode()))
+
+    def through_flight_throughput(self, count: int) -> float:
+        """Commits per second of ``THREADS`` threads, each with its own Flight connection."""
+        clients = [self._flight.FlightClient(self._address) for _ in range(THREADS)]
         try:
-            ops = throughput(
-                lambda i: list(clients[i % THREADS].do_action(flight.Action("commit", b"t%015d" % i + payload))),
-                count * 2,
-            )
+            return throughput(lambda i: self.commit(i, clients[i % THREADS]), count)
         finally:
-            for one in clients:
-                one.close()
-    return latency, ops
+            for client in clients:
+                client.close()
 
 
 # ------------------------------------------------------------- the run
-def measure_size(kv: Any, size: int, vectors: np.ndarray, queries: np.ndarray, ops: int) -> list[Row]:
-    """GET, PUT (new key), PUT overwrite, SEARCH and DELETE rows on a cluster holding ``key:000000`` .. ``size - 1``."""
+@dataclass
+class Baselines:
+    """The raw group's figures measured beside one size's rows."""
+
+    flight_rtt: Summary
+    raft_commit: Summary
+    raft_ops_per_second: float
+    raft_via_flight: Summary
+    raft_via_flight_ops_per_second: float
+
+
+def measure_size(
+    kv: Any, size: int, vectors: np.ndarray, queries: np.ndarray, ops: int, raw: RawGroup
+) -> tuple[list[Row], Baselines]:
+    """GET, PUT (new key), PUT overwrite, SEARCH and DELETE rows on a cluster holding ``key:000000`` .. ``size - 1``,
+    and the raw group's baselines measured beside the GET and PUT rows."""
 
     def spread(i: int) -> int:
         return (i * 7919) % size  # a prime stride visits keys of both shards in no cache-friendly order
 
     def get(i: int) -> Any:
-        return kv.get(f"key:{spread(i):06d}")
+        kv.get(f"key:{spread(i):06d}")
 
     def put(i: int) -> Any:  # a new key (an insert)
-        return kv.put(f"put:{size}:{i}", VALUE, vector=queries[i % len(queries)])
+        kv.put(f"put:{size}:{i}", VALUE, vector=queries[i % len(queries)])
 
     def overwrite(i: int) -> Any:  # an existing key gets a new value and vector
-        return kv.put(f"key:{spread(i):06d}", VALUE, vector=vectors[spread(i + 1)])
+        kv.put(f"key:{spread(i):06d}", VALUE, vector=vectors[spread(i + 1)])
 
     def search(i: int) -> Any:
-        return kv.search(None, top_k=5, vector=queries[i % len(queries)])
+        kv.search(None, top_k=5, vector=queries[i % len(queries)])
 
     def doomed(i: int) -> Any:
-        return kv.put(f"gone:{size}:{i}", VALUE, vector=queries[i % len(queries)])
+        kv.put(f"gone:{size}:{i}", VALUE, vector=queries[i % len(queries)])
 
     def delete(i: int) -> Any:
-        return kv.delete(f"gone:{size}:{i}")
+        kv.delete(f"gone:{size}:{i}")
 
     def after(fn: Callable[[int], Any]) -> Callable[[int], Any]:
         return lambda i: fn(ops + i)  # throughput runs on calls ops.., so PUT keys stay new
 
-    def phase(name: str, fn: Callable[[int], Any], writes: bool) -> Row:
+    beside: dict[str, Summary] = {}
+    bracket: list[tuple[float, float]] = []
+
+    def raw_bursts() -> None:
+        bracket.append((raw.in_leader_throughput(ops * 2), raw.through_flight_throughput(ops * 2)))
+
+    def phase(name: str, fn: Callable[[int], Any], writes: bool,
+              raw_ops: dict[str, Callable[[int], float | None]] | None = None) -> Row:
         fn(ops * 10)  # warm the connection and leader cache
         wait_indexed(kv)
-        latency = latencies(fn, ops)
+        timed = interleaved({name: fn, **(raw_ops or {})}, ops)
+        beside.update({k: v for k, v in timed.items() if k != name})
         wait_indexed(kv)
+        if name == "PUT":
+            raw_bursts()
         ops_per_second = throughput(after(fn), ops * 2)
         indexed = (ops * 2) / (ops * 2 / ops_per_second + wait_indexed(kv)) if writes else None
-        return Row(name, size, latency, ops_per_second, indexed)
+        if name == "PUT":
+            raw_bursts()
+        return Row(name, size, timed[name], ops_per_second, indexed)
 
-    rows = [phase("GET", get, False), phase("PUT", put, True), phase("PUT overwrite", overwrite, True)]
-    rows.append(phase("SEARCH", search, False))
+    rows = [
+        phase("GET", get, False, {"rtt": raw.echo}),
+        phase("PUT", put, True, {"commit": raw.commit_in_leader, "via": raw.commit}),
+        phase("PUT overwrite", overwrite, True),
+        phase("SEARCH", search, False),
+    ]
     throughput(doomed, ops * 3)  # every delete below removes a key that exists
     rows.append(phase("DELETE", delete, True))
-    return rows
+    (in_before, via_before), (in_after, via_after) = bracket
+    baselines = Baselines(beside["rtt"], beside["commit"], (in_before + in_after) / 2, beside["via"],
+                          (via_before + via_after) / 2)
+    return rows, baselines
 
 
 def run(sizes: Sequence[int] = DEFAULT_SIZES, *, ops: int = 500, directory: str | None = None,
         progress: Callable[[str], None] = print, **cluster_settings: Any) -> ClusterBenchReport:
-    """Start a 2×3 cluster, measure the table and the baselines, stop the cluster.
+    """Start a 2×3 cluster and the raw group, measure the table and the baselines, stop them.
 
     ``cluster_settings`` go into the cluster file (for example ``index_backlog=0``).
     """
     from .client import DistributedSemanticKV
     from .embeddings import HashEmbedding
 
-    progress("baseline: raw Flight round trip")
-    flight_rtt = measure_flight_rtt(ops * 2)
-    progress("baseline: raw pysyncobj commit (3 processes)")
-    raft_commit, raft_ops = measure_raw_raft(ops)
-    progress("baseline: raw pysyncobj commit through Flight (3 processes)")
-    via_flight, via_flight_ops = measure_raw_raft_through_flight(ops)
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="semcache-cluster-bench-") as tmp:
+    progress("starting the raw group (3 processes) and a local cluster (2 shards x 3 replicas)")
+    with (
+        raw_flight_group() as (raw_client, raw_address),
+        tempfile.TemporaryDirectory(prefix="semcache-cluster-bench-") as tmp,
+    ):
+        raw = RawGroup(raw_client, raw_address)
         cluster = LocalCluster(directory or tmp)
         try:
-            progress("starting a local cluster: 2 shards x 3 replicas")
             cluster.up(2, 3, embedding=f"hash:{DIM}", **cluster_settings)
             kv = DistributedSemanticKV(cluster.addresses(), embedding=HashEmbedding(DIM), max_workers=16)
             rng = np.random.default_rng(5)
@@ -436,12 +425,16 @@ def run(sizes: Sequence[int] = DEFAULT_SIZES, *, ops: int = 500, directory: str 
                 throughput(load, size - loaded)
                 wait_indexed(kv)
                 loaded = size
-                progress(f"measuring at {size} keys")
-                rows += measure_size(kv, size, vectors, unit_vectors(rng, ops, DIM), ops)
+                progress(f"measuring at {size} keys, with the raw group's baselines")
+                size_rows, baselines = measure_size(kv, size, vectors, unit_vectors(rng, ops, DIM), ops, raw)
+                rows += size_rows
             kv.close()
         finally:
             cluster.down()
-    return ClusterBenchReport(rows, flight_rtt, raft_commit, raft_ops, environment(), via_flight, via_flight_ops)
+    return ClusterBenchReport(
+        rows, baselines.flight_rtt, baselines.raft_commit, baselines.raft_ops_per_second, environment(),
+        baselines.raft_via_flight, baselines.raft_via_flight_ops_per_second,
+    )
 
 
 def environment() -> dict[str, str]:
@@ -453,7 +446,7 @@ def environment() -> dict[str, str]:
     with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as handle:
         cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     return {
-        "cpu": f"{cpu} ({os.cpu_count()} cores visible, shared with the 6 node processes)",
+        "cpu": f"{cpu} ({os.cpu_count()} cores visible, shared with the 6 node and 3 raw-group processes)",
         "load average at the end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "python": platform.python_version(),
         "semcache": __version__,
@@ -480,7 +473,7 @@ def format_report(report: ClusterBenchReport) -> str:
         )
     lines += [
         "",
-        "| baseline (same run) | p50 ms | p99 ms | ops/s |",
+        f"| baseline (measured beside the {max(r.keys for r in report.rows):,}-key rows) | p50 ms | p99 ms | ops/s |",
         "|---|---|---|---|",
         f"| raw Flight round trip | {ms(report.flight_rtt.median)} | {ms(report.flight_rtt.p99)} | "
         f"{1 / report.flight_rtt.median:,.0f} |",
@@ -565,27 +558,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--ops", type=int, default=500)
     bench.add_argument("--index-backlog", type=int, default=None,
                        help="deferred hnswlib inserts, all scopes (cluster file index_backlog; 0 inserts at once)")
-    echo = sub.add_parser("flight-echo")
-    echo.add_argument("--port", type=int, required=True)
     raw_node = sub.add_parser("raw-flight-node")
     raw_node.add_argument("--raft-port", type=int, required=True)
     raw_node.add_argument("--partners", required=True)
     raw_node.add_argument("--rpc-port", type=int, required=True)
     raw_node.add_argument("--secret", required=True)
-    worker = sub.add_parser("raft-worker")
-    worker.add_argument("--self", dest="me", required=True)
-    worker.add_argument("--partners", required=True)
-    worker.add_argument("--secret", required=True)
-    worker.add_argument("--out", required=True)
-    worker.add_argument("--count", type=int, required=True)
-    worker.add_argument("--journal", required=True)
+    raw_node.add_argument("--journal", required=True)
     args = parser.parse_args(argv)
-    if args.what == "flight-echo":
-        _flight_echo(args.port)
-    elif args.what == "raw-flight-node":
-        raw_flight_node(args.raft_port, [int(p) for p in args.partners.split(",")], args.rpc_port, args.secret)
-    elif args.what == "raft-worker":
-        _raft_worker(args.me, args.partners.split(","), args.secret, Path(args.out), args.count, args.journal)
+    if args.what == "raw-flight-node":
+        raw_flight_node(args.raft_port, [int(p) for p in args.partners.split(",")], args.rpc_port, args.secret,
+                        args.journal)
     else:
         return run_cluster_bench(args)
     return 0

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from semcache.bench import Summary
-from semcache.bench_cluster import ClusterBenchReport, Row, format_report, latencies, throughput
+from semcache.bench_cluster import ClusterBenchReport, Row, format_report, interleaved, latencies, run, throughput
 
 
 def summary(ms: float) -> Summary:
@@ -46,6 +50,10 @@ def test_a_missed_target_says_so() -> None:
 def test_latency_and_throughput_helpers_call_every_index() -> None:
     seen: list[int] = []
     assert latencies(seen.append, 5).count == 5 and seen == [0, 1, 2, 3, 4]
+    order: list[str] = []
+    timed = interleaved({"a": lambda i: order.append(f"a{i}"), "b": lambda i: order.append(f"b{i}") or 0.25}, 3)
+    assert order == ["a0", "b0", "a1", "b1", "a2", "b2"]  # alternated op by op
+    assert timed["b"].median == 0.25 and timed["a"].count == 3  # a returned duration is used as measured
     got: list[int] = []
     assert throughput(got.append, 40, threads=4) > 0 and sorted(got) == list(range(40))
 
@@ -56,3 +64,30 @@ def test_without_the_flight_baseline_the_second_reading_is_left_out() -> None:
     bare.raft_via_flight = bare.raft_via_flight_ops_per_second = None
     text = format_report(bare)
     assert "(same transport)" not in text and "through one Flight call" not in text
+
+
+@pytest.mark.slow
+def test_a_small_run_measures_every_row_beside_the_raw_group_and_stops_everything() -> None:
+    before = _bench_processes()
+    report = run((150,), ops=20, progress=lambda message: None)
+    assert [(r.op, r.keys) for r in report.rows] == [
+        ("GET", 150), ("PUT", 150), ("PUT overwrite", 150), ("SEARCH", 150), ("DELETE", 150),
+    ]
+    assert all(r.latency.count == 20 and r.ops_per_second > 0 for r in report.rows)
+    assert report.flight_rtt.count == 20 and report.raft_commit.count == 20 and report.raft_ops_per_second > 0
+    assert report.raft_via_flight is not None and report.raft_via_flight_ops_per_second
+    assert "sync PUT p50 vs raw commit + RTT" in format_report(report)
+    assert _bench_processes() == before  # the raw group and the nodes were stopped
+
+
+def _bench_processes() -> set[int]:
+    """Pids of raw-group or node processes (by their command lines)."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"raw-flight-node" in cmdline or b"semcache.cli_cluster" in cmdline:
+            pids.add(int(proc.name))
+    return pids
