@@ -103,16 +103,17 @@ def latencies(fn: Callable[[int], Any], count: int) -> Summary:
     return Summary.of(samples)
 
 
-def interleaved(fns: dict[str, Callable[[int], float | None]], count: int) -> dict[str, Summary]:
+def interleaved(fns: dict[str, Callable[[int], Any]], count: int) -> dict[str, Summary]:
     """Call each of ``fns`` ``count`` times, alternating op by op, so drift in the
-    machine's speed hits every one alike.  A function may return the duration it
-    measured itself (a commit timed inside the raw leader); otherwise its call is timed."""
+    machine's speed hits every one alike.  A function that returns a float returns
+    the duration it measured itself (a commit timed inside the raw leader); any
+    other call is timed here."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(count):
         for name, fn in fns.items():
             start = time.perf_counter()
             own = fn(i)
-            samples[name].append(time.perf_counter() - start if own is None else own)
+            samples[name].append(own if isinstance(own, float) else time.perf_counter() - start)
     return {name: Summary.of(values) for name, values in samples.items()}
 
 
@@ -365,7 +366,7 @@ def measure_size(
         bracket.append((raw.in_leader_throughput(ops * 2), raw.through_flight_throughput(ops * 2)))
 
     def phase(name: str, fn: Callable[[int], Any], writes: bool,
-              raw_ops: dict[str, Callable[[int], float | None]] | None = None) -> Row:
+              raw_ops: dict[str, Callable[[int], Any]] | None = None) -> Row:
         fn(ops * 10)  # warm the connection and leader cache
         wait_indexed(kv)
         timed = interleaved({name: fn, **(raw_ops or {})}, ops)
