@@ -10,11 +10,11 @@ targets are stated against come from it, measured *interleaved* with the
 cluster's rows, because this shared machine's speed drifts by tens of percent
 within minutes:
 
-* **raw Flight round trip**: its ``echo`` action, alternated op by op with the GETs;
-* **raw pysyncobj commit**: one sync commit timed inside the leader, alternated
-  op by op with the sync PUTs; for throughput, 8 threads committing inside the
-  leader, run just before and just after the cluster's 8-thread PUT burst (the
-  mean of the two);
+* **raw Flight round trip**: its ``echo`` action; every GET is followed by one;
+* **raw pysyncobj commit**: one sync commit timed inside the leader; every sync
+  PUT is followed by a raw commit, of this kind and the next kind in turn.  For
+  throughput, 8 threads committing inside the leader, run just before and just
+  after the cluster's 8-thread PUT burst (the mean of the two);
 * **raw commit through Flight**: a sync commit requested through one Flight
   call, as a node is reached (a second reading of both write targets), timed
   and bracketed the same way.
@@ -103,18 +103,29 @@ def latencies(fn: Callable[[int], Any], count: int) -> Summary:
     return Summary.of(samples)
 
 
-def interleaved(fns: dict[str, Callable[[int], Any]], count: int) -> dict[str, Summary]:
-    """Call each of ``fns`` ``count`` times, alternating op by op, so drift in the
-    machine's speed hits every one alike.  A function that returns a float returns
-    the duration it measured itself (a commit timed inside the raw leader); any
-    other call is timed here."""
-    samples: dict[str, list[float]] = {name: [] for name in fns}
+def interleaved(subject: Callable[[int], Any], others: dict[str, Callable[[int], Any]],
+                count: int) -> tuple[Summary, dict[str, Summary]]:
+    """Time ``subject`` ``count`` times, each call followed by one of ``others`` (taken in turn).
+
+    Alternating op by op makes drift in this shared machine's speed hit every
+    series alike, and each call follows a call of the other side, so both see
+    the other's after-work (a commit's messages to its followers).  A function
+    that returns a float returns the duration it measured itself (a commit timed
+    inside the raw leader); any other call is timed here.
+    """
+    def timed(fn: Callable[[int], Any], i: int) -> float:
+        start = time.perf_counter()
+        own = fn(i)
+        return own if isinstance(own, float) else time.perf_counter() - start
+
+    names = list(others)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    subject_samples = []
     for i in range(count):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            own = fn(i)
-            samples[name].append(own if isinstance(own, float) else time.perf_counter() - start)
-    return {name: Summary.of(values) for name, values in samples.items()}
+        subject_samples.append(timed(subject, i))
+        name = names[i % len(names)]
+        samples[name].append(timed(others[name], i))
+    return Summary.of(subject_samples), {name: Summary.of(values) for name, values in samples.items()}
 
 
 def wait_indexed(kv: Any, timeout: float = 300.0) -> float:
@@ -369,8 +380,11 @@ def measure_size(
               raw_ops: dict[str, Callable[[int], Any]] | None = None) -> Row:
         fn(ops * 10)  # warm the connection and leader cache
         wait_indexed(kv)
-        timed = interleaved({name: fn, **(raw_ops or {})}, ops)
-        beside.update({k: v for k, v in timed.items() if k != name})
+        if raw_ops:
+            latency, raw_latencies = interleaved(fn, raw_ops, ops)
+            beside.update(raw_latencies)
+        else:
+            latency = latencies(fn, ops)
         wait_indexed(kv)
         if name == "PUT":
             raw_bursts()
@@ -378,7 +392,7 @@ def measure_size(
         indexed = (ops * 2) / (ops * 2 / ops_per_second + wait_indexed(kv)) if writes else None
         if name == "PUT":
             raw_bursts()
-        return Row(name, size, timed[name], ops_per_second, indexed)
+        return Row(name, size, latency, ops_per_second, indexed)
 
     rows = [
         phase("GET", get, False, {"rtt": raw.echo}),
