@@ -52,7 +52,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from .backend import SearchResult
-from .coalesce import WriteCombiner
+from .coalesce import Combiner
 from .config import ClusterConfig
 from .embeddings import BaseEmbedding, HashEmbedding, as_embedding
 from .errors import (
@@ -79,7 +79,7 @@ from .kv import (
 )
 from .routing import DEFAULT_VNODES, HashRing
 from .state import Limits, check_key
-from .transport import PutItem
+from .transport import Hits, PutItem, SearchQuery
 
 T = TypeVar("T")
 
@@ -97,11 +97,23 @@ def _put_size(item: PutItem) -> int:
     return item.size
 
 
+def _query_size(query: SearchQuery) -> int:
+    return len(query.vector)
+
+
+def _shard_unanswering(error: BaseException) -> bool:
+    """An error after which requests queued for the same shard fail too (it already took a whole timeout)."""
+    return isinstance(error, ShardUnavailableError | NoQuorumError)
+
+
 class NodeConnection(Protocol):
     """What the client calls on one node (``semcache.transport.NodeClient`` has it all)."""
 
     def put(self, key: str, value: bytes, *, scope: str, vector: bytes | None, ttl_ms: int) -> None: ...
     def put_many(self, items: Sequence[PutItem]) -> list[SemcacheError | None]: ...
+    def search_many(
+        self, queries: Sequence[SearchQuery], *, read_from: str = "leader"
+    ) -> list[Hits | SemcacheError]: ...
     def get(self, key: str, *, read_from: str = "leader") -> bytes | None: ...
     def delete(self, key: str) -> bool: ...
     def exists(self, key: str, *, read_from: str = "leader") -> bool: ...
@@ -322,8 +334,15 @@ class DistributedSemanticKV(KVHelpers):
                     with contextlib.suppress(ShardUnavailableError):
                         self._refresh_route(route)
             self.ring = HashRing(self._routes, vnodes=vnodes)
+            # Concurrent puts, and concurrent searches, to one shard share RPCs (see semcache.coalesce).
             self._writers = {
-                shard_id: WriteCombiner[PutItem](functools.partial(self._send_puts, shard_id), size=_put_size)
+                shard_id: Combiner[PutItem, None](functools.partial(self._send_puts, shard_id), size=_put_size,
+                                                  fails_queued=_shard_unanswering)
+                for shard_id in self._routes
+            }
+            self._searchers = {
+                shard_id: Combiner[SearchQuery, Hits](functools.partial(self._send_searches, shard_id),
+                                                      size=_query_size, fails_queued=_shard_unanswering)
                 for shard_id in self._routes
             }
             self._embedding = embedding_for_cluster(embedding, model_id, dim)
@@ -477,21 +496,26 @@ class DistributedSemanticKV(KVHelpers):
         return self._on_shard(self.ring.shard_for(key), call, leader=leader, timeout=self.request_timeout)
 
     def _fan_out(self, call: Callable[[NodeConnection], T], *, timeout: float) -> tuple[dict[str, T], list[str]]:
-        """Run ``call`` on every shard at once; the answers and the shards that gave none.
+        """Run ``call`` on a replica of every shard at once; the answers and the shards that gave none."""
+        leader = self.read_from == "leader"
+        return self._on_every_shard_at_once(
+            lambda shard_id: self._on_shard(shard_id, call, leader=leader, timeout=timeout), timeout=timeout
+        )
+
+    def _on_every_shard_at_once(
+        self, per_shard: Callable[[str], T], *, timeout: float
+    ) -> tuple[dict[str, T], list[str]]:
+        """Run ``per_shard(shard_id)`` for every shard at once; the answers and the shards that gave none.
 
         The first shard runs in the calling thread and the others in the pool,
         which saves a thread hand-off per search (all of it with one shard).
         """
         self._check_open()
-        leader = self.read_from == "leader"
         first, *others = self.ring.shard_ids
-        futures: dict[str, Future[T]] = {
-            shard_id: self._executor.submit(self._on_shard, shard_id, call, leader=leader, timeout=timeout)
-            for shard_id in others
-        }
+        futures: dict[str, Future[T]] = {shard_id: self._executor.submit(per_shard, shard_id) for shard_id in others}
         outcomes: dict[str, T | BaseException | None] = {}
         try:
-            outcomes[first] = self._on_shard(first, call, leader=leader, timeout=timeout)
+            outcomes[first] = per_shard(first)
         except ClusterError as exc:
             outcomes[first] = exc
         if futures:
@@ -574,6 +598,25 @@ class DistributedSemanticKV(KVHelpers):
 
         return self._on_shard(shard_id, call, leader=True, timeout=self.request_timeout)
 
+    def _send_searches(self, shard_id: str, queries: list[SearchQuery]) -> list[Hits | SemcacheError]:
+        """Send searches that concurrent callers queued for one shard: one RPC, one answer per search.
+
+        A lone search goes as a plain ``search``.
+        """
+        leader = self.read_from == "leader"
+        if len(queries) == 1:
+            (q,) = queries
+            return [self._on_shard(
+                shard_id,
+                lambda node: node.search(q.vector, scope=q.scope, top_k=q.top_k, threshold=q.threshold,
+                                         read_from=self.read_from),
+                leader=leader, timeout=self.search_timeout,
+            )]
+        return self._on_shard(
+            shard_id, lambda node: node.search_many(queries, read_from=self.read_from), leader=leader,
+            timeout=self.search_timeout,
+        )
+
     def get(self, key: str) -> bytes | None:
         """The value of ``key``, or None if absent or expired."""
         check_key(key, self.limits)
@@ -625,12 +668,10 @@ class DistributedSemanticKV(KVHelpers):
         self._check_open()
         check_search_args(top_k, threshold)
         scope = check_scope(scope)
-        query_bytes = search_vector(self._embedding, query, vector).tobytes()
-
-        def on_node(node: NodeConnection) -> list[tuple[str, bytes, float]]:
-            return node.search(query_bytes, scope=scope, top_k=top_k, threshold=threshold, read_from=self.read_from)
-
-        answers, missing = self._fan_out(on_node, timeout=self.search_timeout)
+        request = SearchQuery(search_vector(self._embedding, query, vector).tobytes(), scope, top_k, threshold)
+        answers, missing = self._on_every_shard_at_once(
+            lambda shard_id: self._searchers[shard_id].submit(request), timeout=self.search_timeout
+        )
         hits = [
             SearchResult(key, value, float(similarity), shard_id)
             for shard_id, rows in answers.items()

@@ -1,19 +1,22 @@
-"""Write coalescing: concurrent writes to one shard share a request.
+"""Request coalescing: concurrent requests to one shard share one RPC.
 
-A write to a cluster costs a Flight call and a share of a Raft entry (pickled,
-encrypted, sent to every follower, acknowledged).  When many threads write to
-one shard at once, :class:`WriteCombiner` lets them share those costs: at most
-``depth`` requests to the shard are in flight; a writer that finds a free slot
-sends at once (so a lone writer waits for nothing), and writers that arrive
-while the slots are taken queue up.  When a request finishes, its slot passes to
-the first queued writer, which sends everything queued by then (up to
+A request to a node costs a Flight call: a gRPC round trip, and on the node a
+handler thread (gRPC's sync server starts and stops threads as concurrent
+calls come and go).  A write also costs a share of a Raft entry (pickled,
+encrypted, sent to every follower, acknowledged).  When many threads call one
+shard at once, :class:`Combiner` lets them share those costs: at most ``depth``
+requests to the shard are in flight; a caller that finds a free slot sends at
+once (so a lone caller waits for nothing), and callers that arrive while the
+slots are taken queue up.  When a request finishes, its slot passes to the
+first queued caller, which sends everything queued by then (up to
 ``max_items`` and ``max_bytes``) as one request.  No thread of its own: the
-writers send for each other.
+callers send for each other.  The client uses one for puts and one for
+searches per shard.
 
 >>> sent = []
->>> combiner = WriteCombiner(lambda batch: sent.append(batch) or [None] * len(batch), size=len)
->>> combiner.submit("a")
->>> combiner.submit("bb")
+>>> combiner = Combiner(lambda batch: sent.append(batch) or [x.upper() for x in batch], size=len)
+>>> combiner.submit("a"), combiner.submit("bb")
+('A', 'BB')
 >>> sent
 [['a'], ['bb']]
 """
@@ -29,6 +32,7 @@ from typing import Generic, TypeVar
 from .errors import ClusterError
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 DEFAULT_DEPTH = 1  # one request in flight per shard: the others queue and share the next (measured best)
 DEFAULT_MAX_ITEMS = 64
@@ -36,35 +40,40 @@ DEFAULT_MAX_BYTES = 48 * 1024  # so a request fits one Raft entry (60 KiB) with 
 
 
 @dataclass(eq=False)
-class _Writer(Generic[T]):
-    """A writer waiting for its item to be sent, or for its turn to send."""
+class _Caller(Generic[T]):
+    """A caller waiting for its item's outcome, or for its turn to send."""
 
     item: T
     wake: threading.Event = field(default_factory=threading.Event)
     sender: bool = False  # holds a send slot it has not used yet
     done: bool = False
-    error: BaseException | None = None
+    outcome: object = None  # the item's result, or the exception to raise
 
 
-class WriteCombiner(Generic[T]):
+class Combiner(Generic[T, R]):
     """Sends items through ``send`` in batches, as many per batch as were waiting.
 
     Args:
-        send: sends a batch; returns one error (or None) per item, in order, or
-            raises an error that then applies to every item of the batch.
+        send: sends a batch; returns one outcome per item, in order (a result,
+            or an exception for that item alone), or raises an error that then
+            applies to every item of the batch.
         size: an item's size in bytes, for ``max_bytes``.
         depth: batches in flight at once.
         max_items, max_bytes: bounds of one batch (a single item may exceed ``max_bytes``).
+        fails_queued: when a batch raises an error for which this is true (the
+            shard did not answer in time), the callers queued behind it get the
+            same error instead of waiting out another timeout.
     """
 
     def __init__(
         self,
-        send: Callable[[list[T]], Sequence[BaseException | None]],
+        send: Callable[[list[T]], Sequence[R | BaseException]],
         *,
         size: Callable[[T], int],
         depth: int = DEFAULT_DEPTH,
         max_items: int = DEFAULT_MAX_ITEMS,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        fails_queued: Callable[[BaseException], bool] = lambda error: False,
     ) -> None:
         if depth < 1 or max_items < 1:
             raise ValueError("depth and max_items must be >= 1")
@@ -72,21 +81,22 @@ class WriteCombiner(Generic[T]):
         self._size = size
         self._max_items = max_items
         self._max_bytes = max_bytes
+        self._fails_queued = fails_queued
         self._lock = threading.Lock()
-        self._queue: deque[_Writer[T]] = deque()
+        self._queue: deque[_Caller[T]] = deque()
         self._free_slots = depth
         self.batches = 0  # batches sent, and items in them: their ratio is the coalescing achieved
         self.items = 0
 
     @property
     def queued(self) -> int:
-        """Writers waiting for a batch."""
+        """Callers waiting for a batch."""
         with self._lock:
             return len(self._queue)
 
-    def submit(self, item: T) -> None:
-        """Send ``item``, alone or with others, and return once its batch is answered; raise its error."""
-        me = _Writer(item)
+    def submit(self, item: T) -> R:
+        """Send ``item``, alone or with others; return its result once its batch is answered, or raise its error."""
+        me = _Caller(item)
         with self._lock:
             self._queue.append(me)
             if self._free_slots:
@@ -100,32 +110,35 @@ class WriteCombiner(Generic[T]):
                         break
                     me.wake.clear()
             if send:
-                self._send_batch()  # sends from the head of the queue: this writer's item, or earlier ones
+                self._send_batch()  # sends from the head of the queue: this caller's item, or earlier ones
             else:
                 me.wake.wait()
-        if me.error is not None:
-            raise me.error
+        if isinstance(me.outcome, BaseException):
+            raise me.outcome
+        return me.outcome  # type: ignore[return-value]  # an R, as send returned it
 
     def _send_batch(self) -> None:
         """Send the head of the queue as one batch (using a slot this thread holds), then pass the slot on."""
         with self._lock:
             batch = self._take()
-        errors: Sequence[BaseException | None] | None = None
+        outcomes: Sequence[R | BaseException] | None = None
+        shard_error: BaseException | None = None
         try:
             if batch:
-                errors = self._send([writer.item for writer in batch])
-                if len(errors) != len(batch):
-                    raise ClusterError(f"a batch of {len(batch)} writes got {len(errors)} answers")
-        except Exception as exc:  # noqa: BLE001 - it is every item's error, raised in each writer's thread
-            errors = [exc] * len(batch)
+                outcomes = self._send([caller.item for caller in batch])
+                if len(outcomes) != len(batch):
+                    raise ClusterError(f"a batch of {len(batch)} requests got {len(outcomes)} answers")
+        except Exception as exc:  # noqa: BLE001 - it is every item's error, raised in each caller's thread
+            outcomes = [exc] * len(batch)
+            shard_error = exc if self._fails_queued(exc) else None
         finally:
-            if errors is None:  # interrupted (KeyboardInterrupt): the writes may or may not have happened
-                errors = [ClusterError("the write was interrupted; it may still happen")] * len(batch)
-            self._finish(batch, errors)
+            if outcomes is None:  # interrupted (KeyboardInterrupt): a write may or may not have happened
+                outcomes = [ClusterError("the request was interrupted; a write may still happen")] * len(batch)
+            self._finish(batch, outcomes, shard_error)
 
-    def _take(self) -> list[_Writer[T]]:
+    def _take(self) -> list[_Caller[T]]:
         """Pop the next batch off the queue (lock held): at least one item if any, then up to the bounds."""
-        batch: list[_Writer[T]] = []
+        batch: list[_Caller[T]] = []
         size = 0
         while self._queue and len(batch) < self._max_items:
             item_size = self._size(self._queue[0].item)
@@ -135,16 +148,20 @@ class WriteCombiner(Generic[T]):
             size += item_size
         return batch
 
-    def _finish(self, batch: list[_Writer[T]], errors: Sequence[BaseException | None]) -> None:
+    def _finish(self, batch: list[_Caller[T]], outcomes: Sequence[object], shard_error: BaseException | None) -> None:
         with self._lock:
             if batch:
                 self.batches += 1
                 self.items += len(batch)
-            for writer, error in zip(batch, errors, strict=True):
-                writer.error, writer.done = error, True
-                writer.wake.set()
-            # Hand the slot to the first queued writer not already holding one, or free it.
-            heir = next((writer for writer in self._queue if not writer.sender), None)
+            done = list(zip(batch, outcomes, strict=True))
+            if shard_error is not None:  # the queued would go to the same unanswering shard: fail them now
+                done += [(caller, shard_error) for caller in self._queue if not caller.sender]
+                self._queue = deque(caller for caller in self._queue if caller.sender)
+            for caller, outcome in done:
+                caller.outcome, caller.done = outcome, True
+                caller.wake.set()
+            # Hand the slot to the first queued caller not already holding one, or free it.
+            heir = next((caller for caller in self._queue if not caller.sender), None)
             if heir is None:
                 self._free_slots += 1
             else:

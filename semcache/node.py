@@ -28,6 +28,8 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,16 @@ logger = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0005  # seconds; see run_node
 
 Reply = tuple[dict[str, Any], list[bytes]]
+
+
+@dataclass(frozen=True)
+class SearchArgs:
+    """One checked search request."""
+
+    query: np.ndarray
+    scope: str
+    top_k: int
+    threshold: float | None
 
 
 class SemanticKVNode:
@@ -73,6 +85,7 @@ class SemanticKVNode:
         self._handlers = {
             "put": self._put,
             "put_many": self._put_many,
+            "search_many": self._search_many,
             "get": self._get,
             "delete": self._delete,
             "exists": self._exists,
@@ -230,24 +243,60 @@ class SemanticKVNode:
         return {"keys": self.shard.read(lambda state, now: state.scan(prefix, limit, now))}, []
 
     def _search(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
-        top_k, threshold = header.get("k", 5), header.get("th")
-        check_search_args(top_k, threshold)
-        scope = check_scope(header.get("s"))
         if len(blobs) != 1:
             raise InvalidInputError("search needs exactly one vector blob")
         self._read_guard(header)
-        query = np.frombuffer(self._vector(blobs[0], None) or b"", dtype=np.float32)
-
-        def run(state: ShardState, now: int) -> list[Any]:
-            return state.search(query, scope, top_k, threshold, now)
-
-        matches = self.shard.read(run)
-        self._counters["searches"] += 1
-        for match in matches:
-            self.shard.touch(match.key)
+        (matches,) = self._run_searches([self._search_args(header, blobs[0])])
         return {"keys": [m.key for m in matches], "sims": [m.similarity for m in matches]}, [
             m.entry.value for m in matches
         ]
+
+    def _search_many(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+        """Several searches in one call (a client coalescing concurrent searches): one answer each."""
+        queries = header.get("queries")
+        if not isinstance(queries, list) or not all(isinstance(q, dict) for q in queries):
+            raise InvalidInputError("search_many needs 'queries', a list of objects")
+        if len(blobs) != len(queries):
+            raise InvalidInputError(f"search_many has {len(queries)} queries but {len(blobs)} vector blobs")
+        self._read_guard(header)
+        outcomes: list[SearchArgs | SemcacheError] = []
+        for query, vector in zip(queries, blobs, strict=True):
+            try:
+                outcomes.append(self._search_args(query, vector))
+            except SemcacheError as exc:
+                outcomes.append(exc)
+        found = iter(self._run_searches([o for o in outcomes if not isinstance(o, SemcacheError)]))
+        results: list[dict[str, Any]] = []
+        values: list[bytes] = []
+        for outcome in outcomes:
+            if isinstance(outcome, SemcacheError):
+                results.append(error_to_header(outcome))
+                continue
+            matches = next(found)
+            results.append({"keys": [m.key for m in matches], "sims": [m.similarity for m in matches]})
+            values += [m.entry.value for m in matches]
+        return {"results": results}, values
+
+    def _search_args(self, header: dict[str, Any], vector: bytes) -> SearchArgs:
+        """One search's arguments, checked (the query vector validated and normalised)."""
+        top_k, threshold = header.get("k", 5), header.get("th")
+        check_search_args(top_k, threshold)
+        scope = check_scope(header.get("s"))
+        query = np.frombuffer(self._vector(vector, None) or b"", dtype=np.float32)
+        return SearchArgs(query, scope, top_k, threshold)
+
+    def _run_searches(self, searches: list[SearchArgs]) -> list[list[Any]]:
+        """Run checked searches (the state lock held for one at a time, so writes wait for one search at most);
+        count them and record the reads for eviction."""
+        def run(search: SearchArgs) -> Callable[[ShardState, int], list[Any]]:
+            return lambda state, now: state.search(search.query, search.scope, search.top_k, search.threshold, now)
+
+        found = [self.shard.read(run(search)) for search in searches]
+        self._counters["searches"] += len(searches)
+        for matches in found:
+            for match in matches:
+                self.shard.touch(match.key)
+        return found
 
     # ----------------------------------------------------------------- admin
     def _stats(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:

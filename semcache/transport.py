@@ -90,6 +90,19 @@ class PutItem:
         return len(self.key) + len(self.value) + len(self.scope) + (len(self.vector) if self.vector else 0)
 
 
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """One search as the client sends it to a shard: float32 vector bytes and the search arguments."""
+
+    vector: bytes
+    scope: str
+    top_k: int
+    threshold: float | None
+
+
+Hits = list[tuple[str, bytes, float]]  # (key, value, similarity), best first
+
+
 def encode_put_items(items: Sequence[PutItem]) -> tuple[dict[str, Any], list[bytes]]:
     """The ``put_many`` request: one header entry per put, then each put's value and vector blobs in order."""
     blobs: list[bytes] = []
@@ -258,7 +271,7 @@ class FlightNodeServer(flight.FlightServerBase):
 
 
 ACTIONS = (
-    "put", "put_many", "get", "delete", "exists", "scan", "search", "clear", "stats", "health",
+    "put", "put_many", "search_many", "get", "delete", "exists", "scan", "search", "clear", "stats", "health",
     "topology", "add_replica", "remove_replica", "digest", "compact",
 )
 
@@ -356,6 +369,26 @@ class NodeClient:
         """The ``top_k`` nearest entries of ``scope`` on this node's shard: ``(key, value, similarity)``."""
         reply, blobs = self.call("search", {"s": scope, "k": top_k, "th": threshold, "r": read_from}, [vector])
         return [(key, blob, float(sim)) for key, blob, sim in zip(reply["keys"], blobs, reply["sims"], strict=True)]
+
+    def search_many(self, queries: Sequence[SearchQuery], *, read_from: str = "leader") -> list[Hits | SemcacheError]:
+        """Several searches in one call: each one's hits, or its own error (a bad argument).
+
+        Errors that concern the whole call (not the leader, unreachable) raise instead.
+        """
+        header = {"r": read_from, "queries": [{"s": q.scope, "k": q.top_k, "th": q.threshold} for q in queries]}
+        reply, blobs = self.call("search_many", header, [q.vector for q in queries])
+        answers = reply.get("results")
+        if not isinstance(answers, list) or len(answers) != len(queries):
+            raise ClusterError(f"{self.address} answered search_many with {answers!r}")
+        values = iter(blobs)
+        out: list[Hits | SemcacheError] = []
+        for answer in answers:
+            if "error" in answer:
+                out.append(error_from_reply(answer))
+            else:
+                out.append([(key, next(values), float(sim)) for key, sim in zip(answer["keys"], answer["sims"],
+                                                                                  strict=True)])
+        return out
 
     def clear(self, scope_prefix: str) -> int:
         return int(self.call("clear", {"p": scope_prefix})[0]["n"])

@@ -162,9 +162,11 @@ class FakeNode:
     def search(
         self, vector: bytes, *, scope: str, top_k: int, threshold: float | None, read_from: str = "leader"
     ) -> list[tuple[str, bytes, float]]:
-        kv = self._enter("search", leader_only=read_from == "leader")
-        hits = kv.search(None, top_k, threshold, scope=scope, vector=np.frombuffer(vector, dtype=np.float32))
-        return [(h.key, h.value, h.similarity) for h in hits]
+        return _hits(self._enter("search", leader_only=read_from == "leader"), vector, scope, top_k, threshold)
+
+    def search_many(self, queries: list[Any], *, read_from: str = "leader") -> list[Any]:
+        kv = self._enter("search_many", leader_only=read_from == "leader")
+        return [_hits(kv, q.vector, q.scope, q.top_k, q.threshold) for q in queries]
 
     def clear(self, scope_prefix: str) -> int:
         kv = self._enter("clear", write=True)
@@ -192,3 +194,8 @@ class FakeNode:
 
     def close(self) -> None:
         self.cluster.calls[(self.address, "close")] += 1
+
+
+def _hits(kv: SemanticKV, vector: bytes, scope: str, top_k: int, threshold: float | None) -> list[Any]:
+    found = kv.search(None, top_k, threshold, scope=scope, vector=np.frombuffer(vector, dtype=np.float32))
+    return [(h.key, h.value, h.similarity) for h in found]

@@ -108,6 +108,62 @@ def test_writes_ride_through_a_leader_crash_until_the_new_election(
     assert client.get(key) == b"after"
 
 
+class GatedSearchNode:
+    """A fake node whose plain ``search`` blocks until ``gate`` opens (a search in flight)."""
+
+    entered = threading.Event()
+
+    def __init__(self, node: Any, gate: threading.Event) -> None:
+        self.node, self.gate = node, gate
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        GatedSearchNode.entered.set()
+        assert self.gate.wait(10)
+        return self.node.search(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.node, name)
+
+
+def test_concurrent_searches_share_one_search_many_per_shard_and_each_gets_its_own_hits(
+    cluster: FakeCluster,
+) -> None:
+    gate = threading.Event()
+    kv = DistributedSemanticKV(
+        ["fake://shard-0/0"],
+        connect=lambda address: GatedSearchNode(cluster.connect(address), gate),  # type: ignore[arg-type]
+        clock=cluster.clock, sleep=cluster.clock.sleep,
+    )
+    gate.set()
+    for word in WORDS:
+        kv.put(f"doc:{word}", f"a note about {word}")
+    expected = {word: [(h.key, h.similarity) for h in kv.search(f"a note about {word}", top_k=3)] for word in WORDS}
+    gate.clear()
+    GatedSearchNode.entered.clear()
+    results: dict[str, list[tuple[str, float]]] = {}
+
+    def search(word: str) -> None:
+        results[word] = [(h.key, h.similarity) for h in kv.search(f"a note about {word}", top_k=3)]
+
+    first = threading.Thread(target=search, args=(WORDS[0],))
+    first.start()  # a lone search: sent at once, one plain search per shard, now in flight
+    assert GatedSearchNode.entered.wait(10)
+    others = [threading.Thread(target=search, args=(word,)) for word in WORDS[1:7]]
+    for thread in others:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while sum(s.queued for s in kv._searchers.values()) < 6 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    before = sum(n for (address, method), n in cluster.calls.items() if method == "search_many")
+    gate.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert results == {word: expected[word] for word in WORDS[:7]}  # each caller got its own hits
+    batches = sum(n for (address, method), n in cluster.calls.items() if method == "search_many") - before
+    assert 1 <= batches <= 2  # the six queued searches: one search_many on each shard they queued for
+    kv.close()
+
+
 class GatedNode:
     """A fake node whose ``put`` calls block until ``gate`` opens (writes in flight), and whose first
     ``put_many`` may answer every item with ``NotLeaderError`` (leadership changed before commit)."""

@@ -35,7 +35,7 @@ from semcache.errors import (
     NotLeaderError,
     ShardUnavailableError,
 )
-from semcache.transport import NodeClient, PutItem, decode_frame, encode_frame
+from semcache.transport import NodeClient, PutItem, SearchQuery, decode_frame, encode_frame
 
 from .test_node_transport import self_signed_cert
 
@@ -468,6 +468,33 @@ def test_put_many_answers_each_put_and_stores_only_the_valid_ones(make_shard: Ca
     assert bad_framing["error"] == "invalid_input" and "blobs" in bad_framing["message"]
     assert leader.get("c") is None and leader.get("d") is None
     shard.wait_converged(min_applied=1)
+
+
+def test_search_many_answers_each_search_and_refuses_bad_ones_alone(make_shard: Callable[..., LocalShard]) -> None:
+    shard = make_shard()
+    leader = shard.client(shard.leader())
+    leader.put_many([PutItem(f"k{i}", f"v{i}".encode(), "docs" if i % 2 else "", _vector(i), 0) for i in range(6)])
+    answers = leader.search_many([
+        SearchQuery(_vector(2), "", 1, None),
+        SearchQuery(_vector(3), "docs", 2, 0.99),
+        SearchQuery(b"\x00" * 8, "", 1, None),
+        SearchQuery(_vector(4), "", 0, None),
+        SearchQuery(_vector(5), "nowhere", 1, None),
+    ])
+    assert answers[0] == leader.search(_vector(2), scope="", top_k=1, threshold=None)
+    assert [(key, value) for key, value, _ in answers[0]] == [("k2", b"v2")]
+    assert [(key, value) for key, value, _ in answers[1]] == [("k3", b"v3")]  # threshold 0.99: one hit
+    assert isinstance(answers[2], InvalidInputError) and "bytes" in str(answers[2])
+    assert isinstance(answers[3], InvalidInputError) and "top_k" in str(answers[3])
+    assert answers[4] == []  # an empty scope has no hits
+    follower = next(rid for rid in shard.ids if rid != shard.leader())
+    with pytest.raises(NotLeaderError):
+        shard.client(follower).search_many([SearchQuery(_vector(1), "", 1, None)])
+    wait_for(lambda: shard.client(follower).search_many([SearchQuery(_vector(1), "docs", 1, None)],
+                                                        read_from="any")[0][:1] != [], what="a follower to apply")
+    bad = _raw_action(shard.config.replica(shard.leader()).rpc, "search_many",
+                      encode_frame({"queries": [{"k": 1}, {"k": 1}]}, [_vector(1)]))
+    assert bad["error"] == "invalid_input" and "vector blobs" in bad["message"]
 
 
 def test_node_embeds_only_requests_with_text_and_no_vector(make_shard: Callable[..., LocalShard]) -> None:

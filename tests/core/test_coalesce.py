@@ -1,4 +1,4 @@
-"""WriteCombiner: concurrent writers share batches, each gets its own answer, nothing is lost or sent twice."""
+"""Combiner: concurrent callers share batches, each gets its own answer, nothing is lost or sent twice."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from semcache.coalesce import WriteCombiner
-from semcache.errors import ClusterError, InvalidInputError
+from semcache.coalesce import Combiner
+from semcache.errors import ClusterError, InvalidInputError, ShardUnavailableError
 
 WAIT = 10.0
 
@@ -45,7 +45,7 @@ class GatedSend:
 
 def test_a_lone_writer_sends_at_once_in_a_batch_of_its_own() -> None:
     sent: list[list[str]] = []
-    combiner = WriteCombiner[str](lambda batch: sent.append(batch) or [None] * len(batch), size=len)
+    combiner = Combiner[str, None](lambda batch: sent.append(batch) or [None] * len(batch), size=len)
     combiner.submit("a")
     combiner.submit("b")
     assert sent == [["a"], ["b"]]
@@ -54,7 +54,7 @@ def test_a_lone_writer_sends_at_once_in_a_batch_of_its_own() -> None:
 
 def test_writers_arriving_while_a_batch_is_in_flight_share_the_next_one() -> None:
     send = GatedSend()
-    combiner = WriteCombiner[str](send, size=len, depth=1)
+    combiner = Combiner[str, None](send, size=len, depth=1)
     errors: dict[str, BaseException | None] = {}
 
     def write(item: str) -> None:
@@ -88,12 +88,12 @@ def test_a_failed_batch_fails_every_writer_in_it_and_the_next_batch_still_goes()
             raise ClusterError("shard down")
         return [None] * len(batch)
 
-    combiner = WriteCombiner[str](send, size=len)
+    combiner = Combiner[str, None](send, size=len)
     with pytest.raises(ClusterError, match="shard down"):
         combiner.submit("a")
     combiner.submit("b")  # the slot was handed back
     with pytest.raises(ClusterError, match="2 answers"):
-        WriteCombiner[str](lambda batch: [None, None], size=len).submit("c")
+        Combiner[str, None](lambda batch: [None, None], size=len).submit("c")
 
 
 @pytest.mark.parametrize(("max_items", "max_bytes", "expected"), [
@@ -103,7 +103,7 @@ def test_a_failed_batch_fails_every_writer_in_it_and_the_next_batch_still_goes()
 ])
 def test_batches_respect_the_item_and_byte_bounds(max_items: int, max_bytes: int, expected: list[list[str]]) -> None:
     send = GatedSend()
-    combiner = WriteCombiner[str](send, size=len, depth=1, max_items=max_items, max_bytes=max_bytes)
+    combiner = Combiner[str, None](send, size=len, depth=1, max_items=max_items, max_bytes=max_bytes)
     blocker = start(lambda: combiner.submit("b0"))
     assert send.entered.acquire(timeout=WAIT)
     threads = []
@@ -131,7 +131,7 @@ def test_many_writers_every_item_sent_exactly_once_and_never_more_than_depth_in_
             in_flight["now"] -= 1
         return [None] * len(batch)
 
-    combiner = WriteCombiner[str](send, size=len, depth=2, max_items=5)
+    combiner = Combiner[str, None](send, size=len, depth=2, max_items=5)
     failures: list[BaseException] = []
 
     def writer(n: int) -> None:
@@ -153,4 +153,51 @@ def test_many_writers_every_item_sent_exactly_once_and_never_more_than_depth_in_
 
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="depth"):
-        WriteCombiner[str](lambda batch: [], size=len, depth=0)
+        Combiner[str, None](lambda batch: [], size=len, depth=0)
+
+
+def test_each_caller_gets_its_own_result() -> None:
+    combiner = Combiner[int, int](lambda batch: [n * n for n in batch], size=lambda n: 8)
+    results: dict[int, int] = {}
+    threads = [start(lambda n=n: results.__setitem__(n, combiner.submit(n))) for n in range(20)]
+    for thread in threads:
+        thread.join(WAIT)
+    assert results == {n: n * n for n in range(20)}
+
+
+def test_after_a_shard_fails_to_answer_the_callers_queued_behind_it_fail_at_once() -> None:
+    gate = threading.Event()
+    entered = threading.Event()
+    sent: list[list[str]] = []
+
+    def send(batch: list[str]) -> list[BaseException | None]:
+        sent.append(batch)
+        entered.set()
+        assert gate.wait(WAIT)
+        raise ShardUnavailableError("no replica answered within 5.0s")
+
+    combiner = Combiner[str, None](send, size=len, depth=1,
+                                   fails_queued=lambda exc: isinstance(exc, ShardUnavailableError))
+    errors: dict[str, BaseException] = {}
+
+    def call(item: str) -> None:
+        try:
+            combiner.submit(item)
+        except ShardUnavailableError as exc:
+            errors[item] = exc
+
+    threads = [start(lambda: call("first"))]
+    assert entered.wait(WAIT)
+    threads += [start(lambda item=item: call(item)) for item in ("q1", "q2", "q3")]
+    wait_until(lambda: combiner.queued == 3, "the queued callers")
+    gate.set()
+    for thread in threads:
+        thread.join(WAIT)
+    assert sent == [["first"]]  # the queued ones did not wait out a timeout of their own
+    assert sorted(errors) == ["first", "q1", "q2", "q3"] and combiner.queued == 0
+    gate.clear()
+    entered.clear()
+    threading.Timer(0.05, gate.set).start()
+    with pytest.raises(ShardUnavailableError):
+        combiner.submit("later")  # the slot was handed back: a later call is sent
+    assert sent[-1] == ["later"]
