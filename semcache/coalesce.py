@@ -102,17 +102,21 @@ class Combiner(Generic[T, R]):
             if self._free_slots:
                 self._free_slots -= 1
                 me.sender = True
-        while True:
-            with self._lock:
-                send, me.sender = me.sender, False
-                if not send:
-                    if me.done:
-                        break
-                    me.wake.clear()
-            if send:
-                self._send_batch()  # sends from the head of the queue: this caller's item, or earlier ones
-            else:
-                me.wake.wait()
+        try:
+            while True:
+                with self._lock:
+                    send, me.sender = me.sender, False
+                    if not send:
+                        if me.done:
+                            break
+                        me.wake.clear()
+                if send:
+                    self._send_batch()  # sends from the head of the queue: this caller's item, or earlier ones
+                else:
+                    me.wake.wait()
+        except BaseException:
+            self._abandon(me)  # interrupted (Ctrl-C) while waiting: leave no queued item or send slot behind
+            raise
         if isinstance(me.outcome, BaseException):
             raise me.outcome
         return me.outcome  # type: ignore[return-value]  # an R, as send returned it
@@ -160,10 +164,22 @@ class Combiner(Generic[T, R]):
             for caller, outcome in done:
                 caller.outcome, caller.done = outcome, True
                 caller.wake.set()
-            # Hand the slot to the first queued caller not already holding one, or free it.
-            heir = next((caller for caller in self._queue if not caller.sender), None)
-            if heir is None:
-                self._free_slots += 1
-            else:
-                heir.sender = True
-                heir.wake.set()
+            self._pass_slot()
+
+    def _abandon(self, caller: _Caller[T]) -> None:
+        """A caller gives up: drop its item if not yet taken, and pass on a send slot it was handed."""
+        with self._lock:
+            if caller in self._queue:
+                self._queue.remove(caller)
+            if caller.sender:
+                caller.sender = False
+                self._pass_slot()
+
+    def _pass_slot(self) -> None:
+        """Hand a send slot to the first queued caller not already holding one, or free it (lock held)."""
+        heir = next((caller for caller in self._queue if not caller.sender), None)
+        if heir is None:
+            self._free_slots += 1
+        else:
+            heir.sender = True
+            heir.wake.set()

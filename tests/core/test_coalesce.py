@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -201,3 +203,29 @@ def test_after_a_shard_fails_to_answer_the_callers_queued_behind_it_fail_at_once
     with pytest.raises(ShardUnavailableError):
         combiner.submit("later")  # the slot was handed back: a later call is sent
     assert sent[-1] == ["later"]
+
+
+def test_a_caller_interrupted_while_queued_leaves_no_item_or_slot_behind() -> None:
+    send = GatedSend()
+    combiner = Combiner[str, None](send, size=len, depth=1)
+    first = start(lambda: combiner.submit("first"))
+    assert send.entered.acquire(timeout=WAIT)  # "first" holds the only send slot
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        with pytest.raises(Interrupted):
+            combiner.submit("interrupted")  # this (main) thread waits in the queue, then is interrupted
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert combiner.queued == 0  # its item left the queue
+    send.gate.set()
+    first.join(WAIT)
+    combiner.submit("after")  # the slot came back: this is sent, not stuck behind a vanished caller
+    assert send.batches == [["first"], ["after"]]
