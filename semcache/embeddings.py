@@ -50,6 +50,32 @@ class Embedding(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+# |norm² - 1| up to this counts as unit length: a float32 vector normalised by any
+# embedder is within about 1e-6, and an error of 1e-4 moves a cosine by at most 1e-4.
+UNIT_NORM_TOLERANCE = 1e-4
+
+
+def unit_vector(vector: Any, dim: int, *, what: str = "vector") -> np.ndarray:
+    """One embedding as a float32 ``(dim,)`` unit vector.
+
+    One that already is one (embedders and clients normalise, so this is the
+    usual case) is returned as it is, after one dot product; anything else is
+    checked and normalised by :func:`validate_vectors`.
+
+    Raises:
+        InvalidInputError: not exactly one vector of ``dim`` values, NaN, inf, or a zero vector.
+    """
+    if (isinstance(vector, np.ndarray) and vector.dtype == np.float32 and vector.shape == (dim,)
+            and vector.flags.c_contiguous):
+        squared_norm = float(vector @ vector)  # NaN or inf anywhere in it makes this NaN or inf
+        if abs(squared_norm - 1.0) <= UNIT_NORM_TOLERANCE:
+            return vector
+    array = validate_vectors(vector, dim, what=what)
+    if array.shape[0] != 1:
+        raise InvalidInputError(f"{what} must be one embedding, got {array.shape[0]} rows")
+    return array[0]
+
+
 def validate_vectors(vectors: Any, dim: int, *, what: str = "embedding") -> np.ndarray:
     """Return ``vectors`` as a C-contiguous float32 ``(n, dim)`` array of unit length.
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from .backend import SearchResult
 from .commands import Clear, Command, Delete, Evict, Expire, Put
-from .embeddings import BaseEmbedding, as_embedding, validate_vectors
+from .embeddings import BaseEmbedding, as_embedding, unit_vector
 from .errors import ClosedError, ConfigurationError, InvalidInputError
 from .eviction import AccessLog, check_policy, choose_victims
 from .index import IndexSettings
@@ -103,10 +103,7 @@ def check_scope(scope: object, limits: Limits | None = None) -> str:
 
 def one_vector(vector: Any, dim: int) -> np.ndarray:
     """A caller-supplied embedding: exactly one valid vector of ``dim`` values, normalised."""
-    array = validate_vectors(vector, dim, what="vector")
-    if array.shape[0] != 1:
-        raise InvalidInputError(f"vector must be one embedding, got {array.shape[0]} rows")
-    return array[0]
+    return unit_vector(vector, dim, what="vector")
 
 
 def text_to_embed(value: bytes, text: str | None) -> str | None:

@@ -37,7 +37,7 @@ import numpy as np
 
 from .commands import Clear, Delete, Put
 from .config import ClusterConfig
-from .embeddings import BaseEmbedding, validate_vectors
+from .embeddings import BaseEmbedding, unit_vector
 from .errors import InvalidInputError, SemcacheError, ShardUnavailableError
 from .kv import check_scope, check_search_args, check_ttl_ms
 from .replication import ReplicatedShard
@@ -192,7 +192,9 @@ class SemanticKVNode:
         if raw is not None:
             if len(raw) != dim * 4:
                 raise InvalidInputError(f"vector has {len(raw)} bytes; this shard holds float32 vectors of dim {dim}")
-            return validate_vectors(np.frombuffer(raw, dtype=np.float32), dim, what="vector")[0].tobytes()
+            vector = np.frombuffer(raw, dtype=np.float32)
+            checked = unit_vector(vector, dim, what="vector")
+            return raw if checked is vector else checked.tobytes()
         if text is None:
             return None
         if not isinstance(text, str):

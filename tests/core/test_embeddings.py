@@ -18,6 +18,7 @@ from semcache.embeddings import (
     HashEmbedding,
     OpenAIEmbedding,
     as_embedding,
+    unit_vector,
     validate_vectors,
 )
 from semcache.state import ShardState
@@ -63,6 +64,28 @@ def test_validate_vectors_normalises_and_checks():
     ]:
         with pytest.raises(InvalidInputError, match=message):
             validate_vectors(bad, 2)
+
+
+def test_unit_vector_passes_a_unit_vector_through_and_checks_anything_else():
+    unit = np.array([0.6, 0.8, 0.0], dtype=np.float32)
+    assert unit_vector(unit, 3) is unit  # already one: no copy, no normalising
+    scaled = unit_vector(np.array([3.0, 4.0, 0.0]), 3)  # float64, not unit: converted and normalised
+    assert scaled.dtype == np.float32 and np.allclose(scaled, unit)
+    almost = np.array([0.6, 0.8, 0.001], dtype=np.float32)  # |norm² - 1| = 1e-6: within the tolerance
+    assert unit_vector(almost, 3) is almost
+    off = np.array([0.6, 0.8, 0.1], dtype=np.float32)  # 1% too long: normalised
+    assert unit_vector(off, 3) is not off and abs(float(np.linalg.norm(unit_vector(off, 3))) - 1) < 1e-6
+    strided = np.array([[0.6, 9.0], [0.8, 9.0], [0.0, 9.0]], dtype=np.float32)[:, 0]  # a unit view, not contiguous
+    assert unit_vector(strided, 3).flags.c_contiguous
+    for bad, message in [
+        (np.array([np.nan, 1.0, 0.0], dtype=np.float32), "NaN or inf"),
+        (np.array([np.inf, 0.0, 0.0], dtype=np.float32), "NaN or inf"),
+        (np.zeros(3, dtype=np.float32), "zero vector"),
+        (np.array([0.6, 0.8], dtype=np.float32), "dimension 2, expected 3"),
+        (np.ones((2, 3), dtype=np.float32), "one embedding, got 2 rows"),
+    ]:
+        with pytest.raises(InvalidInputError, match=message):
+            unit_vector(bad, 3)
 
 
 # -------------------------------------------------------------------- hashing
