@@ -5,19 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from clocks import Clock  # tests/ is on sys.path
 
 from semcache import SemanticCache, SemanticKV
 from semcache.embeddings import HashEmbedding
-
-
-class Clock:
-    """Milliseconds for SemanticKV, moved by hand (``clock.now += ms``)."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000
-
-    def __call__(self) -> int:
-        return self.now
 
 
 @pytest.fixture

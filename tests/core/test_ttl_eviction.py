@@ -5,24 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from clocks import Clock  # tests/ is on sys.path
 
 from semcache import SemanticKV
 from semcache.embeddings import HashEmbedding
 from semcache.eviction import AccessLog, choose_victims
 from semcache.state import Entry
-
-
-class Clock:
-    """An injected millisecond clock that only moves when told to."""
-
-    def __init__(self, now: int = 1_000_000) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ms: int) -> None:
-        self.now += ms
 
 
 def make_kv(clock: Clock, **kwargs) -> SemanticKV:

@@ -11,6 +11,7 @@ import asyncio
 import threading
 
 import pytest
+from clocks import Clock  # tests/ is on sys.path
 from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration
@@ -31,19 +32,9 @@ def user(text: str = QUESTION) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-class Clock:
-    """Milliseconds for SemanticKV, moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000_000
-
-    def __call__(self) -> int:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1_700_000_000_000)
 
 
 @pytest.fixture
