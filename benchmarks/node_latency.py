@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import pyarrow.flight as flight
 
-from semcache.bench_cluster import raw_flight_group
+from semcache.bench import Summary
+from semcache.bench_cluster import interleaved, raw_flight_group, wait_indexed
 from semcache.client import DistributedSemanticKV
 from semcache.cluster import LocalCluster
 from semcache.embeddings import HashEmbedding
@@ -39,18 +40,6 @@ from semcache.errors import NotLeaderError
 
 
 # ------------------------------------------------------------------- timing
-def interleaved(fns: dict[str, Callable[[int], Any]], ops: int) -> dict[str, np.ndarray]:
-    """Time each function ``ops`` times, alternating between them op by op, so a
-    neighbour's load on this shared machine hits every row alike."""
-    out = {name: np.empty(ops) for name in fns}
-    for i in range(ops):
-        for name, fn in fns.items():
-            started = time.perf_counter()
-            fn(i)
-            out[name][i] = time.perf_counter() - started
-    return out
-
-
 def throughput(fn: Callable[[int, int], Any], seconds: float, threads: int = 8) -> float:
     done = [0] * threads
     stop = threading.Event()
@@ -71,16 +60,6 @@ def throughput(fn: Callable[[int, int], Any], seconds: float, threads: int = 8) 
     for thread in pool:
         thread.join(30)
     return sum(done) / (time.perf_counter() - started)
-
-
-def wait_indexed(replicas: list[Any], timeout: float = 300.0) -> None:
-    """Wait until no replica has deferred hnswlib inserts queued, so each throughput run starts alike
-    (a burst within the index backlog, as ``semcache bench --cluster`` measures it)."""
-    deadline = time.monotonic() + timeout
-    while any(replica.health().get("index_queue") for replica in replicas):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"replicas still had deferred inserts after {timeout:.0f} s")
-        time.sleep(0.05)
 
 
 def main() -> None:
@@ -110,31 +89,32 @@ def main() -> None:
             node = cluster.connect(leader_address, timeout=10.0)
             local = list(raw.do_action(flight.Action("commit_local", str(args.ops).encode())))[0]
             payload = value + vectors[0].tobytes()
-            rows = interleaved({
-                "raw commit + round trip":
-                    lambda i: list(raw.do_action(flight.Action("commit", b"%016d" % i + payload))),
-                "node sync PUT":
-                    lambda i: node.put(f"key-{i}", value, scope="", vector=vectors[i].tobytes(), ttl_ms=0),
-            }, args.ops)
-            rows |= interleaved({
-                "raw Flight round trip": lambda i: list(raw.do_action(flight.Action("echo", b"k%d" % i))),
-                "node GET (hit)": lambda i: node.get(f"key-{i}"),
-            }, args.ops)
-            rows["raw pysyncobj commit (in leader)"] = np.frombuffer(local.body.to_pybytes())
+            # The raw op, then the node's, op by op.
+            rows: dict[str, Summary] = {}
+            rows["raw commit + round trip"], others = interleaved(
+                lambda i: list(raw.do_action(flight.Action("commit", b"%016d" % i + payload))),
+                {"node sync PUT": lambda i: node.put(f"key-{i}", value, scope="", vector=vectors[i].tobytes(),
+                                                     ttl_ms=0)},
+                args.ops)
+            rows |= others
+            rows["raw Flight round trip"], others = interleaved(
+                lambda i: list(raw.do_action(flight.Action("echo", b"k%d" % i))),
+                {"node GET (hit)": lambda i: node.get(f"key-{i}")}, args.ops)
+            rows |= others
+            rows["raw pysyncobj commit (in leader)"] = Summary.of(np.frombuffer(local.body.to_pybytes()).tolist())
             clients = [cluster.connect(leader_address, timeout=10.0) for _ in range(8)]
             raws = [flight.FlightClient(raw_leader_address) for _ in range(8)]
-            replicas = [cluster.connect(address, timeout=10.0) for address in cluster.addresses()]
-            wait_indexed(replicas)
+            kv = DistributedSemanticKV(cluster.addresses(), token=args.token or None,
+                                       embedding=HashEmbedding(args.dim))
+            wait_indexed(kv)  # each burst starts from an indexed shard, within the index backlog
             raw_tput = throughput(
                 lambda n, i: list(raws[n].do_action(flight.Action("commit", b"%08d%08d" % (n, i) + payload))),
                 args.seconds)
-            wait_indexed(replicas)
+            wait_indexed(kv)
             node_tput_direct = throughput(
                 lambda n, i: clients[n].put(f"t{n}-{i}", value, scope="", vector=vectors[i % args.ops].tobytes(),
                                             ttl_ms=0), args.seconds)
-            wait_indexed(replicas)
-            kv = DistributedSemanticKV(cluster.addresses(), token=args.token or None,
-                                       embedding=HashEmbedding(args.dim))
+            wait_indexed(kv)
             node_tput = throughput(lambda n, i: kv.put(f"c{n}-{i}", value, vector=vectors[i % args.ops]), args.seconds)
             kv.close()
         except NotLeaderError as exc:
@@ -146,10 +126,9 @@ def main() -> None:
           f"token {'on' if args.token else 'off'}")
     print("| operation | p50 ms | p90 ms | p99 ms | max ms |")
     print("|---|---|---|---|---|")
-    for name, values in rows.items():
-        p50, p90, p99 = np.percentile(values, [50, 90, 99]) * 1e3
-        print(f"| {name} | {p50:.3f} | {p90:.3f} | {p99:.3f} | {values.max() * 1e3:.1f} |")
-    med = {name: float(np.median(values)) for name, values in rows.items()}
+    for name, row in rows.items():
+        print(f"| {name} | {row.median * 1e3:.3f} | {row.p90 * 1e3:.3f} | {row.p99 * 1e3:.3f} | {row.max * 1e3:.1f} |")
+    med = {name: row.median for name, row in rows.items()}
     get_ratio = med["node GET (hit)"] / med["raw Flight round trip"]
     print(f"\nGET p50 / raw round trip p50 = {get_ratio:.2f} (target <= 1.5)")
     print(f"PUT p50 / (raw commit + round trip) p50 = "
