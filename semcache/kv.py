@@ -101,11 +101,6 @@ def check_scope(scope: object, limits: Limits | None = None) -> str:
     return check_scope_name(scope, limits or Limits())
 
 
-def one_vector(vector: Any, dim: int) -> np.ndarray:
-    """A caller-supplied embedding: exactly one valid vector of ``dim`` values, normalised."""
-    return unit_vector(vector, dim, what="vector")
-
-
 def text_to_embed(value: bytes, text: str | None) -> str | None:
     """What a put embeds: ``text`` if given, else the value as UTF-8, else nothing."""
     if text is not None:
@@ -121,7 +116,7 @@ def text_to_embed(value: bytes, text: str | None) -> str | None:
 def put_vector(embedding: BaseEmbedding, value: bytes, text: str | None, vector: Any) -> bytes | None:
     """The vector a put stores: ``vector`` checked, else the embedding of :func:`text_to_embed`, else None."""
     if vector is not None:
-        return one_vector(vector, embedding.dim).tobytes()
+        return unit_vector(vector, embedding.dim).tobytes()
     to_embed = text_to_embed(value, text)
     if to_embed is None:
         return None
@@ -131,7 +126,7 @@ def put_vector(embedding: BaseEmbedding, value: bytes, text: str | None, vector:
 def search_vector(embedding: BaseEmbedding, query: object, vector: Any) -> np.ndarray:
     """The query vector of a search: ``vector`` checked, else the embedding of the ``query`` str."""
     if vector is not None:
-        return one_vector(vector, embedding.dim)
+        return unit_vector(vector, embedding.dim)
     if isinstance(query, str):
         return embedding.embed_one(query)
     raise InvalidInputError(f"query must be str, got {type(query).__name__}")
