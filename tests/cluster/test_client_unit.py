@@ -152,15 +152,16 @@ def test_concurrent_searches_share_one_search_many_per_shard_and_each_gets_its_o
     for thread in others:
         thread.start()
     deadline = time.monotonic() + 10
-    while sum(s.queued for s in kv._searchers.values()) < 6 and time.monotonic() < deadline:
+    while any(s.queued < 6 for s in kv._searchers.values()) and time.monotonic() < deadline:
         time.sleep(0.001)
+    assert [s.queued for s in kv._searchers.values()] == [6, 6]  # each search queued on both shards
     before = sum(n for (address, method), n in cluster.calls.items() if method == "search_many")
     gate.set()
     for thread in [first, *others]:
         thread.join(10)
     assert results == {word: expected[word] for word in WORDS[:7]}  # each caller got its own hits
     batches = sum(n for (address, method), n in cluster.calls.items() if method == "search_many") - before
-    assert 1 <= batches <= 2  # the six queued searches: one search_many on each shard they queued for
+    assert batches == 2  # the six queued searches: one search_many on each shard
     kv.close()
 
 
