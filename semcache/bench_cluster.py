@@ -2,19 +2,21 @@
 
 It starts a local cluster (2 shards × 3 replicas of node processes on
 127.0.0.1) and reproduces the seed's table (GET, PUT, DELETE, SEARCH at 1K and
-10K keys, one thread and 8 threads).  Beside the cluster runs a **raw group**:
-3 processes, each a bare pysyncobj ``SyncObj`` (same settings as a node:
-password, journal on disk, same election timeouts; one ``@replicated`` method
-storing bytes in a dict) behind a bare Flight server.  The baselines the
-targets are stated against come from it, measured *interleaved* with the
-cluster's rows, because this shared machine's speed drifts by tens of percent
-within minutes:
+10K keys, one thread and 8 threads).  Beside the cluster run **raw groups** of
+the same shape, one per shard: 3 processes each, each a bare pysyncobj
+``SyncObj`` (same settings as a node: password, journal on disk, same election
+timeouts; one ``@replicated`` method storing bytes in a dict) behind a bare
+Flight server.  Every raw call goes to a group drawn at random, as keys spread
+over shards.  The baselines the targets are stated against come from them,
+measured *interleaved* with the cluster's rows, because this shared machine's
+speed drifts by tens of percent within minutes:
 
 * **raw Flight round trip**: its ``echo`` action; every GET is followed by one;
-* **raw pysyncobj commit**: one sync commit timed inside the leader; every sync
-  PUT is followed by a raw commit, of this kind and the next kind in turn.  For
-  throughput, 8 threads committing inside the leader, run just before and just
-  after the cluster's 8-thread PUT burst (the mean of the two);
+* **raw pysyncobj commit**: one sync commit timed inside a leader; sync PUTs
+  go in pairs, each pair followed by a raw commit of this kind and one of the
+  next kind, in turns (see :func:`interleaved`).  For throughput, 8 threads
+  committing inside the leaders (4 in each), run just before and just after
+  the cluster's 8-thread PUT burst (the mean of the two);
 * **raw commit through Flight**: a sync commit requested through one Flight
   call, as a node is reached (a second reading of both write targets), timed
   and bracketed the same way.
@@ -37,6 +39,7 @@ import argparse
 import contextlib
 import os
 import platform
+import random
 import signal
 import subprocess
 import sys
@@ -58,6 +61,7 @@ DIM = 384
 VALUE_BYTES = 200
 VALUE = b"v" * VALUE_BYTES
 THREADS = 8
+SHARDS = 2  # the cluster's shape, 3 replicas each; the raw baseline has one raw group per shard
 DEFAULT_SIZES = (1_000, 10_000)
 TARGETS = {"get": 1.5, "put": 1.5, "pipelined_put": 0.7, "search_ops": 460.0}
 
@@ -77,14 +81,14 @@ class Row:
 
 @dataclass
 class ClusterBenchReport:
-    """The rows, and the raw group's baselines measured beside the largest size's rows."""
+    """The rows, and the raw groups' baselines measured beside the largest size's rows."""
 
     rows: list[Row]
     flight_rtt: Summary
     raft_commit: Summary
     raft_ops_per_second: float
     environment: dict[str, str] = field(default_factory=dict)
-    # The same raw group reached through a Flight call, as a node is reached (None: not measured).
+    # The same raw groups reached through a Flight call, as a node is reached (None: not measured).
     raft_via_flight: Summary | None = None
     raft_via_flight_ops_per_second: float | None = None
 
@@ -105,13 +109,18 @@ def latencies(fn: Callable[[int], Any], count: int) -> Summary:
 
 def interleaved(subject: Callable[[int], Any], others: dict[str, Callable[[int], Any]],
                 count: int) -> tuple[Summary, dict[str, Summary]]:
-    """Time ``subject`` ``count`` times, each call followed by one of ``others`` (taken in turn).
+    """Time ``subject`` ``count`` times, with ``others`` (the other system's series) in between.
 
-    Alternating op by op makes drift in this shared machine's speed hit every
-    series alike, and each call follows a call of the other side, so both see
-    the other's after-work (a commit's messages to its followers).  A function
-    that returns a float returns the duration it measured itself (a commit timed
-    inside the raw leader); any other call is timed here.
+    Alternating makes drift in this shared machine's speed hit every series
+    alike.  The calls go in rounds: as many subject calls as there are others,
+    then each of the others once, in an order rotated every round (with others
+    ``a`` and ``b``: s s a b, s s b a, ...).  So every series follows the other
+    system in the same share of its calls: a call that does pays for waking the
+    processes the other system's calls left idle (0.3-0.4 ms here, measured),
+    and a plain alternation charged that to whichever series came first.
+    Each series' calls get indices 0, 1, 2...  A function that returns a float
+    returns the duration it measured itself (a commit timed inside the raw
+    leader); any other call is timed here.
     """
     def timed(fn: Callable[[int], Any], i: int) -> float:
         start = time.perf_counter()
@@ -120,11 +129,14 @@ def interleaved(subject: Callable[[int], Any], others: dict[str, Callable[[int],
 
     names = list(others)
     samples: dict[str, list[float]] = {name: [] for name in names}
-    subject_samples = []
-    for i in range(count):
-        subject_samples.append(timed(subject, i))
-        name = names[i % len(names)]
-        samples[name].append(timed(others[name], i))
+    subject_samples: list[float] = []
+    turn = 0
+    while len(subject_samples) < count:
+        for _ in range(min(len(names), count - len(subject_samples))):
+            subject_samples.append(timed(subject, len(subject_samples)))
+        for name in names[turn:] + names[:turn]:
+            samples[name].append(timed(others[name], len(samples[name])))
+        turn = (turn + 1) % len(names)
     return Summary.of(subject_samples), {name: Summary.of(values) for name, values in samples.items()}
 
 
@@ -160,7 +172,7 @@ def put_payload() -> bytes:
 
     The vector must be a real one: pysyncobj zlib-compresses every message, and
     a constant vector (the first version of this benchmark) shrinks about 20
-    times, which made the raw group's messages far cheaper than a node's.
+    times, which made the raw groups' messages far cheaper than a node's.
     """
     return VALUE + unit_vectors(np.random.default_rng(7), 1, DIM)[0].tobytes()
 
@@ -243,63 +255,90 @@ def raw_flight_node(raft_port: int, partner_ports: list[int], rpc_port: int, sec
             if action.type == "commit_local":
                 durations = [commit_local() for _ in range(int(body))]
                 return [flight.Result(np.array(durations).tobytes())]
-            if action.type == "commit_threads":
-                return [flight.Result(str(throughput(commit_local, int(body))).encode())]
+            if action.type == "commit_threads":  # body: "count threads"
+                count, threads = (int(n) for n in body.split())
+                return [flight.Result(str(throughput(commit_local, count, threads)).encode())]
             raise flight.FlightServerError(f"unknown action {action.type}")
 
     Server(f"grpc://127.0.0.1:{rpc_port}").serve()
 
 
 @contextlib.contextmanager
-def raw_flight_group(secret: str = "bench-secret") -> Iterator[tuple[Any, str]]:
-    """Start the 3-process raw group; yield ``(FlightClient to its leader, the leader's address)``."""
+def raw_flight_groups(groups: int = 1, secret: str = "bench-secret") -> Iterator[list[tuple[Any, str]]]:
+    """Start ``groups`` raw groups of 3 processes; yield ``(FlightClient to its leader, the leader's address)`` each."""
     import pyarrow.flight as flight
 
-    ports = free_ports(6)
-    raft, rpc = ports[:3], ports[3:]
+    ports = free_ports(6 * groups)
     with tempfile.TemporaryDirectory(prefix="semcache-raw-group-") as journals:
-        commands = [
-            [sys.executable, "-m", "semcache.bench_cluster", "raw-flight-node", "--raft-port", str(raft[i]),
-             "--partners", ",".join(str(p) for p in raft if p != raft[i]), "--rpc-port", str(rpc[i]),
-             "--secret", secret, "--journal", str(Path(journals) / f"journal-{i}")]
-            for i in range(3)
-        ]
+        members = []  # (raft ports, rpc ports) of each group
+        commands = []
+        for g in range(groups):
+            raft, rpc = ports[6 * g:6 * g + 3], ports[6 * g + 3:6 * g + 6]
+            members.append(rpc)
+            commands += [
+                [sys.executable, "-m", "semcache.bench_cluster", "raw-flight-node", "--raft-port", str(raft[i]),
+                 "--partners", ",".join(str(p) for p in raft if p != raft[i]), "--rpc-port", str(rpc[i]),
+                 "--secret", secret, "--journal", str(Path(journals) / f"journal-{g}-{i}")]
+                for i in range(3)
+            ]
         with _processes(commands):
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                for port in rpc:
-                    address = f"grpc://127.0.0.1:{port}"
-                    client = flight.FlightClient(address)
-                    try:
-                        if list(client.do_action(flight.Action("role", b"")))[0].body.to_pybytes() == b"leader":
-                            try:
-                                yield client, address
-                            finally:
-                                client.close()
-                            return
-                    except flight.FlightError:
-                        pass
+            leaders = [_raw_leader(rpc, flight) for rpc in members]
+            try:
+                yield leaders
+            finally:
+                for client, _ in leaders:
                     client.close()
-                time.sleep(0.2)
-            raise TimeoutError("the raw group behind Flight elected no leader")
 
 
-class RawGroup:
-    """The raw group's operations, as the phases interleave them with the cluster's."""
+@contextlib.contextmanager
+def raw_flight_group(secret: str = "bench-secret") -> Iterator[tuple[Any, str]]:
+    """One raw group: ``(FlightClient to its leader, the leader's address)``."""
+    with raw_flight_groups(1, secret) as (leader,):
+        yield leader
 
-    def __init__(self, client: Any, address: str) -> None:
+
+def _raw_leader(rpc_ports: list[int], flight: Any, timeout: float = 60.0) -> tuple[Any, str]:
+    """A FlightClient to the member of one raw group that leads it and reaches both followers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for port in rpc_ports:
+            address = f"grpc://127.0.0.1:{port}"
+            client = flight.FlightClient(address)
+            try:
+                if list(client.do_action(flight.Action("role", b"")))[0].body.to_pybytes() == b"leader":
+                    return client, address
+            except flight.FlightError:
+                pass
+            client.close()
+        time.sleep(0.2)
+    raise TimeoutError("a raw group behind Flight elected no leader")
+
+
+class RawGroups:
+    """The raw groups' operations, as the phases interleave them with the cluster's.
+
+    One group per shard: each call goes to a group drawn at random (seeded),
+    as the cluster's keys spread over its shards, so a raw call meets a group
+    its previous call left idle as often as a PUT meets an idle shard.
+    """
+
+    def __init__(self, leaders: list[tuple[Any, str]], seed: int = 11) -> None:
         import pyarrow.flight as flight
 
         self._flight = flight
-        self._client = client
-        self._address = address
+        self._leaders = leaders
+        self._draw = random.Random(seed)
         self._payload = put_payload()
         self._sent = iter(range(1 << 62))  # keys of commits through Flight, never reused
-        for _ in range(50):  # warm the connection, the journal and the followers
-            self.commit()
+        for _ in range(50):  # warm the connections, the journals and the followers
+            for client, _address in leaders:
+                self.commit(client=client)
+
+    def _client(self) -> Any:
+        return self._draw.choice(self._leaders)[0]
 
     def _call(self, action: str, body: bytes, client: Any = None) -> bytes:
-        result = list((client or self._client).do_action(self._flight.Action(action, body)))
+        result = list((client or self._client()).do_action(self._flight.Action(action, body)))
         return bytes(result[0].body.to_pybytes())
 
     def echo(self, _: int = 0) -> None:
@@ -315,23 +354,30 @@ class RawGroup:
         return float(np.frombuffer(self._call("commit_local", b"1"))[0])
 
     def in_leader_throughput(self, count: int) -> float:
-        """Commits per second of ``THREADS`` threads committing inside the leader."""
-        return float(self._call("commit_threads", str(count).encode()))
+        """Commits per second of ``THREADS`` threads committing inside the leaders (split evenly, all at once)."""
+        share, threads = count // len(self._leaders), max(1, THREADS // len(self._leaders))
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(self._leaders)) as pool:
+            list(pool.map(lambda leader: self._call("commit_threads", b"%d %d" % (share, threads), leader[0]),
+                          self._leaders))
+        return share * len(self._leaders) / (time.perf_counter() - started)
 
     def through_flight_throughput(self, count: int) -> float:
-        """Commits per second of ``THREADS`` threads, each with its own Flight connection."""
-        clients = [self._flight.FlightClient(self._address) for _ in range(THREADS)]
+        """Commits per second of ``THREADS`` threads, each with its own Flight connection to every leader."""
+        clients = [[self._flight.FlightClient(address) for _, address in self._leaders] for _ in range(THREADS)]
+        draws = [self._draw.randrange(len(self._leaders)) for _ in range(count)]
         try:
-            return throughput(lambda i: self.commit(i, clients[i % THREADS]), count)
+            return throughput(lambda i: self.commit(i, clients[i % THREADS][draws[i]]), count)
         finally:
-            for client in clients:
-                client.close()
+            for row in clients:
+                for client in row:
+                    client.close()
 
 
 # ------------------------------------------------------------- the run
 @dataclass
 class Baselines:
-    """The raw group's figures measured beside one size's rows."""
+    """The raw groups' figures measured beside one size's rows."""
 
     flight_rtt: Summary
     raft_commit: Summary
@@ -341,10 +387,10 @@ class Baselines:
 
 
 def measure_size(
-    kv: Any, size: int, vectors: np.ndarray, queries: np.ndarray, ops: int, raw: RawGroup
+    kv: Any, size: int, vectors: np.ndarray, queries: np.ndarray, ops: int, raw: RawGroups
 ) -> tuple[list[Row], Baselines]:
     """GET, PUT (new key), PUT overwrite, SEARCH and DELETE rows on a cluster holding ``key:000000`` .. ``size - 1``,
-    and the raw group's baselines measured beside the GET and PUT rows."""
+    and the raw groups' baselines measured beside the GET and PUT rows."""
 
     def spread(i: int) -> int:
         return (i * 7919) % size  # a prime stride visits keys of both shards in no cache-friendly order
@@ -410,7 +456,7 @@ def measure_size(
 
 def run(sizes: Sequence[int] = DEFAULT_SIZES, *, ops: int = 500, directory: str | None = None,
         progress: Callable[[str], None] = print, **cluster_settings: Any) -> ClusterBenchReport:
-    """Start a 2×3 cluster and the raw group, measure the table and the baselines, stop them.
+    """Start a 2×3 cluster and the raw groups, measure the table and the baselines, stop them.
 
     ``cluster_settings`` go into the cluster file (for example ``index_backlog=0``).
     """
@@ -418,15 +464,15 @@ def run(sizes: Sequence[int] = DEFAULT_SIZES, *, ops: int = 500, directory: str 
     from .embeddings import HashEmbedding
 
     rows: list[Row] = []
-    progress("starting the raw group (3 processes) and a local cluster (2 shards x 3 replicas)")
+    progress(f"starting {SHARDS} raw groups (3 processes each) and a local cluster ({SHARDS} shards x 3 replicas)")
     with (
-        raw_flight_group() as (raw_client, raw_address),
+        raw_flight_groups(SHARDS) as raw_leaders,
         tempfile.TemporaryDirectory(prefix="semcache-cluster-bench-") as tmp,
     ):
-        raw = RawGroup(raw_client, raw_address)
+        raw = RawGroups(raw_leaders)
         cluster = LocalCluster(directory or tmp)
         try:
-            cluster.up(2, 3, embedding=f"hash:{DIM}", **cluster_settings)
+            cluster.up(SHARDS, 3, embedding=f"hash:{DIM}", **cluster_settings)
             kv = DistributedSemanticKV(cluster.addresses(), embedding=HashEmbedding(DIM), max_workers=16)
             rng = np.random.default_rng(5)
             vectors = unit_vectors(rng, max(sizes), DIM)
@@ -440,7 +486,7 @@ def run(sizes: Sequence[int] = DEFAULT_SIZES, *, ops: int = 500, directory: str 
                 throughput(load, size - loaded)
                 wait_indexed(kv)
                 loaded = size
-                progress(f"measuring at {size} keys, with the raw group's baselines")
+                progress(f"measuring at {size} keys, with the raw groups' baselines")
                 size_rows, baselines = measure_size(kv, size, vectors, unit_vectors(rng, ops, DIM), ops, raw)
                 rows += size_rows
             kv.close()
@@ -461,14 +507,15 @@ def environment() -> dict[str, str]:
     with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as handle:
         cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     return {
-        "cpu": f"{cpu} ({os.cpu_count()} cores visible, shared with the 6 node and 3 raw-group processes)",
+        "cpu": f"{cpu} ({os.cpu_count()} cores visible, shared with the {SHARDS * 3} node and {SHARDS * 3} raw-group "
+               "processes)",
         "load average at the end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "python": platform.python_version(),
         "semcache": __version__,
         "pyarrow": version("pyarrow"),
         "pysyncobj": version("pysyncobj"),
         "hnswlib": version("hnswlib"),
-        "cluster": "2 shards x 3 replicas on 127.0.0.1, hash:384 stamp, precomputed vectors",
+        "cluster": f"{SHARDS} shards x 3 replicas on 127.0.0.1, hash:384 stamp, precomputed vectors",
     }
 
 
@@ -492,8 +539,9 @@ def format_report(report: ClusterBenchReport) -> str:
         "|---|---|---|---|",
         f"| raw Flight round trip | {ms(report.flight_rtt.median)} | {ms(report.flight_rtt.p99)} | "
         f"{1 / report.flight_rtt.median:,.0f} |",
-        f"| raw pysyncobj commit, 3 replicas (1 thread / {THREADS} threads) | {ms(report.raft_commit.median)} | "
-        f"{ms(report.raft_commit.p99)} | {1 / report.raft_commit.median:,.0f} / {report.raft_ops_per_second:,.0f} |",
+        f"| raw pysyncobj commit, {SHARDS} groups x 3 replicas (1 thread / {THREADS} threads) | "
+        f"{ms(report.raft_commit.median)} | {ms(report.raft_commit.p99)} | "
+        f"{1 / report.raft_commit.median:,.0f} / {report.raft_ops_per_second:,.0f} |",
     ]
     via = report.raft_via_flight
     if via is not None and report.raft_via_flight_ops_per_second:
@@ -527,7 +575,7 @@ def format_report(report: ClusterBenchReport) -> str:
     for name, measured, ratio, goal, ok in checks:
         lines.append(f"| {name} | {measured} | {ratio:.2f}x | {goal} | {'met' if ok else 'MISSED'} |")
     if via is not None and report.raft_via_flight_ops_per_second:
-        # The same two write targets against the raw group reached as a node is reached: a commit
+        # The same two write targets against the raw groups reached as a node is reached: a commit
         # requested through a Flight call pays the hand-offs between gRPC's threads and the tick thread.
         via_ops = report.raft_via_flight_ops_per_second
         for name, measured, ratio, goal, ok in (

@@ -56,10 +56,14 @@ def test_latency_and_throughput_helpers_call_every_index() -> None:
         {"a": lambda i: order.append(f"a{i}") or 0.25, "b": lambda i: order.append(f"b{i}") or b"not a duration"},
         4,
     )
-    assert order == ["s0", "a0", "s1", "b1", "s2", "a2", "s3", "b3"]  # each subject call, then the others in turn
+    # rounds of two subject calls, then a and b in turns: each series follows the other side in half its calls
+    assert order == ["s0", "s1", "a0", "b0", "s2", "s3", "b1", "a1"]
     assert subject.count == 4 and others["a"].count == others["b"].count == 2
     assert others["a"].median == 0.25  # a returned float is the duration it measured itself
     assert others["b"].median < 0.01  # anything else is timed
+    order.clear()
+    interleaved(lambda i: order.append(f"s{i}"), {"a": lambda i: order.append(f"a{i}")}, 3)
+    assert order == ["s0", "a0", "s1", "a1", "s2", "a2"]  # one other series: plain alternation
     got: list[int] = []
     assert throughput(got.append, 40, threads=4) > 0 and sorted(got) == list(range(40))
 
@@ -84,7 +88,7 @@ def test_a_small_run_measures_every_row_beside_the_raw_group_and_stops_everythin
     assert report.flight_rtt.count == 20 and report.raft_commit.count == 10 and report.raft_ops_per_second > 0
     assert report.raft_via_flight is not None and report.raft_via_flight_ops_per_second
     assert "sync PUT p50 vs raw commit + RTT" in format_report(report)
-    assert _bench_processes() == before  # the raw group and the nodes were stopped
+    assert _bench_processes() == before  # the raw groups and the nodes were stopped
 
 
 def _bench_processes() -> set[int]:
