@@ -7,6 +7,7 @@ and the LangChain and OpenAI adapters above it, run unchanged on either.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -45,6 +46,14 @@ class Backend(Protocol):
         scope: str | None = None,
         vector: np.ndarray | None = None,
     ) -> bool: ...
+
+    def put_many(
+        self,
+        items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str] | tuple[str, bytes | str, str | None]],
+        ttl_ms: int = 0,
+        *,
+        scope: str | None = None,
+    ) -> int: ...
 
     def get(self, key: str) -> bytes | None: ...
 

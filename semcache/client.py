@@ -44,7 +44,8 @@ import heapq
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, TypeVar
@@ -52,7 +53,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from .backend import SearchResult
-from .coalesce import Combiner
+from .coalesce import Combiner, take_batch
 from .config import ClusterConfig
 from .embeddings import BaseEmbedding, HashEmbedding, as_embedding
 from .errors import (
@@ -70,10 +71,12 @@ from .errors import (
 )
 from .kv import (
     KVHelpers,
+    bulk_puts,
     check_scope,
     check_search_args,
     check_ttl_ms,
     coerce_value,
+    embed_texts,
     put_vector,
     search_vector,
 )
@@ -572,6 +575,60 @@ class DistributedSemanticKV(KVHelpers):
         item = PutItem(key, data, scope, put_vector(self._embedding, data, text, vector), ttl_ms)
         self._writers[self.ring.shard_for(key)].submit(item)
         return True
+
+    def put_many(
+        self,
+        items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str] | tuple[str, bytes | str, str | None]],
+        ttl_ms: int = 0,
+        *,
+        scope: str | None = None,
+    ) -> int:
+        """Store many values at once (loading or warming a cache); returns how many were stored.
+
+        ``items`` is as for :meth:`semcache.SemanticKV.put_many`.  Texts are
+        embedded in batches; each shard's puts go to its leader as
+        ``put_many`` requests of up to 64 puts (one Raft entry each), in
+        order, and the shards are written in parallel.  Every item is checked
+        and embedded before anything is sent.
+
+        Raises:
+            InvalidInputError: a bad item (named by its position), TTL or scope; nothing is sent.
+            NoQuorumError, ShardUnavailableError: a shard did not acknowledge some puts within
+                ``request_timeout``.  The message says how many items were stored; the rest may
+                still be.  Puts are idempotent, so sending the same items again is safe.
+        """
+        self._check_open()
+        ttl_ms = check_ttl_ms(ttl_ms)
+        scope = check_scope(scope)
+        checked = bulk_puts(items, self.limits)
+        vectors = embed_texts(self._embedding, [item.text for item in checked])
+        per_shard: dict[str, deque[PutItem]] = {}
+        for item, vector in zip(checked, vectors, strict=True):
+            put = PutItem(item.key, item.value, scope, vector, ttl_ms)
+            per_shard.setdefault(self.ring.shard_for(item.key), deque()).append(put)
+        futures = [self._executor.submit(self._put_in_batches, shard_id, puts) for shard_id, puts in per_shard.items()]
+        outcomes = [future.result() for future in futures]
+        stored = sum(count for count, _ in outcomes)
+        error = next((error for _, error in outcomes if error is not None), None)
+        if error is not None:
+            error.args = (f"put_many stored {stored} of {len(checked)} items; {error}",)
+            raise error
+        return stored
+
+    def _put_in_batches(self, shard_id: str, puts: deque[PutItem]) -> tuple[int, SemcacheError | None]:
+        """Send one shard's share of a ``put_many`` batch by batch, in order: how many were stored, and the error
+        that stopped it (None when all were)."""
+        stored = 0
+        while puts:
+            try:
+                errors = self._send_puts(shard_id, take_batch(puts, lambda put: put.size))
+            except ClusterError as exc:
+                return stored, exc
+            stored += errors.count(None)
+            failure = next((error for error in errors if error is not None), None)
+            if failure is not None:
+                return stored, failure
+        return stored, None
 
     def _send_puts(self, shard_id: str, items: list[PutItem]) -> list[SemcacheError | None]:
         """Send puts that concurrent writers queued for one shard: one RPC, one error (or None) per put.

@@ -33,10 +33,30 @@ from .errors import ClusterError
 
 T = TypeVar("T")
 R = TypeVar("R")
+Q = TypeVar("Q")
 
 DEFAULT_DEPTH = 1  # one request in flight per shard: the others queue and share the next (measured best)
 DEFAULT_MAX_ITEMS = 64
 DEFAULT_MAX_BYTES = 48 * 1024  # so a request fits one Raft entry (60 KiB) with room for the encoding
+
+
+def take_batch(queue: deque[Q], size: Callable[[Q], int], max_items: int = DEFAULT_MAX_ITEMS,
+               max_bytes: int = DEFAULT_MAX_BYTES) -> list[Q]:
+    """Pop one batch off the front of ``queue``: at least one item if any, then as many as fit the bounds.
+
+    >>> queue = deque(["aa", "bb", "cc"])
+    >>> take_batch(queue, len, max_bytes=4), list(queue)
+    (['aa', 'bb'], ['cc'])
+    """
+    batch: list[Q] = []
+    total = 0
+    while queue and len(batch) < max_items:
+        item_size = size(queue[0])
+        if batch and total + item_size > max_bytes:
+            break
+        batch.append(queue.popleft())
+        total += item_size
+    return batch
 
 
 @dataclass(eq=False)
@@ -141,16 +161,8 @@ class Combiner(Generic[T, R]):
             self._finish(batch, outcomes, shard_error)
 
     def _take(self) -> list[_Caller[T]]:
-        """Pop the next batch off the queue (lock held): at least one item if any, then up to the bounds."""
-        batch: list[_Caller[T]] = []
-        size = 0
-        while self._queue and len(batch) < self._max_items:
-            item_size = self._size(self._queue[0].item)
-            if batch and size + item_size > self._max_bytes:
-                break
-            batch.append(self._queue.popleft())
-            size += item_size
-        return batch
+        """Pop the next batch off the queue (lock held)."""
+        return take_batch(self._queue, lambda caller: self._size(caller.item), self._max_items, self._max_bytes)
 
     def _finish(self, batch: list[_Caller[T]], outcomes: Sequence[object], shard_error: BaseException | None) -> None:
         with self._lock:

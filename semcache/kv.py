@@ -33,7 +33,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ import numpy as np
 from .backend import SearchResult
 from .commands import Clear, Command, Delete, Evict, Expire, Put
 from .embeddings import BaseEmbedding, as_embedding, unit_vector
-from .errors import ClosedError, ConfigurationError, InvalidInputError
+from .errors import ClosedError, ConfigurationError, InvalidInputError, LimitExceededError
 from .eviction import AccessLog, check_policy, choose_victims
 from .index import IndexSettings
 from .state import DEFAULT_SCOPE, Limits, ShardState, check_key, check_scope_name, utf8_size
@@ -121,6 +122,66 @@ def put_vector(embedding: BaseEmbedding, value: bytes, text: str | None, vector:
     if to_embed is None:
         return None
     return embedding.embed_one(to_embed).tobytes()
+
+
+# Texts per embedding call in put_many: a batch costs about 1.5 ms a text against
+# 9.5 ms for one text alone (all-MiniLM-L6-v2 on this 2-core machine), and 64
+# bounds the memory one call takes.
+EMBED_BATCH = 64
+
+
+@dataclass(frozen=True)
+class BulkPut:
+    """One item of ``put_many``, checked: its key, its value bytes and what to embed (None: not searchable)."""
+
+    key: str
+    value: bytes
+    text: str | None
+
+
+def bulk_puts(items: object, limits: Limits) -> list[BulkPut]:
+    """``put_many``'s items, checked: a mapping of key to value, or ``(key, value)`` / ``(key, value, text)`` tuples.
+
+    >>> [p.key for p in bulk_puts({"a": "one", "b": b"two"}, Limits())]
+    ['a', 'b']
+    >>> bulk_puts([("a", "one"), ("", "two")], Limits())
+    Traceback (most recent call last):
+        ...
+    semcache.errors.InvalidInputError: put_many item 1: key must not be empty
+
+    Raises:
+        InvalidInputError: the first bad item, named by its position.
+    """
+    if isinstance(items, Mapping):
+        items = list(items.items())
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise InvalidInputError(f"put_many needs a mapping or an iterable of tuples, got {type(items).__name__}")
+    checked = []
+    for position, item in enumerate(items):
+        try:
+            if not isinstance(item, tuple | list) or len(item) not in (2, 3):
+                raise InvalidInputError(f"must be (key, value) or (key, value, text), got {type(item).__name__}")
+            key, value, text = item if len(item) == 3 else (*item, None)
+            check_key(key, limits)
+            data = coerce_value(value)
+            if len(data) > limits.max_value_bytes:
+                raise LimitExceededError("value", len(data), limits.max_value_bytes)
+            checked.append(BulkPut(key, data, text_to_embed(data, text)))
+        except InvalidInputError as exc:
+            exc.args = (f"put_many item {position}: {exc}",)  # the same error (type, limit), with its place
+            raise
+    return checked
+
+
+def embed_texts(embedding: BaseEmbedding, texts: Sequence[str | None]) -> list[bytes | None]:
+    """The vector bytes of each text (None for None), embedded ``EMBED_BATCH`` texts per model call."""
+    wanted = [(row, text) for row, text in enumerate(texts) if text is not None]
+    vectors: list[bytes | None] = [None] * len(texts)
+    for start in range(0, len(wanted), EMBED_BATCH):
+        chunk = wanted[start:start + EMBED_BATCH]
+        for (row, _), vector in zip(chunk, embedding.embed([text for _, text in chunk]), strict=True):
+            vectors[row] = vector.tobytes()
+    return vectors
 
 
 def search_vector(embedding: BaseEmbedding, query: object, vector: Any) -> np.ndarray:
@@ -324,19 +385,63 @@ class SemanticKV(KVHelpers):
         if len(data) > self._state.limits.max_value_bytes:
             self._state.validate(Put(key, data, scope, None, 0, 0))  # raises the size error before embedding
         vector_bytes = put_vector(self._embedding, data, text, vector)
+        self._store(self._put_command(key, data, scope, vector_bytes, ttl_ms))
+        return True
+
+    def put_many(
+        self,
+        items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str] | tuple[str, bytes | str, str | None]],
+        ttl_ms: int = 0,
+        *,
+        scope: str | None = None,
+    ) -> int:
+        """Store many values at once, their texts embedded in batches (much faster than a ``put`` each).
+
+        ``items`` maps keys to values, or holds ``(key, value)`` or
+        ``(key, value, text)`` tuples, ``text`` being what to embed (as in
+        :meth:`put`).  All share ``ttl_ms`` and ``scope``.  Returns how many were stored.
+
+        >>> from semcache.embeddings import HashEmbedding
+        >>> with SemanticKV(embedding=HashEmbedding()) as kv:
+        ...     kv.put_many({"doc:1": "refund policy", "doc:2": "shipping times"})
+        ...     kv.put_many([("q:1", b"42", "the answer to everything")])
+        ...     kv.search("the answer to everything", top_k=1)[0].key
+        2
+        1
+        'q:1'
+
+        Raises:
+            InvalidInputError: a bad item (named by its position), TTL or scope: nothing is stored.
+        """
+        self._check_open()
+        ttl_ms = check_ttl_ms(ttl_ms)
+        scope = check_scope(scope, self._state.limits)
+        checked = bulk_puts(items, self._state.limits)
+        vectors = embed_texts(self._embedding, [item.text for item in checked])
+        commands = [self._put_command(item.key, item.value, scope, vector, ttl_ms)
+                    for item, vector in zip(checked, vectors, strict=True)]
+        for command in commands:  # every one is valid before any is stored
+            self._state.validate(command)
+        for command in commands:
+            self._store(command)
+        return len(commands)
+
+    def _put_command(self, key: str, data: bytes, scope: str, vector: bytes | None, ttl_ms: int) -> Put:
         now = self._clock()
-        expires = now + ttl_ms if ttl_ms else 0
-        self._submit(Put(key, data, scope, vector_bytes, now, expires))
+        return Put(key, data, scope, vector, now, now + ttl_ms if ttl_ms else 0)
+
+    def _store(self, command: Put) -> None:
+        """Log and apply a put, then account for it: counters, access order, expiry, capacity."""
+        self._submit(command)
         with self._lock:
             self._counters["puts"] += 1
-            self._access.touch(key, now)
-            if expires:
-                heapq.heappush(self._expiries, (expires, key))
+            self._access.touch(command.key, command.created_at_ms)
+            if command.expires_at_ms:
+                heapq.heappush(self._expiries, (command.expires_at_ms, command.key))
                 # Re-putting a key leaves its old row behind; rebuild before stale rows dominate.
                 if len(self._expiries) > 2 * len(self._state.entries) + 1024:
                     self._rebuild_expiries()
             self._evict_if_over_capacity()
-        return True
 
     def _rebuild_expiries(self) -> None:
         """The expiry heap from the entries themselves: one row per entry with a TTL."""

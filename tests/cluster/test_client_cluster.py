@@ -121,6 +121,26 @@ def test_scopes_are_hard_partitions_across_shards(kv: DistributedSemanticKV) -> 
     assert kv.get("doc:password") is not None  # the default scope is untouched
 
 
+def test_put_many_loads_both_shards_in_batches_and_searches_by_meaning(kv: DistributedSemanticKV) -> None:
+    questions = [f"How do I export report number {n} as a PDF?" for n in range(150)]
+    items = [(f"bulk:{n}", f"answer {n}", question) for n, question in enumerate(questions)]
+    items.append(("bulk:refund", "30 days, no questions asked", "What is the refund window for monthly plans?"))
+    before = kv.stats()
+    assert kv.put_many(items, scope="bulk") == len(items)
+    after = kv.stats()
+    assert after["embedding_model_calls"] - before["embedding_model_calls"] == 3  # 151 texts, 64 per model call
+    assert sum(s["puts"] for s in after["shards"].values()) - sum(s["puts"] for s in before["shards"].values()) == 151
+    assert all(kv.get(key) == value.encode() for key, value, _ in items)
+    assert {kv.shard_for(key) for key, _, _ in items} == {"shard-0", "shard-1"}
+    hits = kv.search("How long do I have to get my money back on a monthly plan?", top_k=1, scope="bulk")
+    assert [h.key for h in hits] == ["bulk:refund"]
+    assert kv.search("How long do I have to get my money back on a monthly plan?", top_k=1)[0].key == "doc:refund"
+    with pytest.raises(InvalidInputError, match="put_many item 1"):
+        kv.put_many([("bulk:ok", "fine"), ("", "an empty key")], scope="bulk")
+    assert kv.get("bulk:ok") is None  # nothing of a refused call is stored
+    assert kv.clear_scope("bulk") == len(items)
+
+
 def test_semantic_cache_runs_unchanged_on_the_cluster(kv: DistributedSemanticKV) -> None:
     cache = SemanticCache(backend=kv)
     scope = {"tenant": "acme", "model": "gpt-4o-mini"}
@@ -135,6 +155,11 @@ def test_semantic_cache_runs_unchanged_on_the_cluster(kv: DistributedSemanticKV)
     answer = cache.get_or_compute("What's the capital of France?", lambda: calls.append("x") or "Paris", scope=scope)
     again = cache.get_or_compute("What is the capital of France?", lambda: calls.append("y") or "Lyon", scope=scope)
     assert (answer, again, calls) == ("Paris", "Paris", ["x"])
+    warmed = {"Which plan includes SSO?": "Enterprise", "How do I invite a teammate?": "Settings > Team > Invite."}
+    assert cache.store_many(warmed, scope=scope) == [cache.key_for(prompt, scope) for prompt in warmed]
+    near = cache.lookup("Which plan comes with SSO?", scope=scope)
+    assert near is not None and not near.exact and near.response == "Enterprise"
+    assert cache.lookup("How do I invite a teammate?", scope={"tenant": "other"}) is None
 
 
 def test_follower_reads_eventually_see_an_acknowledged_write(

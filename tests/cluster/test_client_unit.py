@@ -273,6 +273,53 @@ def test_a_write_without_quorum_fails_after_the_timeout_and_stores_nothing(
     assert shard.kv.get(key) is None
 
 
+def test_put_many_embeds_in_batches_and_sends_each_shard_its_puts_64_at_a_time(
+    cluster: FakeCluster, client: DistributedSemanticKV
+) -> None:
+    items = [(f"k{i}", f"note {i} about {WORDS[i % len(WORDS)]}") for i in range(300)]
+    model_calls = client.embedding.model_calls
+    assert client.put_many([*items, ("k7", "note 7, again")]) == 301
+    assert client.embedding.model_calls - model_calls == 5  # 301 texts, 64 per model call
+    for shard_id, shard in cluster.shards.items():
+        mine = [key for key, _ in items if client.shard_for(key) == shard_id]
+        assert 100 < len(mine) < 200
+        assert cluster.calls[(shard.leader, "put_many")] + cluster.calls[(shard.leader, "put")] == -(-len(mine) // 64)
+        assert shard.kv.stats()["entries"] == len(mine)
+    assert client.get("k7") == b"note 7, again"  # a key given twice: the later value wins, as with put
+    assert client.get("k250") == items[250][1].encode()
+    assert client.search("note 42 about", top_k=1)[0].key == "k42"
+
+
+def test_put_many_checks_every_item_before_sending_any(cluster: FakeCluster, client: DistributedSemanticKV) -> None:
+    with pytest.raises(InvalidInputError, match="put_many item 2: value must be bytes or str, got int"):
+        client.put_many([("a", "x"), ("b", "y"), ("c", 5)])
+    with pytest.raises(LimitExceededError, match="put_many item 1: value is"):
+        client.put_many({"a": "x", "b": b"x" * (client.limits.max_value_bytes + 1)})
+    with pytest.raises(InvalidInputError, match="put_many item 0: must be"):
+        client.put_many([("a",)])
+    with pytest.raises(InvalidInputError, match="mapping or an iterable"):
+        client.put_many("ab")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="ttl_ms"):
+        client.put_many({"a": "x"}, ttl_ms=-1)
+    assert not [call for call in cluster.calls if call[1] in ("put", "put_many")]
+    assert client.put_many([]) == 0 and client.get("a") is None
+
+
+def test_put_many_with_a_shard_without_quorum_stores_the_rest_and_says_how_many(
+    cluster: FakeCluster, client: DistributedSemanticKV
+) -> None:
+    shard = cluster.shards["shard-0"]
+    cluster.kill(shard.replicas[1])
+    cluster.kill(shard.replicas[2])
+    items = {f"k{i}": f"v{i}" for i in range(40)}
+    elsewhere = [key for key in items if client.shard_for(key) == "shard-1"]
+    with pytest.raises(NoQuorumError, match=f"put_many stored {len(elsewhere)} of 40 items; ") as info:
+        client.put_many(items)
+    assert info.value.shard_id == "shard-0" and info.value.retryable
+    assert all(client.get(key) == items[key].encode() for key in elsewhere)
+    assert shard.kv.stats()["entries"] == 0
+
+
 def test_a_shard_with_every_replica_down_is_unavailable(cluster: FakeCluster, client: DistributedSemanticKV) -> None:
     key = next(f"k{i}" for i in range(100) if client.shard_for(f"k{i}") == "shard-1")
     for address in cluster.shards["shard-1"].replicas:

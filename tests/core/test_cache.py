@@ -9,6 +9,7 @@ import pytest
 
 from semcache import Backend, SemanticCache, SemanticKV, canonical_scope, normalize_prompt
 from semcache.embeddings import HashEmbedding
+from semcache.errors import InvalidInputError
 
 
 def wait_until(condition, bound: float = 60.0) -> None:
@@ -98,6 +99,38 @@ def test_the_default_ttl_applies_unless_store_overrides_it(clock):
         clock.now += 10_000
         assert cache.lookup("default ttl prompt") is None
         assert cache.lookup("longer ttl prompt").response == "b"
+
+
+def test_store_many_warms_the_cache_as_store_would(cache, clock):
+    pairs = {f"how do i export report {n} as a pdf file": f"answer {n}" for n in range(100)}
+    pairs["how do i reset my account password"] = {"steps": ["Settings", "Reset"]}
+    scope = {"tenant": "acme", "model": "m"}
+    calls = cache.embedding.model_calls
+    keys = cache.store_many(pairs, scope=scope, ttl=60)
+    assert cache.embedding.model_calls - calls == 2  # 101 prompts embedded 64 at a time
+    assert keys == [cache.key_for(prompt, scope) for prompt in pairs] and cache.stats.stores == 101
+    exact = cache.lookup(" how do i export  report 7 as a pdf file\n", scope=scope)  # normalised: the exact path
+    assert exact is not None and exact.exact and exact.response == "answer 7"
+    near = cache.lookup("how can i reset my account password", scope=scope)
+    assert near is not None and not near.exact and near.response == {"steps": ["Settings", "Reset"]}
+    assert cache.lookup("how do i export report 7 as a pdf file", scope={"tenant": "other", "model": "m"}) is None
+    cache.store_many([("a prompt with no ttl", "stays")], scope=scope)
+    clock.now += 60_000
+    assert cache.lookup("how do i export report 7 as a pdf file", scope=scope) is None
+    assert cache.lookup("a prompt with no ttl", scope=scope).response == "stays"
+
+
+def test_store_many_refuses_a_bad_pair_and_stores_none_of_the_call(cache):
+    with pytest.raises(InvalidInputError, match="store_many pair 1: prompt must not be empty"):
+        cache.store_many([("a fine prompt", "ok"), ("   ", "blank prompt")])
+    with pytest.raises(InvalidInputError, match="store_many pair 0: response or metadata is not JSON"):
+        cache.store_many({"a fine prompt": object()})
+    with pytest.raises(InvalidInputError, match="store_many pair 0: must be a"):
+        cache.store_many(["just a prompt"])
+    with pytest.raises(InvalidInputError, match="store_many needs a mapping"):
+        cache.store_many("not pairs")
+    assert cache.lookup("a fine prompt") is None and cache.stats.stores == 0
+    assert cache.store_many([]) == []
 
 
 def test_get_or_compute_calls_fn_once_for_concurrent_misses(cache):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from clocks import Clock  # tests/ is on sys.path
 
 from semcache import Limits, SemanticKV
 from semcache.embeddings import HashEmbedding
+from semcache.errors import InvalidInputError, LimitExceededError
 
 
 @pytest.fixture
@@ -119,3 +121,36 @@ def test_set_ef_search_changes_search_effort_only(tmp_path) -> None:
     kv.close()
     with pytest.raises(ClosedError):
         kv.set_ef_search(64)
+
+
+def test_put_many_stores_every_item_embedding_its_text_in_batches(tmp_path):
+    clock = Clock()
+    items = [(f"q:{i}", f"answer {i}", f"question {i} about {'abcdefghij'[i % 10]}") for i in range(100)]
+    with SemanticKV(tmp_path, embedding=HashEmbedding(dim=64), clock=clock, capacity=1000) as kv:
+        model_calls = kv.embedding.model_calls
+        assert kv.put_many([*items, ("img", b"\x89PNG\xff", None), ("raw", b"\xff\xfe")], ttl_ms=5_000) == 102
+        assert kv.embedding.model_calls - model_calls == 2  # 100 texts, 64 per model call
+        assert kv.put_many({"doc:a": "alpha beta gamma"}, scope="docs") == 1
+        assert kv.get("q:42") == b"answer 42" and kv.get("raw") == b"\xff\xfe"
+        assert kv.search("question 42 about c", top_k=1)[0].key == "q:42"  # the text, not the value, was embedded
+        assert kv.stats()["searchable"] == 101  # binary values without a text are stored, not searchable
+        assert [r.key for r in kv.search("alpha beta gamma", scope="docs")] == ["doc:a"]
+        assert kv.search("alpha beta gamma", top_k=1)[0].key != "doc:a"  # the scope is a partition
+        clock.advance(5_000)
+        assert kv.get("q:42") is None and kv.get("doc:a") == b"alpha beta gamma"  # ttl_ms applies to each item
+    with SemanticKV(tmp_path, embedding=HashEmbedding(dim=64), clock=clock) as reopened:
+        assert reopened.get("doc:a") == b"alpha beta gamma"  # logged like any put
+        assert not reopened.exists("q:1") and not reopened.exists("raw")  # and its expiry with it
+
+
+def test_put_many_refuses_a_bad_item_and_stores_none_of_the_call(kv):
+    kv.put("kept", "already stored")
+    with pytest.raises(InvalidInputError, match=r"put_many item 1: key must be str, got int"):
+        kv.put_many([("a", "fine"), (7, "a key that is not a str"), ("c", "fine")])
+    with pytest.raises(LimitExceededError, match="put_many item 0: value is"):
+        kv.put_many({"big": b"x" * (kv.limits.max_value_bytes + 1)})
+    with pytest.raises(InvalidInputError, match="put_many item 0: text must be str"):
+        kv.put_many([("a", "fine", b"bytes text")])
+    with pytest.raises(InvalidInputError, match="put_many needs a mapping"):
+        kv.put_many(42)
+    assert kv.scan("", 10) == ["kept"] and kv.put_many([]) == 0
