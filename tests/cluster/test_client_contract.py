@@ -51,6 +51,16 @@ class BackendContract:
         assert [h.key for h in hits] == ["k"] and hits[0].similarity > 0.99
         assert all(h.similarity < 0.99 for h in backend.search("alpha beta gamma", top_k=5))
 
+    def test_put_many_stores_like_put_and_refuses_a_bad_item_whole(self, backend: Any) -> None:
+        items = [(f"m:{i}", f"many value {i}") for i in range(70)] + [("m:bin", b"\x00\xff", "binary with a text")]
+        assert backend.put_many(items, scope="bulk") == 71
+        assert backend.get("m:42") == b"many value 42" and backend.get("m:bin") == b"\x00\xff"
+        assert [h.key for h in backend.search("binary with a text", top_k=1, scope="bulk")] == ["m:bin"]
+        assert backend.search("many value 42", top_k=1) == []  # the default scope holds none of them
+        with pytest.raises(InvalidInputError, match="put_many item 1"):
+            backend.put_many({"m:ok": "fine", "": "an empty key"})
+        assert backend.get("m:ok") is None and backend.put_many([]) == 0
+
     def test_scan_is_sorted_and_limited(self, backend: Any) -> None:
         for key in ("user:3", "user:1", "user:2", "other:1"):
             backend.put(key, f"value of {key}")
