@@ -70,6 +70,8 @@ from .errors import (
     ShardUnavailableError,
 )
 from .kv import (
+    BULK_CHUNK,
+    BulkPut,
     KVHelpers,
     bulk_puts,
     check_scope,
@@ -77,6 +79,7 @@ from .kv import (
     check_ttl_ms,
     coerce_value,
     embed_texts,
+    note_progress,
     put_vector,
     search_vector,
 )
@@ -585,35 +588,47 @@ class DistributedSemanticKV(KVHelpers):
     ) -> int:
         """Store many values at once (loading or warming a cache); returns how many were stored.
 
-        ``items`` is as for :meth:`semcache.SemanticKV.put_many`.  Texts are
-        embedded in batches; each shard's puts go to its leader as
-        ``put_many`` requests of up to 64 puts (one Raft entry each), in
-        order, and the shards are written in parallel.  Every item is checked
-        and embedded before anything is sent.
+        ``items`` is as for :meth:`semcache.SemanticKV.put_many`.  Every item
+        is checked before anything is sent.  Then ``BULK_CHUNK`` (1,024) items
+        at a time are embedded (64 per model call) and sent: each shard's puts
+        go to its leader in order as ``put_many`` requests of up to 64 puts
+        (one Raft entry each), the shards in parallel.
 
         Raises:
             InvalidInputError: a bad item (named by its position), TTL or scope; nothing is sent.
             NoQuorumError, ShardUnavailableError: a shard did not acknowledge some puts within
-                ``request_timeout``.  The message says how many items were stored; the rest may
-                still be.  Puts are idempotent, so sending the same items again is safe.
+                ``request_timeout``.  The message says how many items were stored (later chunks
+                are not sent); the unacknowledged ones may still be.  Puts are idempotent, so
+                sending the same items again is safe.
         """
         self._check_open()
         ttl_ms = check_ttl_ms(ttl_ms)
         scope = check_scope(scope)
         checked = bulk_puts(items, self.limits)
-        vectors = embed_texts(self._embedding, [item.text for item in checked])
+        stored = 0
+        for start in range(0, len(checked), BULK_CHUNK):  # embed and send a chunk at a time: bounded memory
+            try:
+                count, error = self._put_chunk(checked[start:start + BULK_CHUNK], ttl_ms, scope)
+            except Exception as exc:  # the embedder failed
+                note_progress(exc, stored, len(checked))
+                raise
+            stored += count
+            if error is not None:
+                note_progress(error, stored, len(checked))
+                raise error
+        return stored
+
+    def _put_chunk(self, chunk: list[BulkPut], ttl_ms: int, scope: str) -> tuple[int, SemcacheError | None]:
+        """Embed ``chunk`` and send each shard its part, the shards in parallel: how many were stored,
+        and the first shard's error (None when all were)."""
+        vectors = embed_texts(self._embedding, [item.text for item in chunk])
         per_shard: dict[str, deque[PutItem]] = {}
-        for item, vector in zip(checked, vectors, strict=True):
+        for item, vector in zip(chunk, vectors, strict=True):
             put = PutItem(item.key, item.value, scope, vector, ttl_ms)
             per_shard.setdefault(self.ring.shard_for(item.key), deque()).append(put)
         futures = [self._executor.submit(self._put_in_batches, shard_id, puts) for shard_id, puts in per_shard.items()]
         outcomes = [future.result() for future in futures]
-        stored = sum(count for count, _ in outcomes)
-        error = next((error for _, error in outcomes if error is not None), None)
-        if error is not None:
-            error.args = (f"put_many stored {stored} of {len(checked)} items; {error}",)
-            raise error
-        return stored
+        return sum(count for count, _ in outcomes), next((error for _, error in outcomes if error is not None), None)
 
     def _put_in_batches(self, shard_id: str, puts: deque[PutItem]) -> tuple[int, SemcacheError | None]:
         """Send one shard's share of a ``put_many`` batch by batch, in order: how many were stored, and the error

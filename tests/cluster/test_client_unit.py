@@ -320,6 +320,28 @@ def test_put_many_with_a_shard_without_quorum_stores_the_rest_and_says_how_many(
     assert shard.kv.stats()["entries"] == 0
 
 
+def test_put_many_sends_a_chunk_at_a_time_and_an_embedder_failure_says_how_far_it_got(
+    cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("semcache.client.BULK_CHUNK", 10)
+    failing = HashEmbedding(cluster.embedding.dim)
+    encode = failing._encode
+
+    def crash_on_the_third_call(texts: list[str]) -> Any:
+        if failing.model_calls >= 3:
+            raise RuntimeError("the embedding model crashed")
+        return encode(texts)
+
+    failing._encode = crash_on_the_third_call  # type: ignore[method-assign]
+    kv = make_client(cluster, embedding=failing)
+    items = {f"k{i:02d}": f"value number {i}" for i in range(25)}
+    with pytest.raises(RuntimeError, match="crashed") as info:
+        kv.put_many(items)
+    assert info.value.__notes__ == ["put_many stored 20 of 25 items"]
+    assert kv.scan("", 100) == [f"k{i:02d}" for i in range(20)]
+    kv.close()
+
+
 def test_a_shard_with_every_replica_down_is_unavailable(cluster: FakeCluster, client: DistributedSemanticKV) -> None:
     key = next(f"k{i}" for i in range(100) if client.shard_for(f"k{i}") == "shard-1")
     for address in cluster.shards["shard-1"].replicas:

@@ -154,3 +154,32 @@ def test_put_many_refuses_a_bad_item_and_stores_none_of_the_call(kv):
     with pytest.raises(InvalidInputError, match="put_many needs a mapping"):
         kv.put_many(42)
     assert kv.scan("", 10) == ["kept"] and kv.put_many([]) == 0
+
+
+class FailingEmbedding(HashEmbedding):
+    """A HashEmbedding whose model fails from its ``fail_at``-th call on."""
+
+    def __init__(self, fail_at: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.fail_at = fail_at
+
+    def _encode(self, texts):
+        if self.model_calls >= self.fail_at:  # model_calls counts this call already
+            raise RuntimeError("the embedding model crashed")
+        return super()._encode(texts)
+
+
+def test_put_many_embeds_and_stores_a_chunk_at_a_time_and_says_how_far_it_got(monkeypatch):
+    monkeypatch.setattr("semcache.kv.BULK_CHUNK", 10)
+    with SemanticKV(embedding=FailingEmbedding(fail_at=3, dim=64)) as kv:
+        items = {f"k{i:02d}": f"value number {i}" for i in range(25)}
+        with pytest.raises(RuntimeError, match="crashed") as info:
+            kv.put_many(items)
+        assert info.value.__notes__ == ["put_many stored 20 of 25 items"]
+        assert kv.scan("", 100) == [f"k{i:02d}" for i in range(20)]  # the first two chunks, whole
+
+
+def test_put_many_refuses_a_text_too_long_to_embed_before_storing_any(kv):
+    with pytest.raises(InvalidInputError, match="put_many item 1: text to embed is 40000 characters"):
+        kv.put_many([("a", "fine"), ("b", "fine", "x" * 40_000)])
+    assert kv.scan("", 10) == []
