@@ -209,8 +209,8 @@ def raw_flight_node(raft_port: int, partner_ports: list[int], rpc_port: int, sec
     Actions: ``echo`` (a round trip), ``role``, ``commit`` (one sync commit of
     the request body, so a client times a raw commit reached as a node is
     reached), ``commit_local`` (n sync commits timed inside the leader; their
-    durations) and ``commit_threads`` (n sync commits from THREADS threads inside
-    the leader; commits per second).
+    durations) and ``commit_threads`` (body ``"n t"``: n sync commits from t
+    threads inside the leader; commits per second).
     """
     import pyarrow.flight as flight
     from pysyncobj import SyncObj, SyncObjConf, replicated
@@ -270,7 +270,7 @@ def raw_flight_groups(groups: int = 1, secret: str = "bench-secret") -> Iterator
 
     ports = free_ports(6 * groups)
     with tempfile.TemporaryDirectory(prefix="semcache-raw-group-") as journals:
-        members = []  # (raft ports, rpc ports) of each group
+        members = []  # the rpc ports of each group
         commands = []
         for g in range(groups):
             raft, rpc = ports[6 * g:6 * g + 3], ports[6 * g + 3:6 * g + 6]
@@ -282,8 +282,10 @@ def raw_flight_groups(groups: int = 1, secret: str = "bench-secret") -> Iterator
                 for i in range(3)
             ]
         with _processes(commands):
-            leaders = [_raw_leader(rpc, flight) for rpc in members]
+            leaders: list[tuple[Any, str]] = []
             try:
+                for rpc in members:
+                    leaders.append(_raw_leader(rpc, flight))
                 yield leaders
             finally:
                 for client, _ in leaders:
@@ -354,7 +356,11 @@ class RawGroups:
         return float(np.frombuffer(self._call("commit_local", b"1"))[0])
 
     def in_leader_throughput(self, count: int) -> float:
-        """Commits per second of ``THREADS`` threads committing inside the leaders (split evenly, all at once)."""
+        """Commits per second of ``THREADS`` threads committing inside the leaders (split evenly, all at once).
+
+        Timed around the leaders' calls: two Flight calls and a thread start
+        add about a millisecond to a burst of about a second.
+        """
         share, threads = count // len(self._leaders), max(1, THREADS // len(self._leaders))
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(self._leaders)) as pool:

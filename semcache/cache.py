@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .backend import Backend
-from .embeddings import BaseEmbedding
+from .embeddings import BaseEmbedding, check_texts
 from .errors import ConfigurationError, InvalidInputError
 from .guard import conflict
-from .kv import check_ttl_ms
+from .kv import bulk_entries, check_ttl_ms, entry_at
 from .lru import LRU
 
 log = logging.getLogger("semcache")
@@ -439,8 +439,8 @@ class SemanticCache:
 
         ``pairs`` maps prompts to responses or holds ``(prompt, response)``
         tuples.  The prompts are embedded in batches and the entries written
-        with the backend's ``put_many``: several times faster than a
-        :meth:`store` each.  Each entry is then found as :meth:`store`'s would be.
+        with the backend's ``put_many``: about twice as fast as a
+        :meth:`store` each with all-MiniLM-L6-v2.  Each entry is then found as :meth:`store`'s would be.
 
         >>> from semcache import SemanticKV
         >>> from semcache.embeddings import HashEmbedding
@@ -455,21 +455,16 @@ class SemanticCache:
         """
         scope_id = self.scope_id(scope)
         ttl_ms = self.default_ttl_ms if ttl is None else _check_ttl(ttl)
-        if isinstance(pairs, Mapping):
-            pairs = list(pairs.items())
-        if isinstance(pairs, str | bytes) or not isinstance(pairs, Iterable):
-            raise InvalidInputError(f"store_many needs a mapping or an iterable of pairs, got {type(pairs).__name__}")
         items = []
-        for position, pair in enumerate(pairs):
-            try:
+        for position, pair in enumerate(bulk_entries(pairs, "store_many")):
+            with entry_at(f"store_many pair {position}"):
                 if not isinstance(pair, tuple | list) or len(pair) != 2:
                     raise InvalidInputError(f"must be a (prompt, response) pair, got {type(pair).__name__}")
                 prompt, response = pair
                 normalized = normalize_prompt(self._check_prompt(prompt))
+                check_texts([normalized])
                 items.append((self._key(scope_id, normalized), _record_bytes(prompt, response, None), normalized))
-            except InvalidInputError as exc:
-                exc.args = (f"store_many pair {position}: {exc}",)
-                raise
+        # A record over the backend's value limit is refused there, as "put_many item <the same position>".
         self.backend.put_many(items, ttl_ms, scope=scope_id)
         with self._stats_lock:
             self.stats.stores += len(items)

@@ -70,7 +70,6 @@ from .errors import (
     ShardUnavailableError,
 )
 from .kv import (
-    BULK_CHUNK,
     BulkPut,
     KVHelpers,
     bulk_puts,
@@ -78,8 +77,7 @@ from .kv import (
     check_search_args,
     check_ttl_ms,
     coerce_value,
-    embed_texts,
-    note_progress,
+    load_in_chunks,
     put_vector,
     search_vector,
 )
@@ -604,40 +602,28 @@ class DistributedSemanticKV(KVHelpers):
         self._check_open()
         ttl_ms = check_ttl_ms(ttl_ms)
         scope = check_scope(scope)
-        checked = bulk_puts(items, self.limits)
-        stored = 0
-        for start in range(0, len(checked), BULK_CHUNK):  # embed and send a chunk at a time: bounded memory
-            try:
-                count, error = self._put_chunk(checked[start:start + BULK_CHUNK], ttl_ms, scope)
-            except Exception as exc:  # the embedder failed
-                note_progress(exc, stored, len(checked))
-                raise
-            stored += count
-            if error is not None:
-                note_progress(error, stored, len(checked))
-                raise error
-        return stored
 
-    def _put_chunk(self, chunk: list[BulkPut], ttl_ms: int, scope: str) -> tuple[int, SemcacheError | None]:
-        """Embed ``chunk`` and send each shard its part, the shards in parallel: how many were stored,
-        and the first shard's error (None when all were)."""
-        vectors = embed_texts(self._embedding, [item.text for item in chunk])
-        per_shard: dict[str, deque[PutItem]] = {}
-        for item, vector in zip(chunk, vectors, strict=True):
-            put = PutItem(item.key, item.value, scope, vector, ttl_ms)
-            per_shard.setdefault(self.ring.shard_for(item.key), deque()).append(put)
-        futures = [self._executor.submit(self._put_in_batches, shard_id, puts) for shard_id, puts in per_shard.items()]
-        outcomes = [future.result() for future in futures]
-        return sum(count for count, _ in outcomes), next((error for _, error in outcomes if error is not None), None)
+        def write(chunk: list[BulkPut], vectors: list[bytes | None]) -> tuple[int, BaseException | None]:
+            self._check_open()
+            per_shard: dict[str, deque[PutItem]] = {}
+            for item, vector in zip(chunk, vectors, strict=True):
+                put = PutItem(item.key, item.value, scope, vector, ttl_ms)
+                per_shard.setdefault(self.ring.shard_for(item.key), deque()).append(put)
+            # Threads of its own, not the fan-out pool: a long load must not leave searches waiting for workers.
+            with ThreadPoolExecutor(max_workers=len(per_shard), thread_name_prefix="semcache-put-many") as pool:
+                outcomes = list(pool.map(lambda part: self._put_in_batches(*part), per_shard.items()))
+            return sum(count for count, _ in outcomes), next((e for _, e in outcomes if e is not None), None)
+
+        return load_in_chunks(bulk_puts(items, self.limits), self._embedding, write)
 
     def _put_in_batches(self, shard_id: str, puts: deque[PutItem]) -> tuple[int, SemcacheError | None]:
-        """Send one shard's share of a ``put_many`` batch by batch, in order: how many were stored, and the error
-        that stopped it (None when all were)."""
+        """Send one shard's part of a ``put_many`` chunk batch by batch, in order: how many were stored,
+        and the error that stopped it (None when all were)."""
         stored = 0
         while puts:
             try:
-                errors = self._send_puts(shard_id, take_batch(puts, lambda put: put.size))
-            except ClusterError as exc:
+                errors = self._send_puts(shard_id, take_batch(puts, _put_size))
+            except SemcacheError as exc:  # the shard's (no quorum, unreachable), a lone put's own, or closed
                 return stored, exc
             stored += errors.count(None)
             failure = next((error for error in errors if error is not None), None)
@@ -646,7 +632,8 @@ class DistributedSemanticKV(KVHelpers):
         return stored, None
 
     def _send_puts(self, shard_id: str, items: list[PutItem]) -> list[SemcacheError | None]:
-        """Send puts that concurrent writers queued for one shard: one RPC, one error (or None) per put.
+        """Send puts for one shard (queued by concurrent writers, or a ``put_many`` batch): one RPC, one error
+        (or None) per put.
 
         A lone put goes as a plain ``put``.  A shard-level refusal of any put in
         a batch (not the leader, no quorum) retries the whole batch, as for a

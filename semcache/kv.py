@@ -27,13 +27,14 @@ their single-text calls are micro-batched.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,28 @@ class BulkPut:
     text: str | None
 
 
+def bulk_entries(items: object, call: str) -> list[Any]:
+    """A bulk call's items as a list: a mapping's ``(key, value)`` pairs, or an iterable's elements."""
+    if isinstance(items, Mapping):
+        return list(items.items())
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise InvalidInputError(f"{call} needs a mapping or an iterable of tuples, got {type(items).__name__}")
+    return list(items)
+
+
+@contextlib.contextmanager
+def entry_at(where: str) -> Iterator[None]:
+    """Prefix an :class:`InvalidInputError` raised inside with where it happened (``put_many item 3: ...``).
+
+    The error keeps its type and attributes (a LimitExceededError its ``limit``).
+    """
+    try:
+        yield
+    except InvalidInputError as exc:
+        exc.args = (f"{where}: {exc}",)
+        raise
+
+
 def bulk_puts(items: object, limits: Limits) -> list[BulkPut]:
     """``put_many``'s items, checked: a mapping of key to value, or ``(key, value)`` / ``(key, value, text)`` tuples.
 
@@ -155,13 +178,9 @@ def bulk_puts(items: object, limits: Limits) -> list[BulkPut]:
     Raises:
         InvalidInputError: the first bad item, named by its position.
     """
-    if isinstance(items, Mapping):
-        items = list(items.items())
-    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
-        raise InvalidInputError(f"put_many needs a mapping or an iterable of tuples, got {type(items).__name__}")
     checked = []
-    for position, item in enumerate(items):
-        try:
+    for position, item in enumerate(bulk_entries(items, "put_many")):
+        with entry_at(f"put_many item {position}"):
             if not isinstance(item, tuple | list) or len(item) not in (2, 3):
                 raise InvalidInputError(f"must be (key, value) or (key, value, text), got {type(item).__name__}")
             key, value, text = item if len(item) == 3 else (*item, None)
@@ -173,19 +192,7 @@ def bulk_puts(items: object, limits: Limits) -> list[BulkPut]:
             if to_embed is not None:
                 check_texts([to_embed])  # too long to embed: refused now, not halfway through the load
             checked.append(BulkPut(key, data, to_embed))
-        except InvalidInputError as exc:
-            exc.args = (f"put_many item {position}: {exc}",)  # the same error (type, limit), with its place
-            raise
     return checked
-
-
-def note_progress(error: BaseException, stored: int, total: int) -> None:
-    """Say in ``error`` how far a ``put_many`` got before it: in its message when it is one of ours."""
-    progress = f"put_many stored {stored} of {total} items"
-    if isinstance(error, SemcacheError):
-        error.args = (f"{progress}; {error}",)
-    else:
-        error.add_note(progress)
 
 
 def embed_texts(embedding: BaseEmbedding, texts: Sequence[str | None]) -> list[bytes | None]:
@@ -197,6 +204,42 @@ def embed_texts(embedding: BaseEmbedding, texts: Sequence[str | None]) -> list[b
         for (row, _), vector in zip(chunk, embedding.embed([text for _, text in chunk]), strict=True):
             vectors[row] = vector.tobytes()
     return vectors
+
+
+# Writes one embedded chunk: how many of its items were stored (a prefix, or on
+# a cluster any of them), and the error that stopped the rest, or None.
+ChunkWriter = Callable[[list[BulkPut], list[bytes | None]], tuple[int, BaseException | None]]
+
+
+def load_in_chunks(items: list[BulkPut], embedding: BaseEmbedding, write: ChunkWriter) -> int:
+    """Embed and write checked items ``BULK_CHUNK`` at a time; return how many were stored.
+
+    Raises:
+        Exception: the first error of the embedder or of ``write``, with how many
+            items were stored before it (:func:`note_progress`).
+    """
+    stored = 0
+    for start in range(0, len(items), BULK_CHUNK):
+        chunk = items[start:start + BULK_CHUNK]
+        try:
+            count, error = write(chunk, embed_texts(embedding, [item.text for item in chunk]))
+        except Exception as exc:  # the embedder, or a writer that raised instead of returning its error
+            note_progress(exc, stored, len(items))
+            raise
+        stored += count
+        if error is not None:
+            note_progress(error, stored, len(items))
+            raise error
+    return stored
+
+
+def note_progress(error: BaseException, stored: int, total: int) -> None:
+    """Say in ``error`` how far a ``put_many`` got before it: in its message when it is one of ours."""
+    progress = f"put_many stored {stored} of {total} items"
+    if isinstance(error, SemcacheError):
+        error.args = (f"{progress}; {error}",)
+    else:
+        error.add_note(progress)
 
 
 def search_vector(embedding: BaseEmbedding, query: object, vector: Any) -> np.ndarray:
@@ -426,27 +469,26 @@ class SemanticKV(KVHelpers):
         'q:1'
 
         Every item is checked before any is stored; then ``BULK_CHUNK`` items at
-        a time are embedded and stored.
+        a time are embedded and stored, in order.
 
         Raises:
             InvalidInputError: a bad item (named by its position), TTL or scope: nothing is stored.
-            Exception: the embedder failed; the items before its chunk are stored,
-                and the error says how many.
+            Exception: the embedder or the log failed midway (or the store was
+                closed); the items before are stored, and the error says how many.
         """
         self._check_open()
         ttl_ms = check_ttl_ms(ttl_ms)
         scope = check_scope(scope, self._state.limits)
-        checked = bulk_puts(items, self._state.limits)
-        for start in range(0, len(checked), BULK_CHUNK):
-            chunk = checked[start:start + BULK_CHUNK]
-            try:
-                vectors = embed_texts(self._embedding, [item.text for item in chunk])
-            except Exception as exc:
-                note_progress(exc, start, len(checked))
-                raise
-            for item, vector in zip(chunk, vectors, strict=True):
-                self._store(self._put_command(item.key, item.value, scope, vector, ttl_ms))
-        return len(checked)
+
+        def write(chunk: list[BulkPut], vectors: list[bytes | None]) -> tuple[int, BaseException | None]:
+            for done, (item, vector) in enumerate(zip(chunk, vectors, strict=True)):
+                try:
+                    self._store(self._put_command(item.key, item.value, scope, vector, ttl_ms))
+                except Exception as exc:  # a full disk, or close() meanwhile: report how far it got
+                    return done, exc
+            return len(chunk), None
+
+        return load_in_chunks(bulk_puts(items, self._state.limits), self._embedding, write)
 
     def _put_command(self, key: str, data: bytes, scope: str, vector: bytes | None, ttl_ms: int) -> Put:
         now = self._clock()

@@ -277,14 +277,15 @@ def test_put_many_embeds_in_batches_and_sends_each_shard_its_puts_64_at_a_time(
     cluster: FakeCluster, client: DistributedSemanticKV
 ) -> None:
     items = [(f"k{i}", f"note {i} about {WORDS[i % len(WORDS)]}") for i in range(300)]
+    sent = [*items, ("k7", "note 7, again")]
     model_calls = client.embedding.model_calls
-    assert client.put_many([*items, ("k7", "note 7, again")]) == 301
+    assert client.put_many(sent) == 301
     assert client.embedding.model_calls - model_calls == 5  # 301 texts, 64 per model call
     for shard_id, shard in cluster.shards.items():
-        mine = [key for key, _ in items if client.shard_for(key) == shard_id]
+        mine = [key for key, _ in sent if client.shard_for(key) == shard_id]
         assert 100 < len(mine) < 200
         assert cluster.calls[(shard.leader, "put_many")] + cluster.calls[(shard.leader, "put")] == -(-len(mine) // 64)
-        assert shard.kv.stats()["entries"] == len(mine)
+        assert shard.kv.stats()["entries"] == len(set(mine))
     assert client.get("k7") == b"note 7, again"  # a key given twice: the later value wins, as with put
     assert client.get("k250") == items[250][1].encode()
     assert client.search("note 42 about", top_k=1)[0].key == "k42"
@@ -323,7 +324,7 @@ def test_put_many_with_a_shard_without_quorum_stores_the_rest_and_says_how_many(
 def test_put_many_sends_a_chunk_at_a_time_and_an_embedder_failure_says_how_far_it_got(
     cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("semcache.client.BULK_CHUNK", 10)
+    monkeypatch.setattr("semcache.kv.BULK_CHUNK", 10)
     failing = HashEmbedding(cluster.embedding.dim)
     encode = failing._encode
 
@@ -340,6 +341,65 @@ def test_put_many_sends_a_chunk_at_a_time_and_an_embedder_failure_says_how_far_i
     assert info.value.__notes__ == ["put_many stored 20 of 25 items"]
     assert kv.scan("", 100) == [f"k{i:02d}" for i in range(20)]
     kv.close()
+
+
+class RefusingNode:
+    """A fake node that refuses the key ``bad`` itself, alone (``put`` raises) or in a batch (its item's error)."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    def put(self, key: str, *args: Any, **kwargs: Any) -> None:
+        if key == "bad":
+            raise InvalidInputError("the node refused this put")
+        self.node.put(key, *args, **kwargs)
+
+    def put_many(self, items: list[Any]) -> list[Any]:
+        refused = [item.key == "bad" for item in items]
+        outcomes = self.node.put_many([item for item, bad in zip(items, refused, strict=True) if not bad])
+        answers = iter(outcomes)
+        return [InvalidInputError("the node refused this put") if bad else next(answers) for bad in refused]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.node, name)
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["lone-put", "in-a-batch"])
+def test_put_many_counts_what_the_other_shard_stored_when_a_node_refuses_a_put(
+    cluster: FakeCluster, alone: bool
+) -> None:
+    kv = DistributedSemanticKV(
+        ["fake://shard-0/0"], connect=lambda address: RefusingNode(cluster.connect(address)),  # type: ignore[arg-type]
+        clock=cluster.clock, sleep=cluster.clock.sleep,
+    )
+    bad_shard = kv.shard_for("bad")
+    same = [f"k{i}" for i in range(200) if kv.shard_for(f"k{i}") == bad_shard][: 0 if alone else 3]
+    other = [f"k{i}" for i in range(200) if kv.shard_for(f"k{i}") != bad_shard][:5]
+    items = {key: f"value of {key}" for key in [*same, "bad", *other]}
+    with pytest.raises(InvalidInputError, match=f"put_many stored {len(same) + 5} of {len(items)} items; the node"):
+        kv.put_many(items)
+    assert all(kv.get(key) == items[key].encode() for key in [*same, *other])  # all written before it raised
+    assert kv.get("bad") is None
+    kv.close()
+
+
+def test_put_many_on_a_client_closed_meanwhile_says_closed_and_how_far_it_got(
+    cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("semcache.kv.BULK_CHUNK", 10)
+    embedding = HashEmbedding(cluster.embedding.dim)
+    kv = make_client(cluster, embedding=embedding)
+    encode = embedding._encode
+
+    def close_on_the_second_call(texts: list[str]) -> Any:
+        if embedding.model_calls == 2:
+            kv.close()
+        return encode(texts)
+
+    embedding._encode = close_on_the_second_call  # type: ignore[method-assign]
+    with pytest.raises(ClosedError, match="put_many stored 10 of 25 items; "):
+        kv.put_many({f"k{i:02d}": f"value number {i}" for i in range(25)})
+    assert sum(shard.kv.stats()["entries"] for shard in cluster.shards.values()) == 10
 
 
 def test_a_shard_with_every_replica_down_is_unavailable(cluster: FakeCluster, client: DistributedSemanticKV) -> None:

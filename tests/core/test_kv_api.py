@@ -8,7 +8,7 @@ from clocks import Clock  # tests/ is on sys.path
 
 from semcache import Limits, SemanticKV
 from semcache.embeddings import HashEmbedding
-from semcache.errors import InvalidInputError, LimitExceededError
+from semcache.errors import ClosedError, InvalidInputError, LimitExceededError
 
 
 @pytest.fixture
@@ -183,3 +183,20 @@ def test_put_many_refuses_a_text_too_long_to_embed_before_storing_any(kv):
     with pytest.raises(InvalidInputError, match="put_many item 1: text to embed is 40000 characters"):
         kv.put_many([("a", "fine"), ("b", "fine", "x" * 40_000)])
     assert kv.scan("", 10) == []
+
+
+def test_put_many_on_a_store_closed_meanwhile_says_closed_and_how_far_it_got(monkeypatch):
+    monkeypatch.setattr("semcache.kv.BULK_CHUNK", 10)
+    embedding = HashEmbedding(dim=64)
+    kv = SemanticKV(embedding=embedding)
+    encode = embedding._encode
+
+    def close_on_the_second_call(texts):
+        if embedding.model_calls == 2:
+            kv.close()
+        return encode(texts)
+
+    embedding._encode = close_on_the_second_call
+    with pytest.raises(ClosedError, match="put_many stored 10 of 25 items; "):
+        kv.put_many({f"k{i:02d}": f"value number {i}" for i in range(25)})
+    assert kv._state.stats()["entries"] == 10
