@@ -14,6 +14,9 @@ import numpy as np
 
 from .embeddings import BaseEmbedding
 
+# What put_many takes: ``{key: value}``, or ``(key, value)`` / ``(key, value, text)`` tuples.
+BulkItems = Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str] | tuple[str, bytes | str, str | None]]
+
 
 class SearchResult(NamedTuple):
     """One semantic-search hit; unpacks as ``key, value, similarity, node`` as in the seed."""
@@ -49,7 +52,7 @@ class Backend(Protocol):
 
     def put_many(
         self,
-        items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str] | tuple[str, bytes | str, str | None]],
+        items: BulkItems,
         ttl_ms: int = 0,
         *,
         scope: str | None = None,

@@ -45,14 +45,14 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from .backend import SearchResult
+from .backend import BulkItems, SearchResult
 from .coalesce import Combiner, take_batch
 from .config import ClusterConfig
 from .embeddings import BaseEmbedding, HashEmbedding, as_embedding
@@ -63,7 +63,6 @@ from .errors import (
     ConfigurationError,
     EmbeddingMismatchError,
     InvalidInputError,
-    LimitExceededError,
     NoQuorumError,
     NotLeaderError,
     SemcacheError,
@@ -82,7 +81,7 @@ from .kv import (
     search_vector,
 )
 from .routing import DEFAULT_VNODES, HashRing
-from .state import Limits, check_key
+from .state import Limits, check_key, check_value_size
 from .transport import Hits, PutItem, SearchQuery
 
 T = TypeVar("T")
@@ -571,15 +570,14 @@ class DistributedSemanticKV(KVHelpers):
         data = coerce_value(value)
         ttl_ms = check_ttl_ms(ttl_ms)
         scope = check_scope(scope)
-        if len(data) > self.limits.max_value_bytes:  # refuse before paying for the embedding
-            raise LimitExceededError("value", len(data), self.limits.max_value_bytes)
+        check_value_size(data, self.limits)  # before paying for the embedding
         item = PutItem(key, data, scope, put_vector(self._embedding, data, text, vector), ttl_ms)
         self._writers[self.ring.shard_for(key)].submit(item)
         return True
 
     def put_many(
         self,
-        items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str] | tuple[str, bytes | str, str | None]],
+        items: BulkItems,
         ttl_ms: int = 0,
         *,
         scope: str | None = None,

@@ -41,13 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from .backend import SearchResult
+from .backend import BulkItems, SearchResult
 from .commands import Clear, Command, Delete, Evict, Expire, Put
 from .embeddings import BaseEmbedding, as_embedding, check_texts, unit_vector
-from .errors import ClosedError, ConfigurationError, InvalidInputError, LimitExceededError, SemcacheError
+from .errors import ClosedError, ConfigurationError, InvalidInputError, SemcacheError
 from .eviction import AccessLog, check_policy, choose_victims
 from .index import IndexSettings
-from .state import DEFAULT_SCOPE, Limits, ShardState, check_key, check_scope_name, utf8_size
+from .state import DEFAULT_SCOPE, Limits, ShardState, check_key, check_scope_name, check_value_size, utf8_size
 from .storage import DurableLog
 
 log = logging.getLogger("semcache")
@@ -186,8 +186,7 @@ def bulk_puts(items: object, limits: Limits) -> list[BulkPut]:
             key, value, text = item if len(item) == 3 else (*item, None)
             check_key(key, limits)
             data = coerce_value(value)
-            if len(data) > limits.max_value_bytes:
-                raise LimitExceededError("value", len(data), limits.max_value_bytes)
+            check_value_size(data, limits)
             to_embed = text_to_embed(data, text)
             if to_embed is not None:
                 check_texts([to_embed])  # too long to embed: refused now, not halfway through the load
@@ -440,15 +439,14 @@ class SemanticKV(KVHelpers):
         data = coerce_value(value)
         ttl_ms = check_ttl_ms(ttl_ms)
         scope = check_scope(scope, self._state.limits)
-        if len(data) > self._state.limits.max_value_bytes:
-            self._state.validate(Put(key, data, scope, None, 0, 0))  # raises the size error before embedding
+        check_value_size(data, self._state.limits)  # before paying for the embedding
         vector_bytes = put_vector(self._embedding, data, text, vector)
         self._store(self._put_command(key, data, scope, vector_bytes, ttl_ms))
         return True
 
     def put_many(
         self,
-        items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str] | tuple[str, bytes | str, str | None]],
+        items: BulkItems,
         ttl_ms: int = 0,
         *,
         scope: str | None = None,

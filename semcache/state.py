@@ -101,6 +101,12 @@ def check_key(key: object, limits: Limits) -> str:
     return key
 
 
+def check_value_size(value: bytes, limits: Limits) -> None:
+    """Refuse a value over ``limits.max_value_bytes`` (writers check before paying for an embedding)."""
+    if len(value) > limits.max_value_bytes:
+        raise LimitExceededError("value", len(value), limits.max_value_bytes)
+
+
 def check_scope_name(scope: object, limits: Limits) -> str:
     """Validate a scope name: a str of at most ``limits.max_scope_bytes`` UTF-8 bytes."""
     if not isinstance(scope, str):
@@ -149,8 +155,7 @@ class ShardState:
                 check_key(command.key, self.limits)
                 if not isinstance(command.value, bytes):
                     raise InvalidInputError(f"value must be bytes, got {type(command.value).__name__}")
-                if len(command.value) > self.limits.max_value_bytes:
-                    raise LimitExceededError("value", len(command.value), self.limits.max_value_bytes)
+                check_value_size(command.value, self.limits)
                 check_scope_name(command.scope, self.limits)
                 if command.vector is not None:
                     self._check_vector(command.vector)
