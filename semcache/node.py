@@ -28,10 +28,10 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0005  # seconds; see run_node
 
 Reply = tuple[dict[str, Any], list[bytes]]
+# A request item of a batch action, its checked form, and its result.
+A = TypeVar("A")
+C = TypeVar("C")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -165,18 +169,8 @@ class SemanticKVNode:
         items = decode_put_items(header, blobs)
         self.shard.require_leader()
         now = self.shard.now_ms()
-        outcomes: list[Put | SemcacheError] = []
-        for entry, value, vector in items:
-            try:
-                outcomes.append(self._put_command(entry, value, vector, now))
-            except SemcacheError as exc:
-                outcomes.append(exc)
-        commands = [c for c in outcomes if isinstance(c, Put)]
-        results = iter(self.shard.submit_many(commands))
-        errors: list[dict[str, Any] | None] = []
-        for outcome in outcomes:
-            error = outcome if isinstance(outcome, SemcacheError) else next(results)
-            errors.append(error_to_header(error) if isinstance(error, SemcacheError) else None)
+        outcomes = each_checked(items, lambda item: self._put_command(*item, now), self.shard.submit_many)
+        errors = [error_to_header(outcome) if isinstance(outcome, SemcacheError) else None for outcome in outcomes]
         self._counters["puts"] += errors.count(None)
         return {"r": errors}, []
 
@@ -249,9 +243,7 @@ class SemanticKVNode:
             raise InvalidInputError("search needs exactly one vector blob")
         self._read_guard(header)
         (matches,) = self._run_searches([self._search_args(header, blobs[0])])
-        return {"keys": [m.key for m in matches], "sims": [m.similarity for m in matches]}, [
-            m.entry.value for m in matches
-        ]
+        return _hits_reply(matches)
 
     def _search_many(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
         """Several searches in one call (a client coalescing concurrent searches): one answer each."""
@@ -261,22 +253,17 @@ class SemanticKVNode:
         if len(blobs) != len(queries):
             raise InvalidInputError(f"search_many has {len(queries)} queries but {len(blobs)} vector blobs")
         self._read_guard(header)
-        outcomes: list[SearchArgs | SemcacheError] = []
-        for query, vector in zip(queries, blobs, strict=True):
-            try:
-                outcomes.append(self._search_args(query, vector))
-            except SemcacheError as exc:
-                outcomes.append(exc)
-        found = iter(self._run_searches([o for o in outcomes if not isinstance(o, SemcacheError)]))
+        outcomes = each_checked(list(zip(queries, blobs, strict=True)), lambda query: self._search_args(*query),
+                                self._run_searches)
         results: list[dict[str, Any]] = []
         values: list[bytes] = []
         for outcome in outcomes:
             if isinstance(outcome, SemcacheError):
                 results.append(error_to_header(outcome))
                 continue
-            matches = next(found)
-            results.append({"keys": [m.key for m in matches], "sims": [m.similarity for m in matches]})
-            values += [m.entry.value for m in matches]
+            hits, hit_values = _hits_reply(outcome)
+            results.append(hits)
+            values += hit_values
         return {"results": results}, values
 
     def _search_args(self, header: dict[str, Any], vector: bytes) -> SearchArgs:
@@ -346,6 +333,26 @@ class SemanticKVNode:
     def _remove_replica(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
         self.shard.remove_replica(_str(header, "id"))
         return {}, []
+
+
+def each_checked(
+    items: Sequence[A], check: Callable[[A], C], run: Callable[[list[C]], Sequence[R | SemcacheError]]
+) -> list[R | SemcacheError]:
+    """Each item's outcome in a batch request: items are checked one by one, the valid ones run together, and
+    a bad item gets its own error in its place (it fails alone)."""
+    checked: list[C | SemcacheError] = []
+    for item in items:
+        try:
+            checked.append(check(item))
+        except SemcacheError as exc:
+            checked.append(exc)
+    results = iter(run([c for c in checked if not isinstance(c, SemcacheError)]))
+    return [c if isinstance(c, SemcacheError) else next(results) for c in checked]
+
+
+def _hits_reply(matches: list[Any]) -> Reply:
+    """A search's answer: keys and similarities in the header, the values as blobs, best first."""
+    return {"keys": [m.key for m in matches], "sims": [m.similarity for m in matches]}, [m.entry.value for m in matches]
 
 
 def _str(header: dict[str, Any], name: str) -> str:
