@@ -136,7 +136,7 @@ class ShardState:
         # hnswlib inserts the indexes may defer in all (see semcache.index); never part of the replicated state.
         self.index_backlog = index_backlog
         self._queued_total = 0  # deferred hnswlib calls over all indexes...
-        self._queued_by_scope: dict[str, int] = {}  # ...and per scope, only scopes that have some
+        self._scopes_queued: set[str] = set()  # ...and the scopes whose index has some
         self.entries: dict[str, Entry] = {}
         self.indexes: dict[str, VectorIndex] = {}
         # Derived from entries (rebuilt on restore): which key holds each label, per scope.
@@ -277,7 +277,7 @@ class ShardState:
         it whenever it has a spare moment (the order across scopes does not matter).
         """
         done = 0
-        for scope in list(self._queued_by_scope):
+        for scope in list(self._scopes_queued):
             if done >= max_ops:
                 break
             done += self.indexes[scope].index_pending(max_ops - done)
@@ -298,11 +298,10 @@ class ShardState:
 
     def _queue_changed(self, scope: str, delta: int) -> None:
         self._queued_total += delta
-        left = self._queued_by_scope.get(scope, 0) + delta
-        if left:
-            self._queued_by_scope[scope] = left
+        if self.indexes[scope].queued:  # the index tells after its queue changed
+            self._scopes_queued.add(scope)
         else:
-            self._queued_by_scope.pop(scope, None)
+            self._scopes_queued.discard(scope)
 
     def _remove(self, key: str) -> bool:
         entry = self.entries.pop(key, None)
@@ -318,8 +317,8 @@ class ShardState:
         for key in doomed:
             del self.entries[key]
         for scope in [scope for scope in self.indexes if scope.startswith(scope_prefix)]:
-            del self.indexes[scope]
-            self._queued_total -= self._queued_by_scope.pop(scope, 0)  # its deferred calls go with it
+            self._queued_total -= self.indexes.pop(scope).queued  # its deferred calls go with it
+            self._scopes_queued.discard(scope)
             del self._key_of_label[scope]
         return len(doomed)
 
