@@ -448,7 +448,7 @@ class ReplicatedShard(SyncObj):
                 self._in_flight[batch_id] = now
             self.apply_batch(pack_batch([item.data for item in batch]),
                              callback=functools.partial(self._batch_done, batch_id, batch))
-            if self._wakeup is not None:
+            if EAGER_SEND and self._wakeup is not None:  # batching mode: pysyncobj queues it without a wake-up
                 self._wakeup.notify()
 
     def _batch_done(self, batch_id: int, batch: list[_Pending], results: Any, error: Any) -> None:
