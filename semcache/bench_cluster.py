@@ -6,8 +6,9 @@ It starts a local cluster (2 shards × 3 replicas of node processes on
 the same shape, one per shard: 3 processes each, each a bare pysyncobj
 ``SyncObj`` (same settings as a node: password, journal on disk, same election
 timeouts; one ``@replicated`` method storing bytes in a dict) behind a bare
-Flight server.  Every raw call goes to a group drawn at random, as keys spread
-over shards.  The baselines the targets are stated against come from them,
+Flight server.  Every raw latency call goes to a group drawn at random, as
+keys spread over shards; the throughput bursts split evenly between the
+groups.  The baselines the targets are stated against come from them,
 measured *interleaved* with the cluster's rows, because this shared machine's
 speed drifts by tens of percent within minutes:
 
