@@ -111,7 +111,14 @@ def test_store_many_warms_the_cache_as_store_would(cache, clock):
     assert keys == [cache.key_for(prompt, scope) for prompt in pairs] and cache.stats.stores == 101
     exact = cache.lookup(" how do i export  report 7 as a pdf file\n", scope=scope)  # normalised: the exact path
     assert exact is not None and exact.exact and exact.response == "answer 7"
-    near = cache.lookup("how can i reset my account password", scope=scope)
+    # The semantic path, in a scope of three entries: each is the others' graph neighbour, so any
+    # search compares all of them. (Among the 100 templated prompts above, which are near-equidistant
+    # from this query, whether a graph walk reaches the one distinct entry depends on the hnswlib build.)
+    small = {"tenant": "acme", "model": "small"}
+    cache.store_many({"how do i reset my account password": {"steps": ["Settings", "Reset"]},
+                      "what is the refund policy for annual plans": "30 days",
+                      "which regions does the service run in": "EU and US"}, scope=small)
+    near = cache.lookup("how can i reset my account password", scope=small)
     assert near is not None and not near.exact and near.response == {"steps": ["Settings", "Reset"]}
     assert cache.lookup("how do i export report 7 as a pdf file", scope={"tenant": "other", "model": "m"}) is None
     cache.store_many([("a prompt with no ttl", "stays")], scope=scope)
