@@ -29,9 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from semcache import SemanticCache, SemanticKV  # noqa: E402
-from semcache.calibrate import load_datasets  # noqa: E402
-from semcache.client import DistributedSemanticKV  # noqa: E402
-from semcache.cluster import LocalCluster  # noqa: E402
+from semcache._quality.calibrate import load_datasets  # noqa: E402
+from semcache.cluster._client import DistributedSemanticKV  # noqa: E402
+from semcache.cluster._local import LocalCluster  # noqa: E402
 from semcache.embeddings import SentenceTransformerEmbedding  # noqa: E402
 
 Loader = Callable[[list[str]], None]

@@ -7,10 +7,10 @@ Two 3-replica groups run side by side as real processes on 127.0.0.1:
 * *raw*: a bare pysyncobj ``SyncObj`` (same settings as a semcache replica:
   password, no batching, same timeouts) whose one ``@replicated`` method
   stores bytes in a dict, behind a bare Flight server
-  (``semcache.bench_cluster.raw_flight_group``, shared with ``semcache bench --cluster``).  Its ``echo`` action is
+  (``benchmarks.cluster.raw_flight_group``, shared with ``semcache bench --cluster``).  Its ``echo`` action is
   the raw Flight round trip; its ``commit`` action is a raw sync commit plus
   that round trip.
-* *node*: a semcache shard (``python -m semcache.node``), ``--dim`` vectors (384, MiniLM's).
+* *node*: a semcache shard (``python -m semcache.cluster._node``), ``--dim`` vectors (384, MiniLM's).
 
 Reported: p50/p99 of GET vs raw echo, sync PUT vs raw commit, and the
 throughput of 8 concurrent writers (threads sharing one ``DistributedSemanticKV``,
@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import pyarrow.flight as flight
 
-from semcache.bench import Summary
-from semcache.bench_cluster import interleaved, raw_flight_group, wait_indexed
-from semcache.client import DistributedSemanticKV
-from semcache.cluster import LocalCluster
+from benchmarks.cluster import interleaved, raw_flight_group, wait_indexed
+from semcache._cli.latency import Summary
+from semcache.cluster._client import DistributedSemanticKV
+from semcache.cluster._local import LocalCluster
 from semcache.embeddings import HashEmbedding
 from semcache.errors import NotLeaderError
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from pysyncobj.version import VERSION
 
-from semcache.cluster import LocalCluster
+from semcache.cluster._local import LocalCluster
 from semcache.errors import ClusterError, NotLeaderError
 
 

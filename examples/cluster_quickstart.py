@@ -19,7 +19,7 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the packaged model loads offline
 
 from semcache import DistributedSemanticKV, SemanticCache  # noqa: E402
-from semcache.cluster import LocalCluster, format_status  # noqa: E402
+from semcache.cluster._local import LocalCluster, format_status  # noqa: E402
 
 
 def main() -> None:

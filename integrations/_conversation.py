@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from semcache.cache import normalize_prompt
+from semcache._cache.cache import normalize_prompt
 
 PROMPT_PLACEHOLDER = {"role": "(prompt)"}
 

@@ -5,21 +5,21 @@ JSON decode; without this, the adapters' fixed work (canonicalising the
 request into a scope, then rebuilding a validated openai or LangChain object
 from the stored JSON) made it two to four times as slow.  Bounded memos take
 that work off repeated requests without giving up correctness (the decoded
-hits' memo is :class:`~semcache.cache.HitMemo`, in the core):
+hits' memo is :class:`~semcache._cache.cache.HitMemo`, in the core):
 
 * **Plans.** A request's fingerprint (:func:`fingerprint`, exact over its
   values and their types; for LangChain, the ``(prompt, llm_string)`` strings
   themselves) maps to its plan: prompt, canonical scope and
-  :class:`~semcache.cache.Address`.  A request that cannot be fingerprinted
+  :class:`~semcache._cache.cache.Address`.  A request that cannot be fingerprinted
   exactly (an object, a ``NOT_GIVEN``) is planned from scratch every time.
-* **Answers.** Per remembered exact hit (:class:`~semcache.cache.HitMemo`
+* **Answers.** Per remembered exact hit (:class:`~semcache._cache.cache.HitMemo`
   remembers a hit from the second time its bytes are decoded, so a one-off
   hit costs no copy), a serialised copy of the answer built from it
   (JSON bytes for openai objects, a pickle made in this process for LangChain
   objects, which rebuild faster that way, or the value itself when it is
   immutable); each call rebuilds the answer from that copy, so no two callers
   share a mutable object.  An answer is valid only for the very hit object it
-  was built from, and :class:`~semcache.cache.HitMemo` hands out the same hit
+  was built from, and :class:`~semcache._cache.cache.HitMemo` hands out the same hit
   object only while the backend holds the same bytes: an overwrite, delete,
   clear, expiry or another process's write is seen on the next call.  Keys
   include the scope, so an answer never crosses scopes.
@@ -49,8 +49,8 @@ import marshal
 from collections.abc import Callable
 from typing import Any
 
-from semcache.cache import CacheHit, HitMemo
-from semcache.lru import LRU
+from semcache._cache.cache import CacheHit, HitMemo
+from semcache._cache.lru import LRU
 
 __all__ = ["DEFAULT_MEMO_SIZE", "MAX_PLAN_CHARS", "AnswerMemo", "HitMemo", "fingerprint"]
 

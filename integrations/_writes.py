@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Protocol, TypeVar
 
-from semcache.cache import CacheHit, Scope, SemanticCache
+from semcache._cache.cache import CacheHit, Scope, SemanticCache
 
 log = logging.getLogger("semcache.integrations")
 

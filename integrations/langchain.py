@@ -63,9 +63,9 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from langchain_core.messages import message_to_dict, messages_from_dict
 from langchain_core.outputs import ChatGeneration, Generation
 
-from semcache.cache import Address, CacheHit, Scope, SemanticCache, canonical_scope
+from semcache._cache.cache import Address, CacheHit, Scope, SemanticCache, canonical_scope
+from semcache._cache.lru import LRU
 from semcache.errors import ConfigurationError, InvalidInputError, SemcacheError
-from semcache.lru import LRU
 
 from ._conversation import content_text, split_conversation
 from ._memo import DEFAULT_MEMO_SIZE, MAX_PLAN_CHARS, AnswerMemo, HitMemo

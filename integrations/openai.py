@@ -95,9 +95,9 @@ import pydantic_core
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
 
-from semcache.cache import Address, CacheHit, Scope, SemanticCache, canonical_scope
+from semcache._cache.cache import Address, CacheHit, Scope, SemanticCache, canonical_scope
+from semcache._cache.lru import LRU
 from semcache.errors import ConfigurationError, InvalidInputError, SemcacheError
-from semcache.lru import LRU
 
 from ._conversation import split_conversation
 from ._memo import DEFAULT_MEMO_SIZE, MAX_PLAN_CHARS, AnswerMemo, HitMemo, fingerprint

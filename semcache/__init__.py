@@ -4,17 +4,19 @@ Embedded by default (:class:`SemanticKV`), the same engine replicated by Raft in
 shards for a cluster; :class:`SemanticCache` is the LLM-cache layer over either.
 """
 
-from .backend import Backend, SearchResult
-from .cache import ALL_SCOPES, CacheHit, CacheStats, SemanticCache, canonical_scope, normalize_prompt
-from .client import DistributedSemanticKV, ShardResults
-from .embeddings import (
+from semcache._cache.cache import ALL_SCOPES, CacheHit, CacheStats, SemanticCache, canonical_scope, normalize_prompt
+from semcache._engine.backend import Backend, SearchResult
+from semcache._engine.kv import SemanticKV
+from semcache._engine.state import Limits
+from semcache.cluster._client import DistributedSemanticKV, ShardResults
+from semcache.embeddings import (
     CallableEmbedding,
     Embedding,
     HashEmbedding,
     OpenAIEmbedding,
     SentenceTransformerEmbedding,
 )
-from .errors import (
+from semcache.errors import (
     AuthenticationError,
     ClosedError,
     ClusterError,
@@ -29,8 +31,6 @@ from .errors import (
     ShardUnavailableError,
     UnknownScopeError,
 )
-from .kv import SemanticKV
-from .state import Limits
 
 __version__ = "0.1.0"
 
@@ -74,7 +74,7 @@ def __getattr__(name: str) -> object:
     # The node pulls in pysyncobj and pyarrow.flight: load it only when asked for,
     # so the embedded store and the client import nothing of it.
     if name == "SemanticKVNode":
-        from .node import SemanticKVNode
+        from semcache.cluster._node import SemanticKVNode
 
         return SemanticKVNode
     raise AttributeError(f"module 'semcache' has no attribute {name!r}")

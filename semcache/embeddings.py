@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import ConfigurationError, InvalidInputError
+from semcache.errors import ConfigurationError, InvalidInputError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"

@@ -1,6 +1,6 @@
 """Real local clusters for tests: node processes on 127.0.0.1, fault injection, guaranteed cleanup.
 
-Built on :class:`semcache.cluster.LocalCluster` (the code behind ``semcache
+Built on :class:`semcache.cluster._local.LocalCluster` (the code behind ``semcache
 cluster up``), with the fault helpers a test needs, after kazoo's harness:
 ``kill9`` / ``pause`` / ``resume`` / ``restart`` a replica, find a shard's
 ``leader_of``, wait until replicas ``converge`` (same applied index and state
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from semcache.client import DistributedSemanticKV
-from semcache.cluster import LocalCluster
+from semcache.cluster._client import DistributedSemanticKV
+from semcache.cluster._flight import NodeClient
+from semcache.cluster._local import LocalCluster
 from semcache.errors import ClusterError, NoQuorumError, NotLeaderError, ShardUnavailableError
-from semcache.transport import NodeClient
 
 T = TypeVar("T")
 

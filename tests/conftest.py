@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The labelled pairs are read from an explicit folder: the shared data beside this checkout.
+os.environ.setdefault("SEMCACHE_DATA", str(Path(__file__).resolve().parent.parent.parent / "shared" / "data"))
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from semcache import SemanticCache, SemanticKV
-from semcache.cache import DEFAULT_THRESHOLD
-from semcache.calibrate import (
+from semcache._cache.cache import DEFAULT_THRESHOLD
+from semcache._quality.calibrate import (
     Dataset,
     Pair,
     calibrate,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from semcache import SemanticKV, __version__
-from semcache.cli import main
+from semcache._cli.main import main
 
 DEMO_TIMEOUT = 600  # seconds; a bound on a stuck run, not a speed assert
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from semcache import SemanticCache, SemanticKV
-from semcache.guard import conflict
+from semcache._cache.guard import conflict
 
 HARD_NEGATIVES = [
     ("How do I enable dark mode?", "How do I disable dark mode?", "antonym"),

@@ -7,6 +7,6 @@
   ``OPENAI_API_KEY`` is set, else the bundled server (what the examples use).
 """
 
-from .openai_server import Endpoint, FakeOpenAIServer, fake_answer, fake_embedding, openai_endpoint
+from semcache.testing.openai_server import Endpoint, FakeOpenAIServer, fake_answer, fake_embedding, openai_endpoint
 
 __all__ = ["Endpoint", "FakeOpenAIServer", "fake_answer", "fake_embedding", "openai_endpoint"]

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from semcache._engine.kv import SemanticKV
 from semcache.embeddings import HashEmbedding
 from semcache.errors import AuthenticationError, NoQuorumError, NotLeaderError, ShardUnavailableError
-from semcache.kv import SemanticKV
 
 
 class FakeClock:

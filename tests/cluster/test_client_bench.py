@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from semcache.bench import Summary
-from semcache.bench_cluster import ClusterBenchReport, Row, format_report, interleaved, latencies, run, throughput
+from benchmarks.cluster import ClusterBenchReport, Row, format_report, interleaved, latencies, run, throughput
+from semcache._cli.latency import Summary
 
 
 def summary(ms: float) -> Summary:
@@ -99,6 +99,6 @@ def _bench_processes() -> set[int]:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"raw-flight-node" in cmdline or b"semcache.cli_cluster" in cmdline:
+        if b"raw-flight-node" in cmdline or (b"semcache" in cmdline and b"node" in cmdline):
             pids.add(int(proc.name))
     return pids

@@ -19,8 +19,8 @@ from semcache.integrations.langchain import LangChainSemanticCache
 from semcache.integrations.openai import wrap
 
 from semcache import SemanticCache, SemanticKV
-from semcache.backend import Backend
-from semcache.client import DistributedSemanticKV
+from semcache._engine.backend import Backend
+from semcache.cluster._client import DistributedSemanticKV
 from semcache.embeddings import HashEmbedding, SentenceTransformerEmbedding
 from semcache.errors import AuthenticationError, EmbeddingMismatchError, InvalidInputError, LimitExceededError
 from semcache.testing import FakeOpenAIServer, fake_answer

@@ -1,6 +1,6 @@
 """One contract for the backend interface, run on every backend.
 
-:class:`BackendContract` states what :class:`semcache.backend.Backend` (plus the
+:class:`BackendContract` states what :class:`semcache._engine.backend.Backend` (plus the
 seed's extras: exists, scan, string/JSON helpers) promises; each subclass
 supplies a backend: the embedded ``SemanticKV``, ``DistributedSemanticKV`` on
 in-process fake nodes, and ``DistributedSemanticKV`` on a real 2 × 3 cluster of
@@ -17,8 +17,8 @@ import pytest
 from cluster_harness import ClusterHarness, wait_until  # tests/ is on sys.path
 
 from semcache import SemanticCache, SemanticKV
-from semcache.backend import Backend, SearchResult
-from semcache.client import DistributedSemanticKV
+from semcache._engine.backend import Backend, SearchResult
+from semcache.cluster._client import DistributedSemanticKV
 from semcache.embeddings import HashEmbedding
 from semcache.errors import InvalidInputError
 

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
+from semcache.cluster._routing import HashRing
 from semcache.errors import ConfigurationError, InvalidInputError
-from semcache.routing import HashRing
 
 KEYS = [f"key:{i}" for i in range(20_000)]
 
@@ -18,7 +18,7 @@ def test_routing_is_independent_of_shard_order_and_process() -> None:
     ring = HashRing(["a", "b", "c"])
     assert [ring.shard_for(k) for k in KEYS[:200]] == [HashRing(["c", "a", "b"]).shard_for(k) for k in KEYS[:200]]
     # Another interpreter with another hash seed routes the same way: the hash is not Python's hash().
-    code = "from semcache.routing import HashRing; r = HashRing(['a','b','c']); print(r.shard_for('key:7'))"
+    code = "from semcache.cluster._routing import HashRing; r = HashRing(['a','b','c']); print(r.shard_for('key:7'))"
     other = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123"}
     )

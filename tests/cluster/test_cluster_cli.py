@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from semcache.cli_cluster import add_cluster_commands
-from semcache.client import DistributedSemanticKV
-from semcache.cluster import LocalCluster
+from semcache._cli.cluster import add_cluster_commands
+from semcache.cluster._client import DistributedSemanticKV
+from semcache.cluster._local import LocalCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def semcache(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "semcache.cli_cluster", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "semcache", *args], capture_output=True, text=True, timeout=120
     )
     if check and result.returncode != 0:
         command = " ".join(args)
@@ -93,7 +93,7 @@ def test_a_killed_node_rejoins_with_its_data_and_down_stops_everything(cluster_d
         out = semcache("cluster", "up", "--dir", str(cluster_dir)).stdout  # starts only what is not running
         assert "using the existing cluster file" in out and "started 1 node(s)" in out
         local.wait_caught_up(victim, timeout=60)
-        from semcache.transport import NodeClient
+        from semcache.cluster._flight import NodeClient
 
         with NodeClient(local.config().replica(victim).rpc) as node:
             assert node.get("k35", read_from="any") == b"value 35"
@@ -131,8 +131,8 @@ def test_add_and_remove_replica_from_the_command_line(cluster_dir: Path) -> None
 
 def test_commands_without_a_cluster_fail_with_one_clear_line(tmp_path: Path) -> None:
     result = semcache("cluster", "status", "--dir", str(tmp_path / "none"), check=False)
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: no cluster in") and "Traceback" not in result.stderr
+    assert result.returncode == 1
+    assert result.stderr.startswith("semcache: error: no cluster in") and "Traceback" not in result.stderr
 
 
 def test_the_commands_plug_into_the_main_parser() -> None:
@@ -147,7 +147,7 @@ def test_the_commands_plug_into_the_main_parser() -> None:
 
 
 def test_the_main_semcache_cli_has_the_cluster_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from semcache.cli import build_parser, main
+    from semcache._cli.main import build_parser, main
 
     args = build_parser().parse_args(["cluster", "down", "--dir", str(tmp_path)])
     assert args.cluster_command == "down" and callable(args.func)

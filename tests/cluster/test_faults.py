@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cluster_harness import ClusterHarness, History, Op, check_history, wait_until  # tests/ is on sys.path
 
-from semcache.client import DistributedSemanticKV
+from semcache.cluster._client import DistributedSemanticKV
 from semcache.errors import ClusterError, NoQuorumError, ShardUnavailableError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

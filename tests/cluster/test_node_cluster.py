@@ -1,6 +1,6 @@
 """Node side of the cluster with REAL node processes on 127.0.0.1.
 
-Each test starts its own shard of ``python -m semcache.node`` processes on
+Each test starts its own shard of ``python -m semcache node`` processes on
 free ports and always stops them in teardown (SIGTERM, then SIGKILL after a
 bounded wait).  Every wait is bounded.
 """
@@ -23,8 +23,10 @@ import numpy as np
 import pyarrow.flight as flight
 import pytest
 
-from semcache.cluster import free_ports
-from semcache.config import ClusterConfig, ReplicaConfig, ShardConfig
+from semcache.cluster._config import ClusterConfig, ReplicaConfig, ShardConfig
+from semcache.cluster._flight import NodeClient
+from semcache.cluster._local import free_ports
+from semcache.cluster._wire import PutItem, SearchQuery, decode_frame, encode_frame
 from semcache.embeddings import HashEmbedding
 from semcache.errors import (
     AuthenticationError,
@@ -35,7 +37,6 @@ from semcache.errors import (
     NotLeaderError,
     ShardUnavailableError,
 )
-from semcache.transport import NodeClient, PutItem, SearchQuery, decode_frame, encode_frame
 
 from .test_node_transport import self_signed_cert
 
@@ -99,7 +100,7 @@ class LocalShard:
         log = open(self.directory / f"{replica_id}.log", "ab")  # noqa: SIM115 - the child owns it
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.procs[replica_id] = subprocess.Popen(
-            [sys.executable, "-m", "semcache.node", "--config", str(config_path or self.config_path),
+            [sys.executable, "-m", "semcache", "node", "--config", str(config_path or self.config_path),
              "--replica", replica_id, "--log-level", "INFO"],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from semcache.config import ClusterConfig, ReplicaConfig, ShardConfig
+from semcache.cluster._config import ClusterConfig, ReplicaConfig, ShardConfig
 from semcache.errors import ConfigurationError
 
 GOOD = """

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from pysyncobj import tcp_connection
 
-from semcache.cluster import free_ports
-from semcache.commands import Delete, Evict, Put, encode_command
-from semcache.config import ClusterConfig, ReplicaConfig, ShardConfig
+from semcache._engine.commands import Delete, Evict, Put, encode_command
+from semcache._engine.state import ShardState
+from semcache.cluster._config import ClusterConfig, ReplicaConfig, ShardConfig
+from semcache.cluster._local import free_ports
+from semcache.cluster._raft.replica import MAX_ENTRY_BYTES, ReplicatedShard, _chunks_under, pack_batch, unpack_batch
 from semcache.errors import InvalidInputError, LimitExceededError
-from semcache.replication import MAX_ENTRY_BYTES, ReplicatedShard, _chunks_under, pack_batch, unpack_batch
-from semcache.state import ShardState
 
 DIM = 16
 

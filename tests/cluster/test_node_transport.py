@@ -11,7 +11,9 @@ import pyarrow.flight as flight
 import pytest
 
 import semcache.errors as errors_module
-from semcache.cluster import free_ports
+from semcache.cluster._flight import FlightNodeServer, NodeClient, map_flight_error
+from semcache.cluster._local import free_ports
+from semcache.cluster._wire import ERROR_CODES, decode_frame, encode_frame, error_from_reply, error_to_header
 from semcache.errors import (
     AuthenticationError,
     ClosedError,
@@ -21,16 +23,6 @@ from semcache.errors import (
     NotLeaderError,
     SemcacheError,
     ShardUnavailableError,
-)
-from semcache.transport import (
-    ERROR_CODES,
-    FlightNodeServer,
-    NodeClient,
-    decode_frame,
-    encode_frame,
-    error_from_reply,
-    error_to_header,
-    map_flight_error,
 )
 
 

@@ -20,10 +20,10 @@ from semcache import (
     SemanticKV,
     SemcacheError,
 )
-from semcache.commands import Clear, Delete, Evict, Expire, Put
+from semcache._engine.commands import Clear, Delete, Evict, Expire, Put
+from semcache._engine.kv import MAX_TTL_MS
+from semcache._engine.state import ShardState
 from semcache.embeddings import CallableEmbedding, HashEmbedding
-from semcache.kv import MAX_TTL_MS
-from semcache.state import ShardState
 
 DIM = 16
 SEEDED = {"alpha": "first stored text", "beta": "second stored text", "gamma": "third one"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semcache.bench import (
+from benchmarks.embedded import (
     PromptOutcome,
     SearchQuality,
     format_prompts,
@@ -17,7 +17,7 @@ from semcache.bench import (
     run_prompt_search,
     settle,
 )
-from semcache.bench_data import (
+from benchmarks.prompts import (
     Dataset,
     Pair,
     build_corpus,
@@ -26,10 +26,10 @@ from semcache.bench_data import (
     embed_cached,
     same_text_key,
 )
-from semcache.calibrate import default_data_dir
+from semcache._engine.kv import SemanticKV
+from semcache._quality.calibrate import default_data_dir
 from semcache.embeddings import HashEmbedding
 from semcache.errors import InvalidInputError
-from semcache.kv import SemanticKV
 
 TOPICS = ("bread", "tea", "Python", "taxes", "running", "chess", "guitar", "rust", "Paris", "sleep")
 

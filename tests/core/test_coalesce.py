@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from semcache.coalesce import Combiner
+from semcache.cluster._coalesce import Combiner
 from semcache.errors import ClusterError, InvalidInputError, ShardUnavailableError
 
 WAIT = 10.0

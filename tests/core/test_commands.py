@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from semcache import InvalidInputError
-from semcache.commands import CODEC_VERSION, Clear, Delete, Evict, Expire, Put, decode_command, encode_command
+from semcache._engine.commands import CODEC_VERSION, Clear, Delete, Evict, Expire, Put, decode_command, encode_command
 
 text = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)  # no lone surrogates: not UTF-8
 i64 = st.integers(-(2**63), 2**63 - 1)

@@ -12,6 +12,7 @@ import pytest
 from openai import APIStatusError, OpenAI
 
 from semcache import EmbeddingMismatchError, InvalidInputError, SemanticKV
+from semcache._engine.state import ShardState
 from semcache.embeddings import (
     CallableEmbedding,
     Embedding,
@@ -21,7 +22,6 @@ from semcache.embeddings import (
     unit_vector,
     validate_vectors,
 )
-from semcache.state import ShardState
 from semcache.testing import FakeOpenAIServer, fake_embedding
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from semcache import SemanticCache
-from semcache.cache import HitMemo
+from semcache._cache.cache import HitMemo
+from semcache._cache.lru import LRU
 from semcache.errors import ConfigurationError, InvalidInputError
-from semcache.lru import LRU
 
 QUESTION = "What is the capital of France?"
 

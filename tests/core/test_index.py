@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from semcache import SemanticKV
+from semcache._engine.index import IndexSettings, VectorIndex
 from semcache.embeddings import HashEmbedding
-from semcache.index import IndexSettings, VectorIndex
 
 
 def unit_vectors(count: int, dim: int, seed: int = 0) -> np.ndarray:

@@ -14,9 +14,9 @@ import random
 import numpy as np
 import pytest
 
-from semcache.commands import Put
-from semcache.index import IndexSettings, VectorIndex
-from semcache.state import ShardState
+from semcache._engine.commands import Put
+from semcache._engine.index import IndexSettings, VectorIndex
+from semcache._engine.state import ShardState
 
 from .test_state_determinism import DIM, SCOPES, SETTINGS, command_stream, queries
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from semcache.commands import Put
-from semcache.state import ShardState
+from semcache._engine.commands import Put
+from semcache._engine.state import ShardState
 
 
 def _unit(seed: int, dim: int = 16) -> bytes:

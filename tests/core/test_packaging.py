@@ -42,7 +42,7 @@ def test_the_wheel_holds_semcache_integrations_and_no_top_level_integrations(whe
     assert "semcache/integrations/__init__.py" in names
     assert not [n for n in names if n.startswith("integrations/")]
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "semcache = semcache.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "semcache = semcache._cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_the_installed_wheel_imports_semcache_integrations_but_not_integrations(wheel, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from semcache import SemanticCache, SemanticKV
-from semcache.cache import DEFAULT_THRESHOLD
+from semcache._cache.cache import DEFAULT_THRESHOLD
 
 pytestmark = pytest.mark.model
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from semcache import SemanticKV
-from semcache.commands import Clear, Command, Delete, Evict, Expire, Put, decode_command, encode_command
+from semcache._engine.commands import Clear, Command, Delete, Evict, Expire, Put, decode_command, encode_command
+from semcache._engine.index import IndexSettings
+from semcache._engine.state import ShardState
 from semcache.embeddings import HashEmbedding
-from semcache.index import IndexSettings
-from semcache.state import ShardState
 
 DIM = 16
 SCOPES = ("", "tenant-a", "tenant-b")
@@ -245,7 +245,7 @@ def test_a_store_reopened_midway_equals_one_that_never_closed(tmp_path):
 
 def test_the_level_generator_jump_ahead_holds_on_this_platform(monkeypatch):
     """The self-check VectorIndex.load relies on: true here, and it notices a wrong jump."""
-    import semcache.index as index_module
+    import semcache._engine.index as index_module
 
     assert index_module.jump_ahead_verified()
     index_module.jump_ahead_verified.cache_clear()

@@ -8,9 +8,9 @@ import pytest
 from clocks import Clock  # tests/ is on sys.path
 
 from semcache import SemanticKV
+from semcache._engine.eviction import AccessLog, choose_victims
+from semcache._engine.state import Entry
 from semcache.embeddings import HashEmbedding
-from semcache.eviction import AccessLog, choose_victims
-from semcache.state import Entry
 
 
 def make_kv(clock: Clock, **kwargs) -> SemanticKV:

@@ -22,8 +22,8 @@ from semcache.integrations.openai import (
 )
 
 from semcache import SemanticCache, SemanticKV
+from semcache._engine.state import Limits
 from semcache.errors import ConfigurationError
-from semcache.state import Limits
 from semcache.testing import FakeOpenAIServer, fake_answer
 
 MODEL = "gpt-4o-mini"

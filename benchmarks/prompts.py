@@ -51,10 +51,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import normalize_prompt
-from .calibrate import Dataset, Pair, embed_all
-from .embeddings import BaseEmbedding
-from .errors import InvalidInputError
+from semcache._cache.cache import normalize_prompt
+from semcache._quality.calibrate import Dataset, Pair, embed_all
+from semcache.embeddings import BaseEmbedding
+from semcache.errors import InvalidInputError
 
 __all__ = [
     "Dataset",

@@ -1,7 +1,7 @@
 """One replica of a Raft-replicated shard: a pysyncobj ``SyncObj`` around a :class:`ShardState`.
 
 Every replica of a shard runs a :class:`ReplicatedShard`.  The leader turns
-writes into :mod:`semcache.commands`, encodes them and appends them to the Raft
+writes into :mod:`semcache._engine.commands`, encodes them and appends them to the Raft
 log; every replica applies committed entries, in order, through the one
 ``@replicated`` method :meth:`ReplicatedShard.apply_batch` (a batch of
 encoded commands: concurrent writes share one entry).  Commands carry
@@ -61,9 +61,11 @@ from pysyncobj import FAIL_REASON, SERIALIZER_STATE, SyncObj, SyncObjConf, SyncO
 from pysyncobj.node import TCPNode
 from pysyncobj.pipe_notifier import PipeNotifier
 
-from .commands import Command, Delete, Evict, Expire, Put, decode_command, encode_command
-from .config import ClusterConfig
-from .errors import (
+from semcache._engine.commands import Command, Delete, Evict, Expire, Put, decode_command, encode_command
+from semcache._engine.eviction import AccessLog, choose_victims
+from semcache._engine.state import Limits, ShardState
+from semcache.cluster._config import ClusterConfig
+from semcache.errors import (
     ClusterError,
     InvalidInputError,
     LimitExceededError,
@@ -71,8 +73,6 @@ from .errors import (
     NotLeaderError,
     SemcacheError,
 )
-from .eviction import AccessLog, choose_victims
-from .state import Limits, ShardState
 
 logger = logging.getLogger(__name__)
 _U32 = struct.Struct("<I")

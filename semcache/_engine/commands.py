@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .errors import InvalidInputError
+from semcache.errors import InvalidInputError
 
 CODEC_VERSION = 1
 

@@ -6,7 +6,7 @@ semcache ...
 
 Progress bars go to stderr, results to stdout, so ``semcache bench > out.md``
 keeps only the tables.  The cluster commands are added by
-:mod:`semcache.cli_cluster` when it is installed.
+:mod:`semcache._cli.cluster` when it is installed.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .embeddings import BaseEmbedding
-from .errors import ConfigurationError, SemcacheError
-from .index import IndexSettings
+from semcache._engine.index import IndexSettings
+from semcache.embeddings import BaseEmbedding
+from semcache.errors import ConfigurationError, SemcacheError
 
 # The packaged model loads offline; never let sentence-transformers reach for the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def load_model(model: str | None = None, *, memo_size: int | None = None, progress: bool = True) -> Any:
     """The sentence-transformers embedder, with a progress bar while it loads."""
-    from .embeddings import DEFAULT_MODEL, SentenceTransformerEmbedding
+    from semcache.embeddings import DEFAULT_MODEL, SentenceTransformerEmbedding
 
     kwargs: dict[str, Any] = {} if memo_size is None else {"memo_size": memo_size}
     name = model or DEFAULT_MODEL
@@ -91,8 +91,8 @@ class DemoRow:
 
 def demo_rows(cache: Any, queries: Sequence[DemoQuery] = DEMO_QUERIES) -> list[DemoRow]:
     """Look each query up and explain the outcome: nearest prompt, similarity, guard verdict."""
-    from .cache import normalize_prompt
-    from .guard import conflict
+    from semcache._cache.cache import normalize_prompt
+    from semcache._cache.guard import conflict
 
     rows = []
     for query in queries:
@@ -128,9 +128,9 @@ def format_demo(rows: Sequence[DemoRow]) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .bench import measure_lookups
-    from .cache import SemanticCache
-    from .kv import SemanticKV
+    from semcache._cache.cache import SemanticCache
+    from semcache._cli.latency import measure_lookups
+    from semcache._engine.kv import SemanticKV
 
     # memo_size=0: every lookup really embeds, so the latency figures are honest.
     embedding = load_model(args.model, memo_size=0)
@@ -194,9 +194,9 @@ def _disk_bytes(path: Path) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from .embeddings import PACKAGED_MODEL_ID
-    from .errors import InvalidInputError
-    from .kv import SemanticKV
+    from semcache._engine.kv import SemanticKV
+    from semcache.embeddings import PACKAGED_MODEL_ID
+    from semcache.errors import InvalidInputError
 
     path = Path(args.path)
     if not ((path / "wal.log").is_file() or (path / "snapshot").is_dir()):
@@ -240,7 +240,7 @@ def _thresholds(text: str) -> tuple[float, ...]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate, format_report, load_datasets
+    from semcache._quality.calibrate import calibrate, format_report, load_datasets
 
     datasets = load_datasets(args.data, args.datasets.split(","))
     embedding = load_model(args.model)
@@ -260,13 +260,34 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def benchmarks_on_path(checkout: Path | None) -> None:
+    """Make the ``benchmarks`` package of a source checkout importable.
+
+    The benchmarks ship with the source, not with the installed package, so
+    ``semcache bench`` runs those of the checkout it is asked for (``--checkout``,
+    default: the current directory).
+
+    Raises:
+        ConfigurationError: that directory holds no ``benchmarks/``.
+    """
+    root = (checkout or Path.cwd()).resolve()
+    if not (root / "benchmarks" / "embedded.py").is_file():
+        raise ConfigurationError(
+            f"semcache bench runs the benchmarks of a source checkout, and {root} has no benchmarks/: "
+            "run it from the checkout or pass --checkout DIR"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    benchmarks_on_path(args.checkout)
     if args.cluster:
-        from .bench_cluster import run_cluster_bench
+        from benchmarks.cluster import run_cluster_bench
 
         return run_cluster_bench(args)
-    from .bench import DEFAULT_SIZES, format_report, run
-    from .bench_data import default_cache_dir
+    from benchmarks.embedded import DEFAULT_SIZES, format_report, run
+    from benchmarks.prompts import default_cache_dir
 
     embedding = load_model(args.model, memo_size=0)
     rounds, queries, durable = (10, 50, 200) if args.quick else (args.rounds, 500, 5_000)
@@ -290,9 +311,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .cache import DEFAULT_THRESHOLD
-    from .calibrate import DATA_FILES, DEFAULT_THRESHOLDS
+    from semcache import __version__
+    from semcache._cache.cache import DEFAULT_THRESHOLD
+    from semcache._quality.calibrate import DATA_FILES, DEFAULT_THRESHOLDS
 
     parser = argparse.ArgumentParser(prog="semcache", description="A semantic cache for LLM calls.")
     parser.add_argument("--version", action="version", version=f"semcache {__version__}")
@@ -311,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(handler=cmd_stats)
 
     cal = commands.add_parser("calibrate", help="right/wrong hit rates per threshold on labelled pairs")
-    cal.add_argument("--data", type=Path, default=None, help="folder of the datasets (default: ../shared/data)")
+    cal.add_argument("--data", type=Path, default=None, help="folder of the datasets (default: $SEMCACHE_DATA)")
     cal.add_argument("--datasets", default=",".join(DATA_FILES), help=f"comma-separated: {', '.join(DATA_FILES)}")
     cal.add_argument(
         "--thresholds", type=_thresholds, default=DEFAULT_THRESHOLDS, help="start:stop:step or a list (0.7:0.98:0.01)"
@@ -330,13 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=300, help="timed lookups per latency figure")
     bench.add_argument("--quick", action="store_true", help="few rounds: a smoke run, not a measurement")
     bench.add_argument(
-        "--data", type=Path, default=None, help="labelled data for the real-prompt search (default: ../shared/data)"
+        "--data", type=Path, default=None, help="labelled data for the real-prompt search (default: $SEMCACHE_DATA)"
     )
     bench.add_argument("--model", help="sentence-transformers model (default: packaged all-MiniLM-L6-v2)")
+    bench.add_argument("--checkout", type=Path, default=None,
+                       help="the source checkout whose benchmarks/ to run (default: the current directory)")
     bench.set_defaults(handler=cmd_bench)
 
     try:
-        from .cli_cluster import add_cluster_commands
+        from semcache._cli.cluster import add_cluster_commands
     except ImportError:
         pass  # the cluster commands are optional
     else:
@@ -351,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors
         return int(exc.code or 0)
-    # Cluster commands (semcache.cli_cluster) name their handler ``func``.
+    # Cluster commands (semcache._cli.cluster) name their handler ``func``.
     handler = getattr(args, "handler", None) or getattr(args, "func", None)
     if handler is None:
         parser.print_help()

@@ -10,9 +10,9 @@ Lookups are simulated exactly as :meth:`semcache.SemanticCache.lookup` decides,
 but in one batched pass instead of one call per query:
 
 1. **exact path**: a query whose normalised text equals a cached prompt hits it;
-2. **semantic path**: the :data:`~semcache.cache.SEMANTIC_CANDIDATES` nearest
+2. **semantic path**: the :data:`~semcache._cache.cache.SEMANTIC_CANDIDATES` nearest
    cached prompts at or above the threshold are tried in order, and the first
-   that the hit guard (:func:`semcache.guard.conflict`) lets through is served.
+   that the hit guard (:func:`semcache._cache.guard.conflict`) lets through is served.
 
 Every text is embedded once (batched), the nearest neighbours come from one
 exact numpy pass, and the guard runs once per (query, candidate); sweeping
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -38,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import SEMANTIC_CANDIDATES, normalize_prompt
-from .embeddings import BaseEmbedding
-from .errors import InvalidInputError
-from .guard import conflict
+from semcache._cache.cache import SEMANTIC_CANDIDATES, normalize_prompt
+from semcache._cache.guard import conflict
+from semcache.embeddings import BaseEmbedding
+from semcache.errors import ConfigurationError, InvalidInputError
 
 DATA_FILES = {
     "gptcache": "gptcache_mock_data.json",
@@ -123,9 +124,25 @@ class Prepared:
 
 
 # ----------------------------------------------------------------- datasets
+DATA_ENV = "SEMCACHE_DATA"
+
+
 def default_data_dir() -> Path:
-    """``shared/data`` beside the checkout (``<repo>/../shared/data``)."""
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    """The labelled data folder named by the ``SEMCACHE_DATA`` environment variable.
+
+    There is no built-in default: the data is not shipped with the package, so its
+    folder is always named, by ``--data`` or by this variable.
+
+    Raises:
+        ConfigurationError: the variable is not set.
+    """
+    folder = os.environ.get(DATA_ENV)
+    if not folder:
+        raise ConfigurationError(
+            f"name the labelled data folder with --data DIR or the {DATA_ENV} environment variable "
+            "(in a checkout of semcache: ../shared/data)"
+        )
+    return Path(folder)
 
 
 def load_gptcache(path: Path) -> Dataset:

@@ -20,7 +20,7 @@ import bisect
 import hashlib
 from collections.abc import Iterable
 
-from .errors import ConfigurationError, InvalidInputError
+from semcache.errors import ConfigurationError, InvalidInputError
 
 DEFAULT_VNODES = 128
 

@@ -2,12 +2,12 @@
 
 A :class:`ShardState` holds a key-value map and one HNSW index per scope.  It
 changes only through :meth:`ShardState.apply` of a command
-(:mod:`semcache.commands`); reads (:meth:`get`, :meth:`search`, :meth:`scan`)
+(:mod:`semcache._engine.commands`); reads (:meth:`get`, :meth:`search`, :meth:`scan`)
 take the caller's clock to hide expired entries but never mutate anything.
 Applying the same commands in the same order gives byte-identical snapshots.
 
 >>> import numpy as np
->>> from semcache.commands import Put
+>>> from semcache._engine.commands import Put
 >>> state = ShardState(dim=2, model_id="demo")
 >>> vec = np.array([1.0, 0.0], dtype=np.float32).tobytes()
 >>> state.apply(Put("k", b"v", "", vec, created_at_ms=0, expires_at_ms=0))
@@ -28,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .commands import Clear, Command, Delete, Evict, Expire, Put
-from .errors import (
+from semcache._engine.commands import Clear, Command, Delete, Evict, Expire, Put
+from semcache._engine.index import IndexSettings, VectorIndex
+from semcache.errors import (
     ConfigurationError,
     CorruptDataError,
     EmbeddingMismatchError,
     InvalidInputError,
     LimitExceededError,
 )
-from .index import IndexSettings, VectorIndex
 
 SNAPSHOT_FORMAT = 1
 DEFAULT_SCOPE = ""
@@ -133,7 +133,7 @@ class ShardState:
         self.model_id = model_id
         self.settings = settings or IndexSettings()
         self.limits = limits or Limits()
-        # hnswlib inserts the indexes may defer in all (see semcache.index); never part of the replicated state.
+        # hnswlib inserts the indexes may defer in all (see semcache._engine.index); never part of the replicated state.
         self.index_backlog = index_backlog
         self._queued_total = 0  # deferred hnswlib calls over all indexes...
         self._scopes_queued: set[str] = set()  # ...and the scopes whose index has some

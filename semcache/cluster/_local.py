@@ -11,7 +11,7 @@ like this::
     D/logs/<replica>.log    its output
 
 Every node is an ordinary background process started as
-``python -m semcache.cli_cluster node --config D/cluster.toml --replica ID``
+``python -m semcache node --config D/cluster.toml --replica ID``
 (the same as ``semcache node --config ... --replica ...``), in its own session
 so it outlives the command that started it.  A node killed in any way and
 started again with the same command line rejoins its shard with its data.
@@ -39,8 +39,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import ClusterConfig, ReplicaConfig, ShardConfig
-from .errors import ClusterError, ConfigurationError, InvalidInputError
+from semcache.cluster._config import ClusterConfig, ReplicaConfig, ShardConfig
+from semcache.errors import ClusterError, ConfigurationError, InvalidInputError
 
 CLUSTER_FILE = "cluster.toml"
 DEFAULT_UP_TIMEOUT = 60.0
@@ -74,7 +74,7 @@ def make_config(
 
     Args:
         secret: the Raft secret; a fresh random one when omitted.
-        settings: any other :class:`~semcache.config.ClusterConfig` field (token, embedding...).
+        settings: any other :class:`~semcache.cluster._config.ClusterConfig` field (token, embedding...).
 
     Raises:
         ConfigurationError: fewer than one shard or replica, or bad settings.
@@ -186,7 +186,7 @@ class LocalCluster:
     # ---------------------------------------------------------- processes
     def command(self, replica_id: str) -> list[str]:
         """The command line that runs ``replica_id`` (the same every time it starts)."""
-        return [self.python, "-m", "semcache.cli_cluster", "node", "--config", str(self.config_path),
+        return [self.python, "-m", "semcache", "node", "--config", str(self.config_path),
                 "--replica", replica_id]
 
     def _pid_file(self, replica_id: str) -> Path:
@@ -286,7 +286,7 @@ class LocalCluster:
     # ------------------------------------------------------------- health
     def connect(self, address: str, timeout: float = 2.0) -> Any:
         """A NodeClient for ``address`` with this cluster's token."""
-        from .transport import NodeClient
+        from semcache.cluster._flight import NodeClient
 
         token = self.config().token or None
         return NodeClient(address, token=token, timeout=timeout)

@@ -30,10 +30,10 @@ from collections.abc import Callable, Iterator
 from io import FileIO
 from pathlib import Path
 
-from .commands import Command as CommandT
-from .commands import decode_command, encode_command
-from .errors import ClosedError, ConfigurationError, CorruptDataError, EmbeddingMismatchError, InvalidInputError
-from .state import ShardState
+from semcache._engine.commands import Command as CommandT
+from semcache._engine.commands import decode_command, encode_command
+from semcache._engine.state import ShardState
+from semcache.errors import ClosedError, ConfigurationError, CorruptDataError, EmbeddingMismatchError, InvalidInputError
 
 _RECORD = struct.Struct("<IIQ")
 

@@ -55,8 +55,9 @@ from typing import Any
 
 import numpy as np
 
-from .bench import Summary, unit_vectors
-from .cluster import LocalCluster, free_ports
+from benchmarks.embedded import unit_vectors
+from semcache._cli.latency import Summary
+from semcache.cluster._local import LocalCluster, free_ports
 
 DIM = 384
 VALUE_BYTES = 200
@@ -178,8 +179,13 @@ def put_payload() -> bytes:
     return VALUE + unit_vectors(np.random.default_rng(7), 1, DIM)[0].tobytes()
 
 
+# The checkout holding this benchmarks package: raw-group processes import it from there.
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
 def _python_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
 @contextlib.contextmanager
@@ -216,7 +222,7 @@ def raw_flight_node(raft_port: int, partner_ports: list[int], rpc_port: int, sec
     import pyarrow.flight as flight
     from pysyncobj import SyncObj, SyncObjConf, replicated
 
-    from .config import DEFAULT_ELECTION_MAX, DEFAULT_ELECTION_MIN, DEFAULT_HEARTBEAT
+    from semcache.cluster._config import DEFAULT_ELECTION_MAX, DEFAULT_ELECTION_MIN, DEFAULT_HEARTBEAT
 
     class Store(SyncObj):
         def __init__(self) -> None:
@@ -277,7 +283,7 @@ def raw_flight_groups(groups: int = 1, secret: str = "bench-secret") -> Iterator
             raft, rpc = ports[6 * g:6 * g + 3], ports[6 * g + 3:6 * g + 6]
             members.append(rpc)
             commands += [
-                [sys.executable, "-m", "semcache.bench_cluster", "raw-flight-node", "--raft-port", str(raft[i]),
+                [sys.executable, "-m", "benchmarks.cluster", "raw-flight-node", "--raft-port", str(raft[i]),
                  "--partners", ",".join(str(p) for p in raft if p != raft[i]), "--rpc-port", str(rpc[i]),
                  "--secret", secret, "--journal", str(Path(journals) / f"journal-{g}-{i}")]
                 for i in range(3)
@@ -467,8 +473,8 @@ def run(sizes: Sequence[int] = DEFAULT_SIZES, *, ops: int = 500, directory: str 
 
     ``cluster_settings`` go into the cluster file (for example ``index_backlog=0``).
     """
-    from .client import DistributedSemanticKV
-    from .embeddings import HashEmbedding
+    from semcache.cluster._client import DistributedSemanticKV
+    from semcache.embeddings import HashEmbedding
 
     rows: list[Row] = []
     progress(f"starting {SHARDS} raw groups (3 processes each) and a local cluster ({SHARDS} shards x 3 replicas)")
@@ -508,7 +514,7 @@ def run(sizes: Sequence[int] = DEFAULT_SIZES, *, ops: int = 500, directory: str 
 def environment() -> dict[str, str]:
     from importlib.metadata import version
 
-    from . import __version__
+    from semcache import __version__
 
     cpu = platform.machine()
     with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as handle:
@@ -621,7 +627,7 @@ def run_cluster_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m semcache.bench_cluster")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster")
     sub = parser.add_subparsers(dest="what", required=True)
     bench = sub.add_parser("run", help="the whole benchmark")
     bench.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))

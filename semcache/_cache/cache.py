@@ -1,4 +1,4 @@
-"""``SemanticCache``: the LLM-cache layer over any :class:`~semcache.backend.Backend`.
+"""``SemanticCache``: the LLM-cache layer over any :class:`~semcache._engine.backend.Backend`.
 
 >>> from semcache import SemanticCache, SemanticKV
 >>> from semcache.embeddings import HashEmbedding
@@ -23,7 +23,7 @@ How a lookup decides:
    computing an embedding.
 3. **Semantic path.** Otherwise the prompt is embedded and the nearest entry
    in the scope, if at or above the threshold, is checked by the hit guard
-   (:mod:`semcache.guard`); if the guard lets it through it is a semantic
+   (:mod:`semcache._cache.guard`); if the guard lets it through it is a semantic
    hit, otherwise a miss (the next nearest is not tried: see
    ``SEMANTIC_CANDIDATES``).
 """
@@ -43,12 +43,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .backend import Backend
-from .embeddings import BaseEmbedding, check_texts
-from .errors import ConfigurationError, InvalidInputError
-from .guard import conflict
-from .kv import bulk_entries, check_ttl_ms, entry_at
-from .lru import LRU
+from semcache._cache.guard import conflict
+from semcache._cache.lru import LRU
+from semcache._engine.backend import Backend
+from semcache._engine.kv import bulk_entries, check_ttl_ms, entry_at
+from semcache.embeddings import BaseEmbedding, check_texts
+from semcache.errors import ConfigurationError, InvalidInputError
 
 log = logging.getLogger("semcache")
 
@@ -123,7 +123,7 @@ class HitMemo:
     recently used out) and thread-safe.
 
     >>> from semcache.embeddings import HashEmbedding
-    >>> from semcache.kv import SemanticKV
+    >>> from semcache._engine.kv import SemanticKV
     >>> cache, memo = SemanticCache(SemanticKV(embedding=HashEmbedding())), HitMemo()
     >>> _ = cache.store("What is 2+2?", "4")
     >>> address = cache.address("What is 2+2?")
@@ -251,13 +251,13 @@ class SemanticCache:
     """A semantic cache for LLM responses.
 
     Args:
-        backend: where entries live; default an in-memory :class:`~semcache.kv.SemanticKV`.
+        backend: where entries live; default an in-memory :class:`~semcache._engine.kv.SemanticKV`.
         embedding: the embedder (default: the backend's; with no backend, the
             packaged all-MiniLM-L6-v2).  It must match the backend's model.
         threshold: the lowest cosine similarity served as a semantic hit.
         ttl: default time to live in seconds (None: no expiry).
         namespace: prefix of this cache's keys and scopes; ``clear()`` drops only these.
-        guard: veto semantic hits that the hit guard flags (see :mod:`semcache.guard`).
+        guard: veto semantic hits that the hit guard flags (see :mod:`semcache._cache.guard`).
     """
 
     def __init__(
@@ -271,11 +271,11 @@ class SemanticCache:
         guard: bool = True,
     ) -> None:
         if backend is None:
-            from .kv import SemanticKV
+            from semcache._engine.kv import SemanticKV
 
             backend = SemanticKV(embedding=embedding)
         elif embedding is not None:
-            from .embeddings import as_embedding
+            from semcache.embeddings import as_embedding
 
             mine = as_embedding(embedding)
             if (mine.model_id, mine.dim) != (backend.embedding.model_id, backend.embedding.dim):

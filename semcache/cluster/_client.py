@@ -3,7 +3,7 @@
 The client learns the cluster's shape from any one node (``topology``), then:
 
 * routes ``put``/``get``/``delete``/``exists`` to the shard that owns the key on
-  a consistent-hash ring (:class:`~semcache.routing.HashRing`), and to that
+  a consistent-hash ring (:class:`~semcache.cluster._routing.HashRing`), and to that
   shard's leader, whose address it caches and corrects when a replica answers
   :class:`~semcache.errors.NotLeaderError` (it follows ``leader_hint``);
 * fans ``search`` and ``scan`` out to every shard in parallel and merges the
@@ -25,7 +25,7 @@ Failure behaviour, in short (the README says it at length):
   With every shard down it raises ``ShardUnavailableError``.
 
 The transport is a seam: ``connect(address) -> NodeClient`` (default:
-:class:`semcache.transport.NodeClient` over Arrow Flight), so the routing,
+:class:`semcache.cluster._flight.NodeClient` over Arrow Flight), so the routing,
 merging and retry logic is tested in-process with a fake.
 
 >>> from semcache import DistributedSemanticKV   # doctest: +SKIP
@@ -52,23 +52,8 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from .backend import BulkItems, SearchResult
-from .coalesce import Combiner, take_batch
-from .config import ClusterConfig
-from .embeddings import BaseEmbedding, HashEmbedding, as_embedding
-from .errors import (
-    AuthenticationError,
-    ClosedError,
-    ClusterError,
-    ConfigurationError,
-    EmbeddingMismatchError,
-    InvalidInputError,
-    NoQuorumError,
-    NotLeaderError,
-    SemcacheError,
-    ShardUnavailableError,
-)
-from .kv import (
+from semcache._engine.backend import BulkItems, SearchResult
+from semcache._engine.kv import (
     BulkPut,
     KVHelpers,
     bulk_puts,
@@ -80,9 +65,24 @@ from .kv import (
     put_vector,
     search_vector,
 )
-from .routing import DEFAULT_VNODES, HashRing
-from .state import Limits, check_key, check_value_size
-from .transport import Hits, PutItem, SearchQuery
+from semcache._engine.state import Limits, check_key, check_value_size
+from semcache.cluster._coalesce import Combiner, take_batch
+from semcache.cluster._config import ClusterConfig
+from semcache.cluster._routing import DEFAULT_VNODES, HashRing
+from semcache.cluster._wire import Hits, PutItem, SearchQuery
+from semcache.embeddings import BaseEmbedding, HashEmbedding, as_embedding
+from semcache.errors import (
+    AuthenticationError,
+    ClosedError,
+    ClusterError,
+    ConfigurationError,
+    EmbeddingMismatchError,
+    InvalidInputError,
+    NoQuorumError,
+    NotLeaderError,
+    SemcacheError,
+    ShardUnavailableError,
+)
 
 T = TypeVar("T")
 
@@ -110,7 +110,7 @@ def _shard_unanswering(error: BaseException) -> bool:
 
 
 class NodeConnection(Protocol):
-    """What the client calls on one node (``semcache.transport.NodeClient`` has it all)."""
+    """What the client calls on one node (``semcache.cluster._flight.NodeClient`` has it all)."""
 
     def put(self, key: str, value: bytes, *, scope: str, vector: bytes | None, ttl_ms: int) -> None: ...
     def put_many(self, items: Sequence[PutItem]) -> list[SemcacheError | None]: ...
@@ -245,7 +245,7 @@ def timed_out(exc: ShardUnavailableError) -> bool:
 def default_connect(
     token: str | None, timeout: float, tls_root_certs: bytes | None
 ) -> Connect:  # pragma: no cover - exercised by the cluster tests
-    from .transport import NodeClient
+    from semcache.cluster._flight import NodeClient
 
     def connect(address: str) -> NodeConnection:
         return NodeClient(address, token=token, timeout=timeout, tls_root_certs=tls_root_certs)
@@ -337,7 +337,7 @@ class DistributedSemanticKV(KVHelpers):
                     with contextlib.suppress(ShardUnavailableError):
                         self._refresh_route(route)
             self.ring = HashRing(self._routes, vnodes=vnodes)
-            # Concurrent puts, and concurrent searches, to one shard share RPCs (see semcache.coalesce).
+            # Concurrent puts, and concurrent searches, to one shard share RPCs (see semcache.cluster._coalesce).
             self._writers = {
                 shard_id: Combiner[PutItem, None](functools.partial(self._send_puts, shard_id), size=_put_size,
                                                   fails_queued=_shard_unanswering)

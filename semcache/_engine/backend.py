@@ -1,7 +1,7 @@
-"""The backend interface: what :class:`~semcache.cache.SemanticCache` needs of a store.
+"""The backend interface: what :class:`~semcache._cache.cache.SemanticCache` needs of a store.
 
-The embedded :class:`~semcache.kv.SemanticKV` and the cluster client
-:class:`~semcache.client.DistributedSemanticKV` both satisfy it, so the cache,
+The embedded :class:`~semcache._engine.kv.SemanticKV` and the cluster client
+:class:`~semcache.cluster._client.DistributedSemanticKV` both satisfy it, so the cache,
 and the LangChain and OpenAI adapters above it, run unchanged on either.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from .embeddings import BaseEmbedding
+from semcache.embeddings import BaseEmbedding
 
 # What put_many takes: ``{key: value}``, or ``(key, value)`` / ``(key, value, text)`` tuples.
 BulkItems = Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str] | tuple[str, bytes | str, str | None]]

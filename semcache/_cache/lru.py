@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
-from .errors import ConfigurationError
+from semcache.errors import ConfigurationError
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

@@ -31,10 +31,16 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .embeddings import DEFAULT_MODEL, PACKAGED_MODEL_ID, BaseEmbedding, HashEmbedding, SentenceTransformerEmbedding
-from .errors import ConfigurationError
-from .eviction import check_policy
-from .index import IndexSettings
+from semcache._engine.eviction import check_policy
+from semcache._engine.index import IndexSettings
+from semcache.embeddings import (
+    DEFAULT_MODEL,
+    PACKAGED_MODEL_ID,
+    BaseEmbedding,
+    HashEmbedding,
+    SentenceTransformerEmbedding,
+)
+from semcache.errors import ConfigurationError
 
 DEFAULT_DATA_DIR = ".semcache/cluster"
 # Measured on a loaded 2-core machine (README.md, "Timeouts and measurements"): pysyncobj's default
@@ -44,7 +50,7 @@ DEFAULT_ELECTION_MIN = 1.0
 DEFAULT_ELECTION_MAX = 2.0
 DEFAULT_COMMIT_TIMEOUT = 5.0
 DEFAULT_COMPACTION_ENTRIES = 5000
-# hnswlib inserts a replica may defer to idle moments (see semcache.index); ~1.5 KB each at 384 dims.
+# hnswlib inserts a replica may defer to idle moments (see semcache._engine.index); ~1.5 KB each at 384 dims.
 DEFAULT_INDEX_BACKLOG = 2048
 DEFAULT_COMPACTION_SECONDS = 300.0
 DEFAULT_MAINTENANCE_INTERVAL = 1.0

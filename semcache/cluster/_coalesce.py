@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from .errors import ClusterError
+from semcache.errors import ClusterError
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -3,14 +3,14 @@
 Deciding is kept apart from applying.  A policy looks at the entries and at
 the local :class:`AccessLog` (reads are not replicated, so only the issuer, the
 embedded engine or the Raft leader, knows them) and returns keys; the issuer
-then applies an :class:`~semcache.commands.Evict` command that every replica
+then applies an :class:`~semcache._engine.commands.Evict` command that every replica
 replays identically.
 
 Policies: ``"lru"`` (least recently read or written, the default), ``"lfu"``
 (fewest reads, oldest first on ties) and ``"ttl"`` (soonest to expire first,
 entries without a TTL last, in LRU order).
 
->>> from semcache.state import Entry
+>>> from semcache._engine.state import Entry
 >>> entries = {"a": Entry(b"", "", None, 1, 0), "b": Entry(b"", "", None, 2, 0)}
 >>> log = AccessLog()
 >>> log.touch("a", 10)
@@ -24,8 +24,8 @@ import heapq
 import threading
 from collections.abc import Mapping
 
-from .errors import ConfigurationError
-from .state import Entry
+from semcache._engine.state import Entry
+from semcache.errors import ConfigurationError
 
 POLICIES = ("lru", "lfu", "ttl")
 

@@ -45,7 +45,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from .errors import ConfigurationError, CorruptDataError
+from semcache.errors import ConfigurationError, CorruptDataError
 
 log = logging.getLogger("semcache")
 

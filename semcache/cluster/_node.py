@@ -1,10 +1,10 @@
 """A node: one replica of one shard, serving clients over Arrow Flight.
 
-``SemanticKVNode(config, replica_id)`` = a :class:`~semcache.replication.ReplicatedShard`
+``SemanticKVNode(config, replica_id)`` = a :class:`~semcache.cluster._raft.replica.ReplicatedShard`
 (Raft, on the replica's ``raft`` address) + a Flight server (on its ``rpc``
 address).  Run one from the command line::
 
-    python -m semcache.node --config cluster.toml --replica shard-0-r0
+    python -m semcache.cluster._node --config cluster.toml --replica shard-0-r0
 
 Behaviour at the boundary:
 
@@ -23,7 +23,6 @@ Behaviour at the boundary:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
@@ -35,14 +34,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .commands import Clear, Delete, Put
-from .config import ClusterConfig
-from .embeddings import BaseEmbedding, unit_vector
-from .errors import InvalidInputError, SemcacheError, ShardUnavailableError
-from .kv import check_scope, check_search_args, check_ttl_ms
-from .replication import ReplicatedShard
-from .state import Limits, ShardState, check_key
-from .transport import FlightNodeServer, decode_put_items, error_to_header
+from semcache._engine.commands import Clear, Delete, Put
+from semcache._engine.kv import check_scope, check_search_args, check_ttl_ms
+from semcache._engine.state import Limits, ShardState, check_key
+from semcache.cluster._config import ClusterConfig
+from semcache.cluster._flight import FlightNodeServer
+from semcache.cluster._raft.replica import ReplicatedShard
+from semcache.cluster._wire import decode_put_items, error_to_header
+from semcache.embeddings import BaseEmbedding, unit_vector
+from semcache.errors import InvalidInputError, SemcacheError, ShardUnavailableError
 
 logger = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0005  # seconds; see run_node
@@ -386,17 +386,3 @@ def run_node(config_path: str | Path, replica_id: str) -> None:
             pass
     finally:
         node.stop()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="semcache node", description="Run one replica of a semcache cluster.")
-    parser.add_argument("--config", required=True, help="the cluster file (TOML)")
-    parser.add_argument("--replica", required=True, help="this node's replica id in the cluster file")
-    parser.add_argument("--log-level", default="WARNING")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_node(args.config, args.replica)
-
-
-if __name__ == "__main__":
-    main()

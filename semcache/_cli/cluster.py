@@ -1,23 +1,21 @@
 """The cluster commands of the ``semcache`` CLI: ``node`` and ``cluster up/status/down/add-replica/remove-replica``.
 
-The main CLI (:mod:`semcache.cli`) calls :func:`add_cluster_commands` on its
-subparsers; every command sets ``func(args) -> int`` (the exit status).  This
-module also runs on its own, which is how :class:`~semcache.cluster.LocalCluster`
-starts node processes::
+The main CLI (:mod:`semcache._cli.main`) calls :func:`add_cluster_commands` on its
+subparsers; every command sets ``func(args) -> int`` (the exit status).  A node
+process is always started the same way, by hand or by
+:class:`~semcache.cluster.LocalCluster`::
 
-    python -m semcache.cli_cluster cluster up --shards 2 --replicas 3 --dir /tmp/sc
-    python -m semcache.cli_cluster node --config /tmp/sc/cluster.toml --replica shard-0-r0
+    semcache node --config /tmp/sc/cluster.toml --replica shard-0-r0   # or: python -m semcache node ...
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from typing import Any
 
-from .cluster import DEFAULT_UP_TIMEOUT, LocalCluster, format_status
-from .errors import SemcacheError
+from semcache.cluster._local import DEFAULT_UP_TIMEOUT, LocalCluster, format_status
+from semcache.errors import SemcacheError
 
 DEFAULT_DIR = ".semcache/local-cluster"
 
@@ -64,7 +62,7 @@ def add_cluster_commands(subparsers: Any) -> None:
 def cmd_node(args: argparse.Namespace) -> int:
     import logging
 
-    from .node import run_node
+    from semcache.cluster._node import run_node
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run_node(args.config, args.replica)
@@ -124,23 +122,3 @@ def cmd_remove_replica(args: argparse.Namespace) -> int:
     LocalCluster(args.dir).remove_replica(args.replica)
     print(f"removed {args.replica}")
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semcache", description="semcache cluster commands")
-    add_cluster_commands(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one cluster command; errors from semcache print as one line and exit with status 2."""
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except SemcacheError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,9 +18,9 @@ Traceback (most recent call last):
     ...
 semcache.errors.LimitExceededError: key is 2000 bytes, over the limit of 1024 bytes
 
-Every mutation becomes a command (:mod:`semcache.commands`) applied to a
-:class:`~semcache.state.ShardState`; with ``path=`` each command is first
-appended to a write-ahead log (:mod:`semcache.storage`).  Embedding happens
+Every mutation becomes a command (:mod:`semcache._engine.commands`) applied to a
+:class:`~semcache._engine.state.ShardState`; with ``path=`` each command is first
+appended to a write-ahead log (:mod:`semcache._engine.storage`).  Embedding happens
 before the command is made, outside the lock, so threads embed in parallel and
 their single-text calls are micro-batched.
 """
@@ -41,14 +41,22 @@ from typing import Any
 
 import numpy as np
 
-from .backend import BulkItems, SearchResult
-from .commands import Clear, Command, Delete, Evict, Expire, Put
-from .embeddings import BaseEmbedding, as_embedding, check_texts, unit_vector
-from .errors import ClosedError, ConfigurationError, InvalidInputError, SemcacheError
-from .eviction import AccessLog, check_policy, choose_victims
-from .index import IndexSettings
-from .state import DEFAULT_SCOPE, Limits, ShardState, check_key, check_scope_name, check_value_size, utf8_size
-from .storage import DurableLog
+from semcache._engine.backend import BulkItems, SearchResult
+from semcache._engine.commands import Clear, Command, Delete, Evict, Expire, Put
+from semcache._engine.eviction import AccessLog, check_policy, choose_victims
+from semcache._engine.index import IndexSettings
+from semcache._engine.state import (
+    DEFAULT_SCOPE,
+    Limits,
+    ShardState,
+    check_key,
+    check_scope_name,
+    check_value_size,
+    utf8_size,
+)
+from semcache._engine.storage import DurableLog
+from semcache.embeddings import BaseEmbedding, as_embedding, check_texts, unit_vector
+from semcache.errors import ClosedError, ConfigurationError, InvalidInputError, SemcacheError
 
 log = logging.getLogger("semcache")
 

@@ -1,0 +1,1 @@
+"""semcache's benchmarks: run from a source checkout (``semcache bench`` or ``python -m benchmarks.<name>``)."""

@@ -1,0 +1,1 @@
+"""The ``semcache`` command line (:mod:`.main`); cluster commands in :mod:`.cluster`."""

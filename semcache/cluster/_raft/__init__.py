@@ -1,0 +1,1 @@
+"""Everything pysyncobj: one replica of a shard as a Raft group member."""
