@@ -6,8 +6,8 @@ shards for a cluster; :class:`SemanticCache` is the LLM-cache layer over either.
 
 from semcache._cache.cache import ALL_SCOPES, CacheHit, CacheStats, SemanticCache, canonical_scope, normalize_prompt
 from semcache._engine.backend import Backend, SearchResult
+from semcache._engine.inputs import Limits
 from semcache._engine.kv import SemanticKV
-from semcache._engine.state import Limits
 from semcache.cluster._client import DistributedSemanticKV, ShardResults
 from semcache.embeddings import (
     CallableEmbedding,

@@ -46,7 +46,8 @@ from typing import Any, NamedTuple
 from semcache._cache.guard import conflict
 from semcache._cache.lru import LRU
 from semcache._engine.backend import Backend
-from semcache._engine.kv import bulk_entries, check_ttl_ms, entry_at
+from semcache._engine.bulk import bulk_entries, entry_at
+from semcache._engine.inputs import check_ttl_ms
 from semcache.embeddings import BaseEmbedding, check_texts
 from semcache.errors import ConfigurationError, InvalidInputError
 

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
+from semcache._engine.inputs import whole_number
 from semcache.errors import ConfigurationError
 
 K = TypeVar("K", bound=Hashable)
@@ -29,8 +30,7 @@ class LRU(Generic[K, V]):
     """
 
     def __init__(self, size: int) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigurationError(f"memo size must be an int >= 1, got {size!r}")
+        whole_number(size, "memo size", minimum=1, error=ConfigurationError)
         self.size = size
         self._entries: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()

@@ -27,270 +27,48 @@ their single-text calls are micro-batched.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
-import json
 import logging
-import math
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from semcache._engine.backend import BulkItems, SearchResult
+from semcache._engine.bulk import BulkPut, bulk_puts, load_in_chunks
 from semcache._engine.commands import Clear, Command, Delete, Evict, Expire, Put
+from semcache._engine.conveniences import Conveniences
 from semcache._engine.eviction import AccessLog, check_policy, choose_victims
 from semcache._engine.index import IndexSettings
-from semcache._engine.state import (
-    DEFAULT_SCOPE,
+from semcache._engine.inputs import (
     Limits,
-    ShardState,
     check_key,
-    check_scope_name,
+    check_scan_args,
+    check_scope,
+    check_scope_prefix,
+    check_search_args,
+    check_ttl_ms,
     check_value_size,
-    utf8_size,
+    coerce_value,
+    positive_seconds,
+    put_vector,
+    search_vector,
+    wall_clock_ms,
+    whole_number,
 )
+from semcache._engine.state import ShardState
 from semcache._engine.storage import DurableLog
-from semcache.embeddings import BaseEmbedding, as_embedding, check_texts, unit_vector
-from semcache.errors import ClosedError, ConfigurationError, InvalidInputError, SemcacheError
+from semcache.embeddings import BaseEmbedding, as_embedding
+from semcache.errors import ClosedError, ConfigurationError
 
 log = logging.getLogger("semcache")
 
 DEFAULT_CHECKPOINT_BYTES = 64 << 20
-# The longest time to live accepted: 100 years, far from the int64 millisecond timestamps' end.
-MAX_TTL_MS = 100 * 365 * 86_400_000
 
 
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def coerce_value(value: object) -> bytes:
-    """Values are bytes; str is stored as UTF-8."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        utf8_size(value, "value")  # a lone surrogate is an input error, not a UnicodeEncodeError
-        return value.encode("utf-8")
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    raise InvalidInputError(f"value must be bytes or str, got {type(value).__name__}")
-
-
-def check_ttl_ms(ttl_ms: object) -> int:
-    """A time to live in ms: an int in ``[0, MAX_TTL_MS]``; 0 means no expiry."""
-    if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or ttl_ms < 0:
-        raise InvalidInputError(f"ttl_ms must be an int >= 0 (0 = no expiry), got {ttl_ms!r}")
-    if ttl_ms > MAX_TTL_MS:
-        raise InvalidInputError(f"ttl_ms is {ttl_ms}, over the limit of {MAX_TTL_MS} (100 years)")
-    return ttl_ms
-
-
-def check_search_args(top_k: object, threshold: object) -> None:
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise InvalidInputError(f"top_k must be an int >= 1, got {top_k!r}")
-    if threshold is not None and (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, int | float)
-        or math.isnan(threshold)
-        or not -1.0 <= threshold <= 1.0
-    ):
-        raise InvalidInputError(f"threshold must be a number in [-1, 1] or None, got {threshold!r}")
-
-
-def check_scope(scope: object, limits: Limits | None = None) -> str:
-    """A backend scope name: None means the shared default scope."""
-    if scope is None:
-        return DEFAULT_SCOPE
-    if not isinstance(scope, str):
-        raise InvalidInputError(f"scope must be str or None, got {type(scope).__name__}")
-    return check_scope_name(scope, limits or Limits())
-
-
-def text_to_embed(value: bytes, text: str | None) -> str | None:
-    """What a put embeds: ``text`` if given, else the value as UTF-8, else nothing."""
-    if text is not None:
-        if not isinstance(text, str):
-            raise InvalidInputError(f"text must be str, got {type(text).__name__}")
-        return text
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return None  # binary values are stored but not searchable
-
-
-def put_vector(embedding: BaseEmbedding, value: bytes, text: str | None, vector: Any) -> bytes | None:
-    """The vector a put stores: ``vector`` checked, else the embedding of :func:`text_to_embed`, else None."""
-    if vector is not None:
-        return unit_vector(vector, embedding.dim).tobytes()
-    to_embed = text_to_embed(value, text)
-    if to_embed is None:
-        return None
-    return embedding.embed_one(to_embed).tobytes()
-
-
-# Texts per embedding call in put_many: batches cost the model about half as
-# much per text as single texts (all-MiniLM-L6-v2 on 2 cores, 57-character
-# questions), and 64 bounds the memory one call takes.
-EMBED_BATCH = 64
-# Items put_many embeds and writes at a time, so loading a million entries does
-# not hold a million vectors at once.
-BULK_CHUNK = 1024
-
-
-@dataclass(frozen=True)
-class BulkPut:
-    """One item of ``put_many``, checked: its key, its value bytes and what to embed (None: not searchable)."""
-
-    key: str
-    value: bytes
-    text: str | None
-
-
-def bulk_entries(items: object, call: str) -> list[Any]:
-    """A bulk call's items as a list: a mapping's ``(key, value)`` pairs, or an iterable's elements."""
-    if isinstance(items, Mapping):
-        return list(items.items())
-    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
-        raise InvalidInputError(f"{call} needs a mapping or an iterable of tuples, got {type(items).__name__}")
-    return list(items)
-
-
-@contextlib.contextmanager
-def entry_at(where: str) -> Iterator[None]:
-    """Prefix an :class:`InvalidInputError` raised inside with where it happened (``put_many item 3: ...``).
-
-    The error keeps its type and attributes (a LimitExceededError its ``limit``).
-    """
-    try:
-        yield
-    except InvalidInputError as exc:
-        exc.args = (f"{where}: {exc}",)
-        raise
-
-
-def bulk_puts(items: object, limits: Limits) -> list[BulkPut]:
-    """``put_many``'s items, checked: a mapping of key to value, or ``(key, value)`` / ``(key, value, text)`` tuples.
-
-    >>> [p.key for p in bulk_puts({"a": "one", "b": b"two"}, Limits())]
-    ['a', 'b']
-    >>> bulk_puts([("a", "one"), ("", "two")], Limits())
-    Traceback (most recent call last):
-        ...
-    semcache.errors.InvalidInputError: put_many item 1: key must not be empty
-
-    Raises:
-        InvalidInputError: the first bad item, named by its position.
-    """
-    checked = []
-    for position, item in enumerate(bulk_entries(items, "put_many")):
-        with entry_at(f"put_many item {position}"):
-            if not isinstance(item, tuple | list) or len(item) not in (2, 3):
-                raise InvalidInputError(f"must be (key, value) or (key, value, text), got {type(item).__name__}")
-            key, value, text = item if len(item) == 3 else (*item, None)
-            check_key(key, limits)
-            data = coerce_value(value)
-            check_value_size(data, limits)
-            to_embed = text_to_embed(data, text)
-            if to_embed is not None:
-                check_texts([to_embed])  # too long to embed: refused now, not halfway through the load
-            checked.append(BulkPut(key, data, to_embed))
-    return checked
-
-
-def embed_texts(embedding: BaseEmbedding, texts: Sequence[str | None]) -> list[bytes | None]:
-    """The vector bytes of each text (None for None), embedded ``EMBED_BATCH`` texts per model call."""
-    wanted = [(row, text) for row, text in enumerate(texts) if text is not None]
-    vectors: list[bytes | None] = [None] * len(texts)
-    for start in range(0, len(wanted), EMBED_BATCH):
-        chunk = wanted[start:start + EMBED_BATCH]
-        for (row, _), vector in zip(chunk, embedding.embed([text for _, text in chunk]), strict=True):
-            vectors[row] = vector.tobytes()
-    return vectors
-
-
-# Writes one embedded chunk: how many of its items were stored (a prefix, or on
-# a cluster any of them), and the error that stopped the rest, or None.
-ChunkWriter = Callable[[list[BulkPut], list[bytes | None]], tuple[int, BaseException | None]]
-
-
-def load_in_chunks(items: list[BulkPut], embedding: BaseEmbedding, write: ChunkWriter) -> int:
-    """Embed and write checked items ``BULK_CHUNK`` at a time; return how many were stored.
-
-    Raises:
-        Exception: the first error of the embedder or of ``write``, with how many
-            items were stored before it (:func:`note_progress`).
-    """
-    stored = 0
-    for start in range(0, len(items), BULK_CHUNK):
-        chunk = items[start:start + BULK_CHUNK]
-        try:
-            count, error = write(chunk, embed_texts(embedding, [item.text for item in chunk]))
-        except Exception as exc:  # the embedder, or a writer that raised instead of returning its error
-            note_progress(exc, stored, len(items))
-            raise
-        stored += count
-        if error is not None:
-            note_progress(error, stored, len(items))
-            raise error
-    return stored
-
-
-def note_progress(error: BaseException, stored: int, total: int) -> None:
-    """Say in ``error`` how far a ``put_many`` got before it: in its message when it is one of ours."""
-    progress = f"put_many stored {stored} of {total} items"
-    if isinstance(error, SemcacheError):
-        error.args = (f"{progress}; {error}",)
-    else:
-        error.add_note(progress)
-
-
-def search_vector(embedding: BaseEmbedding, query: object, vector: Any) -> np.ndarray:
-    """The query vector of a search: ``vector`` checked, else the embedding of the ``query`` str."""
-    if vector is not None:
-        return unit_vector(vector, embedding.dim)
-    if isinstance(query, str):
-        return embedding.embed_one(query)
-    raise InvalidInputError(f"query must be str, got {type(query).__name__}")
-
-
-class KVHelpers:
-    """String and JSON conveniences shared by every store with ``put``/``get``."""
-
-    def put(self, key: str, value: bytes | str, ttl_ms: int = 0, text: str | None = None) -> bool:
-        raise NotImplementedError
-
-    def get(self, key: str) -> bytes | None:
-        raise NotImplementedError
-
-    def put_string(self, key: str, value: str, ttl_ms: int = 0) -> bool:
-        """Store a str (UTF-8)."""
-        if not isinstance(value, str):
-            raise InvalidInputError(f"put_string needs a str value, got {type(value).__name__}")
-        return self.put(key, value.encode("utf-8"), ttl_ms)
-
-    def get_string(self, key: str) -> str | None:
-        value = self.get(key)
-        return None if value is None else value.decode("utf-8")
-
-    def put_json(self, key: str, value: Any, ttl_ms: int = 0) -> bool:
-        """Store any JSON-serialisable value; its JSON text is what gets embedded."""
-        try:
-            text = json.dumps(value, ensure_ascii=False, sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"value is not JSON-serialisable: {exc}") from exc
-        return self.put(key, text.encode("utf-8"), ttl_ms)
-
-    def get_json(self, key: str) -> Any:
-        value = self.get(key)
-        return None if value is None else json.loads(value)
-
-
-class SemanticKV(KVHelpers):
+class SemanticKV(Conveniences):
     """An in-process semantic key-value store.
 
     Args:
@@ -326,12 +104,10 @@ class SemanticKV(KVHelpers):
         clock: Callable[[], int] = wall_clock_ms,
         node_id: str = "embedded",
     ) -> None:
-        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
-            raise ConfigurationError(f"capacity must be a positive int or None, got {capacity!r}")
-        if isinstance(purge_interval, bool) or not isinstance(purge_interval, int | float) or not purge_interval > 0:
-            raise ConfigurationError(f"purge_interval must be a number of seconds > 0, got {purge_interval!r}")
-        if isinstance(checkpoint_bytes, bool) or not isinstance(checkpoint_bytes, int) or checkpoint_bytes < 1:
-            raise ConfigurationError(f"checkpoint_bytes must be a positive int, got {checkpoint_bytes!r}")
+        if capacity is not None:
+            whole_number(capacity, "capacity", minimum=1, error=ConfigurationError)
+        positive_seconds(purge_interval, "purge_interval")
+        whole_number(checkpoint_bytes, "checkpoint_bytes", minimum=1, error=ConfigurationError)
         if not callable(clock):
             raise ConfigurationError(f"clock must be a callable returning ms, got {type(clock).__name__}")
         self._embedding = as_embedding(embedding)
@@ -550,10 +326,7 @@ class SemanticKV(KVHelpers):
     def scan(self, prefix: str = "", limit: int = 100) -> list[str]:
         """Keys starting with ``prefix``, sorted, at most ``limit``."""
         self._check_open()
-        if not isinstance(prefix, str):
-            raise InvalidInputError(f"prefix must be str, got {type(prefix).__name__}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise InvalidInputError(f"limit must be an int >= 0, got {limit!r}")
+        prefix, limit = check_scan_args(prefix, limit)
         with self._lock:
             return self._state.scan(prefix, limit, self._clock())
 
@@ -587,9 +360,7 @@ class SemanticKV(KVHelpers):
 
     def clear_scope(self, scope_prefix: str) -> int:
         """Remove every entry in scopes starting with ``scope_prefix``; returns how many."""
-        if not isinstance(scope_prefix, str) or not scope_prefix:
-            raise InvalidInputError("scope_prefix must be a non-empty str (use clear_all() for everything)")
-        return self._clear(scope_prefix)
+        return self._clear(check_scope_prefix(scope_prefix))
 
     def clear_all(self) -> int:
         """Remove everything; returns how many entries were removed."""
@@ -610,8 +381,7 @@ class SemanticKV(KVHelpers):
         Raises:
             ConfigurationError: ``ef_search`` is not a positive int.
         """
-        if isinstance(ef_search, bool) or not isinstance(ef_search, int) or ef_search < 1:
-            raise ConfigurationError(f"ef_search must be a positive int, got {ef_search!r}")
+        whole_number(ef_search, "ef_search", minimum=1, error=ConfigurationError)
         with self._lock:
             self._check_open()
             self._state.set_ef_search(ef_search)

@@ -18,44 +18,25 @@ b'v'
 
 from __future__ import annotations
 
-import hashlib
-import json
-import struct
 import sys
-import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from semcache._engine.commands import Clear, Command, Delete, Evict, Expire, Put
 from semcache._engine.index import IndexSettings, VectorIndex
-from semcache.errors import (
-    ConfigurationError,
-    CorruptDataError,
-    EmbeddingMismatchError,
-    InvalidInputError,
-    LimitExceededError,
+from semcache._engine.inputs import (
+    MAX_TIMESTAMP_MS,
+    Limits,
+    check_key,
+    check_scope_name,
+    check_value_size,
+    utf8_size,
 )
+from semcache.errors import EmbeddingMismatchError, InvalidInputError
 
 SNAPSHOT_FORMAT = 1
-DEFAULT_SCOPE = ""
-# Timestamps are stored as signed 64-bit milliseconds (commands, WAL, snapshots).
-MAX_TIMESTAMP_MS = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Size limits enforced on every write (bytes, UTF-8 for text)."""
-
-    max_key_bytes: int = 1024
-    max_value_bytes: int = 1 << 20
-    max_scope_bytes: int = 512
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigurationError(f"limit {name} must be a positive int, got {value!r}")
 
 
 @dataclass(slots=True)
@@ -79,42 +60,6 @@ class Match:
     key: str
     entry: Entry
     similarity: float
-
-
-def utf8_size(text: str, what: str) -> int:
-    """The UTF-8 size of ``text``; a lone surrogate (not encodable) is an input error."""
-    try:
-        return len(text.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidInputError(f"{what} is not valid Unicode text: {exc.reason} at index {exc.start}") from exc
-
-
-def check_key(key: object, limits: Limits) -> str:
-    """Validate a key: a non-empty str of at most ``limits.max_key_bytes`` UTF-8 bytes."""
-    if not isinstance(key, str):
-        raise InvalidInputError(f"key must be str, got {type(key).__name__}")
-    if not key:
-        raise InvalidInputError("key must not be empty")
-    size = utf8_size(key, "key")
-    if size > limits.max_key_bytes:
-        raise LimitExceededError("key", size, limits.max_key_bytes)
-    return key
-
-
-def check_value_size(value: bytes, limits: Limits) -> None:
-    """Refuse a value over ``limits.max_value_bytes`` (writers check before paying for an embedding)."""
-    if len(value) > limits.max_value_bytes:
-        raise LimitExceededError("value", len(value), limits.max_value_bytes)
-
-
-def check_scope_name(scope: object, limits: Limits) -> str:
-    """Validate a scope name: a str of at most ``limits.max_scope_bytes`` UTF-8 bytes."""
-    if not isinstance(scope, str):
-        raise InvalidInputError(f"scope must be str, got {type(scope).__name__}")
-    size = utf8_size(scope, "scope")
-    if size > limits.max_scope_bytes:
-        raise LimitExceededError("scope", size, limits.max_scope_bytes)
-    return scope
 
 
 class ShardState:
@@ -373,112 +318,35 @@ class ShardState:
 
     # -------------------------------------------------------------- snapshots
     def snapshot(self, directory: Path) -> None:
-        """Write the whole state into the (empty or new) ``directory``.
+        """Write the whole state into the (empty or new) ``directory`` (see :mod:`semcache._engine.snapshot`)."""
+        from semcache._engine.snapshot import write_snapshot
 
-        Layout: ``state.json`` (settings, stamps, per-scope index metadata),
-        ``entries.bin`` (the KV map, sorted by key) and one hnswlib
-        ``index-N.bin`` per scope.
-        """
-        directory.mkdir(parents=True, exist_ok=True)
-        scopes = []
-        for number, scope in enumerate(sorted(self.indexes)):
-            file = f"index-{number}.bin"
-            meta = self.indexes[scope].save(directory / file)
-            scopes.append({"scope": scope, "file": file, "meta": meta})
-        (directory / "entries.bin").write_bytes(_encode_entries(self.entries))
-        header = {
-            "format": SNAPSHOT_FORMAT,
-            "model_id": self.model_id,
-            "dim": self.dim,
-            "settings": asdict(self.settings),
-            "limits": asdict(self.limits),
-            "applied": self.applied,
-            "scopes": scopes,
-        }
-        (directory / "state.json").write_text(json.dumps(header, sort_keys=True, indent=1))
+        write_snapshot(self, directory)
 
     @classmethod
-    def restore(
-        cls, directory: Path, *, model_id: str | None = None, dim: int | None = None
-    ) -> ShardState:
+    def restore(cls, directory: Path, *, model_id: str | None = None, dim: int | None = None) -> ShardState:
         """Read a snapshot written by :meth:`snapshot`.
 
         Raises:
             EmbeddingMismatchError: the snapshot was built with another model or dimension.
             CorruptDataError: a file is missing, damaged or in an unknown format.
         """
-        try:
-            return cls._read_snapshot(directory, model_id, dim)
-        except (EmbeddingMismatchError, CorruptDataError):
-            raise
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error, RuntimeError) as exc:
-            # json, struct, hnswlib and our own setting checks all end up here.
-            raise CorruptDataError(f"snapshot in {directory} is damaged or unreadable: {exc!r}") from exc
+        from semcache._engine.snapshot import read_snapshot
 
-    @classmethod
-    def _read_snapshot(cls, directory: Path, model_id: str | None, dim: int | None) -> ShardState:
-        header = json.loads((directory / "state.json").read_text())
-        if header.get("format") != SNAPSHOT_FORMAT:
-            raise CorruptDataError(f"unknown snapshot format {header.get('format')!r} in {directory}")
-        if (model_id is not None and header["model_id"] != model_id) or (dim is not None and header["dim"] != dim):
-            raise EmbeddingMismatchError(
-                f"{directory} was built with {header['model_id']} (dim {header['dim']}); "
-                f"it cannot be opened with {model_id} (dim {dim})"
-            )
-        settings = IndexSettings(**header["settings"])
-        state = cls(header["dim"], header["model_id"], settings, Limits(**header["limits"]))
-        state.applied = header["applied"]
-        state.entries = _decode_entries((directory / "entries.bin").read_bytes())
-        for scope in header["scopes"]:
-            index = VectorIndex.load(directory / scope["file"], state.dim, settings, scope["meta"])
-            state._add_index(scope["scope"], index)
-        for key, entry in state.entries.items():
-            if entry.label is not None:
-                state._key_of_label[entry.scope][entry.label] = key
-        return state
+        return read_snapshot(directory, model_id=model_id, dim=dim)
 
     def digest(self) -> str:
         """SHA-256 over the snapshot bytes: equal digests mean identical replicas."""
-        with tempfile.TemporaryDirectory(prefix="semcache-digest-") as tmp:
-            self.snapshot(Path(tmp))
-            sha = hashlib.sha256()
-            for file in sorted(Path(tmp).iterdir()):
-                sha.update(file.name.encode())
-                sha.update(file.read_bytes())
-            return sha.hexdigest()
+        from semcache._engine.snapshot import snapshot_digest
 
+        return snapshot_digest(self)
 
-_ENTRY_HEAD = struct.Struct("<IIIqqq")  # key, value, scope lengths; label (-1 none), created, expires
-
-
-def _encode_entries(entries: dict[str, Entry]) -> bytes:
-    parts = []
-    for key in sorted(entries):
-        entry = entries[key]
-        key_b, scope_b = key.encode("utf-8", "surrogatepass"), entry.scope.encode("utf-8")
-        label = -1 if entry.label is None else entry.label
-        parts.append(
-            _ENTRY_HEAD.pack(
-                len(key_b), len(entry.value), len(scope_b), label, entry.created_at_ms, entry.expires_at_ms
-            )
-        )
-        parts += [key_b, entry.value, scope_b]
-    return b"".join(parts)
-
-
-def _decode_entries(data: bytes) -> dict[str, Entry]:
-    entries: dict[str, Entry] = {}
-    view, pos = memoryview(data), 0
-    while pos < len(view):
-        key_len, value_len, scope_len, label, created, expires = _ENTRY_HEAD.unpack_from(view, pos)
-        pos += _ENTRY_HEAD.size
-        if pos + key_len + value_len + scope_len > len(view):
-            raise CorruptDataError(f"entries.bin is truncated: an entry runs past its end at byte {pos}")
-        key = bytes(view[pos : pos + key_len]).decode("utf-8", "surrogatepass")
-        pos += key_len
-        value = bytes(view[pos : pos + value_len])
-        pos += value_len
-        scope = bytes(view[pos : pos + scope_len]).decode("utf-8")
-        pos += scope_len
-        entries[key] = Entry(value, scope, None if label < 0 else label, created, expires)
-    return entries
+    def adopt(self, entries: dict[str, Entry], indexes: dict[str, VectorIndex], applied: int) -> None:
+        """Take restored ``entries`` and per-scope ``indexes`` as this (empty) state's, at position ``applied``."""
+        self.entries = entries
+        self.applied = applied
+        for scope, index in indexes.items():
+            self._add_index(scope, index)
+        for key, entry in entries.items():
+            if entry.label is not None:
+                self._key_of_label[entry.scope][entry.label] = key

@@ -53,19 +53,22 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from semcache._engine.backend import BulkItems, SearchResult
-from semcache._engine.kv import (
-    BulkPut,
-    KVHelpers,
-    bulk_puts,
+from semcache._engine.bulk import BulkPut, bulk_puts, load_in_chunks
+from semcache._engine.conveniences import Conveniences
+from semcache._engine.inputs import (
+    Limits,
+    check_key,
+    check_scan_args,
     check_scope,
     check_search_args,
     check_ttl_ms,
+    check_value_size,
     coerce_value,
-    load_in_chunks,
+    positive_seconds,
     put_vector,
     search_vector,
+    whole_number,
 )
-from semcache._engine.state import Limits, check_key, check_value_size
 from semcache.cluster._coalesce import Combiner, take_batch
 from semcache.cluster._config import ClusterConfig
 from semcache.cluster._routing import DEFAULT_VNODES, HashRing
@@ -253,7 +256,7 @@ def default_connect(
     return connect
 
 
-class DistributedSemanticKV(KVHelpers):
+class DistributedSemanticKV(Conveniences):
     """A client of a semcache cluster with the embedded store's API.
 
     Args:
@@ -308,10 +311,8 @@ class DistributedSemanticKV(KVHelpers):
             ("search_timeout", search_timeout),
             ("request_timeout", request_timeout),
         ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
-        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
-            raise ConfigurationError(f"max_workers must be an int >= 1, got {max_workers!r}")
+            positive_seconds(value, name)
+        whole_number(max_workers, "max_workers", minimum=1, error=ConfigurationError)
         if read_from not in READ_FROM:
             raise ConfigurationError(f"read_from must be one of {READ_FROM}, got {read_from!r}")
         self.connection_timeout = float(connection_timeout)
@@ -693,10 +694,7 @@ class DistributedSemanticKV(KVHelpers):
 
         ``missing_shards`` on the result names shards that did not answer.
         """
-        if not isinstance(prefix, str):
-            raise InvalidInputError(f"prefix must be str, got {type(prefix).__name__}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise InvalidInputError(f"limit must be an int >= 0, got {limit!r}")
+        prefix, limit = check_scan_args(prefix, limit)
         answers, missing = self._fan_out(
             lambda node: node.scan(prefix, limit, read_from=self.read_from), timeout=self.search_timeout
         )

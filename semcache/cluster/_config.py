@@ -33,6 +33,7 @@ from typing import Any
 
 from semcache._engine.eviction import check_policy
 from semcache._engine.index import IndexSettings
+from semcache._engine.inputs import whole_number
 from semcache.embeddings import (
     DEFAULT_MODEL,
     PACKAGED_MODEL_ID,
@@ -232,8 +233,7 @@ class ClusterConfig:
             raise ConfigurationError("commit_timeout, maintenance_interval and compaction_seconds must be > 0")
         if self.compaction_entries < 2:
             raise ConfigurationError(f"compaction_entries must be at least 2, got {self.compaction_entries}")
-        if isinstance(self.index_backlog, bool) or not isinstance(self.index_backlog, int) or self.index_backlog < 0:
-            raise ConfigurationError(f"index_backlog must be an int >= 0, got {self.index_backlog!r}")
+        whole_number(self.index_backlog, "index_backlog", error=ConfigurationError)
         if self.capacity is not None and self.capacity < 1:
             raise ConfigurationError(f"capacity must be a positive int or absent, got {self.capacity}")
         check_policy(self.eviction)

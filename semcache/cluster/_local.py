@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from semcache._engine.inputs import whole_number
 from semcache.cluster._config import ClusterConfig, ReplicaConfig, ShardConfig
 from semcache.errors import ClusterError, ConfigurationError, InvalidInputError
 
@@ -80,8 +81,7 @@ def make_config(
         ConfigurationError: fewer than one shard or replica, or bad settings.
     """
     for name, value in (("shards", shards), ("replicas", replicas)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigurationError(f"{name} must be an int >= 1, got {value!r}")
+        whole_number(value, name, minimum=1, error=ConfigurationError)
     ports = iter(free_ports(2 * shards * replicas, host))
     shard_configs = tuple(
         ShardConfig(

@@ -35,8 +35,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from semcache._engine.commands import Clear, Delete, Put
-from semcache._engine.kv import check_scope, check_search_args, check_ttl_ms
-from semcache._engine.state import Limits, ShardState, check_key
+from semcache._engine.inputs import Limits, check_key, check_scan_args, check_scope, check_search_args, check_ttl_ms
+from semcache._engine.state import ShardState
 from semcache.cluster._config import ClusterConfig
 from semcache.cluster._flight import FlightNodeServer
 from semcache.cluster._raft.replica import ReplicatedShard
@@ -231,10 +231,7 @@ class SemanticKVNode:
 
     def _scan(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
         prefix, limit = header.get("p", ""), header.get("l", 100)
-        if not isinstance(prefix, str):
-            raise InvalidInputError("prefix must be str")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise InvalidInputError(f"limit must be an int >= 0, got {limit!r}")
+        prefix, limit = check_scan_args(prefix, limit)
         self._read_guard(header)
         return {"keys": self.shard.read(lambda state, now: state.scan(prefix, limit, now))}, []
 

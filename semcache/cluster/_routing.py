@@ -20,6 +20,7 @@ import bisect
 import hashlib
 from collections.abc import Iterable
 
+from semcache._engine.inputs import whole_number
 from semcache.errors import ConfigurationError, InvalidInputError
 
 DEFAULT_VNODES = 128
@@ -48,8 +49,7 @@ class HashRing:
             raise ConfigurationError("a hash ring needs at least one shard")
         if len(set(shards)) != len(shards):
             raise ConfigurationError(f"shard ids must be unique, got {shards}")
-        if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
-            raise ConfigurationError(f"vnodes must be an int >= 1, got {vnodes!r}")
+        whole_number(vnodes, "vnodes", minimum=1, error=ConfigurationError)
         self.vnodes = vnodes
         self.shard_ids: tuple[str, ...] = tuple(sorted(shards))
         # Ties between points (astronomically rare) break by shard id, so every

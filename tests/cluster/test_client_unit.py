@@ -324,7 +324,7 @@ def test_put_many_with_a_shard_without_quorum_stores_the_rest_and_says_how_many(
 def test_put_many_sends_a_chunk_at_a_time_and_an_embedder_failure_says_how_far_it_got(
     cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("semcache._engine.kv.BULK_CHUNK", 10)
+    monkeypatch.setattr("semcache._engine.bulk.BULK_CHUNK", 10)
     failing = HashEmbedding(cluster.embedding.dim)
     encode = failing._encode
 
@@ -386,7 +386,7 @@ def test_put_many_counts_what_the_other_shard_stored_when_a_node_refuses_a_put(
 def test_put_many_on_a_client_closed_meanwhile_says_closed_and_how_far_it_got(
     cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("semcache._engine.kv.BULK_CHUNK", 10)
+    monkeypatch.setattr("semcache._engine.bulk.BULK_CHUNK", 10)
     embedding = HashEmbedding(cluster.embedding.dim)
     kv = make_client(cluster, embedding=embedding)
     encode = embedding._encode

@@ -21,7 +21,7 @@ from semcache import (
     SemcacheError,
 )
 from semcache._engine.commands import Clear, Delete, Evict, Expire, Put
-from semcache._engine.kv import MAX_TTL_MS
+from semcache._engine.inputs import MAX_TTL_MS
 from semcache._engine.state import ShardState
 from semcache.embeddings import CallableEmbedding, HashEmbedding
 
@@ -85,7 +85,7 @@ KV_CASES: list[tuple[str, Callable[[SemanticKV], Any], type[Exception], str]] = 
     ("exists-key", lambda s: s.exists(""), InvalidInputError, "must not be empty"),
     ("delete-key", lambda s: s.delete(7), InvalidInputError, "key must be str"),
     ("delete-size", lambda s: s.delete("k" * 2000), LimitExceededError, "key is 2000 bytes"),
-    ("search-top-k-zero", lambda s: s.search("q", top_k=0), InvalidInputError, "top_k must be an int >= 1"),
+    ("search-top-k-zero", lambda s: s.search("q", top_k=0), InvalidInputError, "top_k must be a positive int"),
     ("search-top-k-float", lambda s: s.search("q", top_k=2.5), InvalidInputError, "top_k"),
     ("search-top-k-bool", lambda s: s.search("q", top_k=True), InvalidInputError, "top_k"),
     ("search-threshold-high", lambda s: s.search("q", threshold=1.5), InvalidInputError, "threshold must be"),

@@ -170,7 +170,7 @@ class FailingEmbedding(HashEmbedding):
 
 
 def test_put_many_embeds_and_stores_a_chunk_at_a_time_and_says_how_far_it_got(monkeypatch):
-    monkeypatch.setattr("semcache._engine.kv.BULK_CHUNK", 10)
+    monkeypatch.setattr("semcache._engine.bulk.BULK_CHUNK", 10)
     with SemanticKV(embedding=FailingEmbedding(fail_at=3, dim=64)) as kv:
         items = {f"k{i:02d}": f"value number {i}" for i in range(25)}
         with pytest.raises(RuntimeError, match="crashed") as info:
@@ -186,7 +186,7 @@ def test_put_many_refuses_a_text_too_long_to_embed_before_storing_any(kv):
 
 
 def test_put_many_on_a_store_closed_meanwhile_says_closed_and_how_far_it_got(monkeypatch):
-    monkeypatch.setattr("semcache._engine.kv.BULK_CHUNK", 10)
+    monkeypatch.setattr("semcache._engine.bulk.BULK_CHUNK", 10)
     embedding = HashEmbedding(dim=64)
     kv = SemanticKV(embedding=embedding)
     encode = embedding._encode

@@ -151,7 +151,7 @@ def test_update_is_write_behind_with_read_your_writes():
 
 
 def test_failed_write_is_counted_and_logged(caplog):
-    from semcache._engine.state import Limits
+    from semcache._engine.inputs import Limits
 
     cache = LangChainSemanticCache(
         SemanticCache(SemanticKV(embedding=HashEmbedding(dim=64), limits=Limits(max_value_bytes=64)))

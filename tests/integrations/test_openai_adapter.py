@@ -22,7 +22,7 @@ from semcache.integrations.openai import (
 )
 
 from semcache import SemanticCache, SemanticKV
-from semcache._engine.state import Limits
+from semcache._engine.inputs import Limits
 from semcache.errors import ConfigurationError
 from semcache.testing import FakeOpenAIServer, fake_answer
 

@@ -63,7 +63,8 @@ from pysyncobj.pipe_notifier import PipeNotifier
 
 from semcache._engine.commands import Command, Delete, Evict, Expire, Put, decode_command, encode_command
 from semcache._engine.eviction import AccessLog, choose_victims
-from semcache._engine.state import Limits, ShardState
+from semcache._engine.inputs import Limits
+from semcache._engine.state import ShardState
 from semcache.cluster._config import ClusterConfig
 from semcache.errors import (
     ClusterError,
