@@ -4,7 +4,7 @@ Public names:
 
 * :class:`DistributedSemanticKV`: the client, with the embedded store's API;
   :class:`ShardResults` is what its fan-out calls return.
-* :class:`ClusterConfig` (with :class:`ShardConfig`, :class:`ReplicaConfig`): the cluster file.
+* :class:`ClusterConfig` (with :class:`ShardConfig` and :class:`Replica`): the cluster file.
 * :class:`SemanticKVNode`: one replica of one shard serving clients (loads
   pysyncobj and pyarrow, so it is imported on first use).
 * :class:`LocalCluster`: start, watch and stop a cluster of node processes on this host.
@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from semcache.cluster._client import DistributedSemanticKV, ShardResults
-from semcache.cluster._config import ClusterConfig, ReplicaConfig, ShardConfig
+from semcache.cluster._config import ClusterConfig, Replica, ShardConfig
 
 if TYPE_CHECKING:
     from semcache.cluster._local import LocalCluster
@@ -28,7 +28,7 @@ __all__ = [
     "ClusterConfig",
     "DistributedSemanticKV",
     "LocalCluster",
-    "ReplicaConfig",
+    "Replica",
     "SemanticKVNode",
     "ShardConfig",
     "ShardResults",

@@ -70,7 +70,7 @@ from semcache._engine.inputs import (
     whole_number,
 )
 from semcache.cluster._coalesce import Combiner, take_batch
-from semcache.cluster._config import ClusterConfig
+from semcache.cluster._config import ClusterConfig, Replica
 from semcache.cluster._routing import DEFAULT_VNODES, HashRing
 from semcache.cluster._wire import Hits, PutItem, SearchQuery
 from semcache.embeddings import BaseEmbedding, HashEmbedding, as_embedding
@@ -137,15 +137,6 @@ class NodeConnection(Protocol):
 Connect = Callable[[str], NodeConnection]
 
 
-@dataclass(frozen=True)
-class Replica:
-    """One replica as the topology names it."""
-
-    id: str
-    rpc: str
-    raft: str = ""
-
-
 @dataclass
 class ShardRoute:
     """What the client knows of one shard: its replicas and the leader it last saw."""
@@ -193,7 +184,7 @@ def parse_topology(topology: dict[str, Any]) -> tuple[list[ShardRoute], str, int
         routes = [
             ShardRoute(
                 str(shard["id"]),
-                [Replica(str(r["id"]), str(r["rpc"]), str(r.get("raft", ""))) for r in shard["replicas"]],
+                [Replica(id=str(r["id"]), raft=str(r.get("raft", "")), rpc=str(r["rpc"])) for r in shard["replicas"]],
             )
             for shard in topology["shards"]
         ]

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from semcache.cluster._sizes import BATCH_MAX_BYTES
 from semcache.errors import ClusterError
 
 T = TypeVar("T")
@@ -37,7 +38,7 @@ Q = TypeVar("Q")
 
 DEFAULT_DEPTH = 1  # one request in flight per shard: the others queue and share the next (measured best)
 DEFAULT_MAX_ITEMS = 64
-DEFAULT_MAX_BYTES = 48 * 1024  # so a request fits one Raft entry (60 KiB) with room for the encoding
+DEFAULT_MAX_BYTES = BATCH_MAX_BYTES  # so a request fits one Raft entry with room for the encoding
 
 
 def take_batch(queue: deque[Q], size: Callable[[Q], int], max_items: int = DEFAULT_MAX_ITEMS,

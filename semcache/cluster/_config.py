@@ -8,7 +8,7 @@ shorter than the election timeout, two replicas on one port).
 
 >>> cfg = ClusterConfig(
 ...     secret="s3cret",
-...     shards=(ShardConfig("shard-0", (ReplicaConfig("r0", "127.0.0.1:7100", "grpc://127.0.0.1:8815"),)),),
+...     shards=(ShardConfig("shard-0", (Replica("r0", "127.0.0.1:7100", "grpc://127.0.0.1:8815"),)),),
 ... )
 >>> cfg.replica("r0").rpc
 'grpc://127.0.0.1:8815'
@@ -34,6 +34,7 @@ from typing import Any
 from semcache._engine.eviction import check_policy
 from semcache._engine.index import IndexSettings
 from semcache._engine.inputs import whole_number
+from semcache.cluster._sizes import DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES_CEILING
 from semcache.embeddings import (
     DEFAULT_MODEL,
     PACKAGED_MODEL_ID,
@@ -62,7 +63,7 @@ _KNOWN_DIMS = {DEFAULT_MODEL: 384, PACKAGED_MODEL_ID: 384}
 
 
 @dataclass(frozen=True)
-class ReplicaConfig:
+class Replica:
     """One replica of one shard: a node process.
 
     Args:
@@ -83,7 +84,7 @@ class ShardConfig:
     """A shard: one Raft group of replicas."""
 
     id: str
-    replicas: tuple[ReplicaConfig, ...]
+    replicas: tuple[Replica, ...]
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class ClusterConfig:
     ef_search: int = 48
     capacity: int | None = None
     eviction: str = "lru"
-    max_value_bytes: int = 48 * 1024
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     heartbeat: float = DEFAULT_HEARTBEAT
     election_timeout_min: float = DEFAULT_ELECTION_MIN
     election_timeout_max: float = DEFAULT_ELECTION_MAX
@@ -145,10 +146,10 @@ class ClusterConfig:
         self.validate()
 
     # ------------------------------------------------------------ lookups
-    def replicas(self) -> list[ReplicaConfig]:
+    def replicas(self) -> list[Replica]:
         return [replica for shard in self.shards for replica in shard.replicas]
 
-    def replica(self, replica_id: str) -> ReplicaConfig:
+    def replica(self, replica_id: str) -> Replica:
         """The replica named ``replica_id``.
 
         Raises:
@@ -280,7 +281,7 @@ class ClusterConfig:
             shards = tuple(
                 ShardConfig(
                     str(shard["id"]),
-                    tuple(ReplicaConfig(**replica) for replica in shard.get("replicas", [])),
+                    tuple(Replica(**replica) for replica in shard.get("replicas", [])),
                 )
                 for shard in data.pop("shards", [])
             )
@@ -318,9 +319,6 @@ class ClusterConfig:
         return replace(self, shards=tuple(shard if s.id == shard.id else s for s in self.shards))
 
 
-# A Put carries key (<= 1 KiB), scope (<= 512 B), vector (dim * 4 B) and framing
-# besides the value; 56 KiB leaves room for all of it under pysyncobj's 64 KiB.
-MAX_VALUE_BYTES_CEILING = 56 * 1024
 
 
 def _hash_embedding(name: str) -> HashEmbedding:

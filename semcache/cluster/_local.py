@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from semcache._engine.inputs import whole_number
-from semcache.cluster._config import ClusterConfig, ReplicaConfig, ShardConfig
+from semcache.cluster._config import ClusterConfig, Replica, ShardConfig
 from semcache.errors import ClusterError, ConfigurationError, InvalidInputError
 
 CLUSTER_FILE = "cluster.toml"
@@ -87,7 +87,7 @@ def make_config(
         ShardConfig(
             f"shard-{s}",
             tuple(
-                ReplicaConfig(f"shard-{s}-r{r}", f"{host}:{next(ports)}", f"grpc://{host}:{next(ports)}")
+                Replica(f"shard-{s}-r{r}", f"{host}:{next(ports)}", f"grpc://{host}:{next(ports)}")
                 for r in range(replicas)
             ),
         )
@@ -384,7 +384,7 @@ class LocalCluster:
         raise ClusterError(f"{replica_id} did not catch up to index {target} within {timeout:.0f}s")
 
     # -------------------------------------------------------- membership
-    def add_replica(self, shard_id: str, *, timeout: float = DEFAULT_UP_TIMEOUT) -> ReplicaConfig:
+    def add_replica(self, shard_id: str, *, timeout: float = DEFAULT_UP_TIMEOUT) -> Replica:
         """Add a replica to ``shard_id`` while it serves: new ports, start it, join it, wait until it caught up.
 
         Raises:
@@ -399,7 +399,7 @@ class LocalCluster:
         number = next(n for n in range(len(taken) + 1) if f"{shard_id}-r{n}" not in taken)
         raft_port, rpc_port = free_ports(2)
         host = shard.replicas[0].raft.rpartition(":")[0]
-        new = ReplicaConfig(f"{shard_id}-r{number}", f"{host}:{raft_port}", f"grpc://{host}:{rpc_port}")
+        new = Replica(f"{shard_id}-r{number}", f"{host}:{raft_port}", f"grpc://{host}:{rpc_port}")
         leader = self.wait_for_leaders(timeout)[shard_id]
         with _closing(self.connect(leader, timeout=max(5.0, config.commit_timeout + 1))) as node:
             node.add_replica(new.id, new.raft, new.rpc)
@@ -450,11 +450,11 @@ class LocalCluster:
         return self.stop_all(timeout=timeout)
 
 
-def shard_replica(shard: ShardConfig, replica_id: str | None) -> ReplicaConfig:
+def shard_replica(shard: ShardConfig, replica_id: str | None) -> Replica:
     return next(r for r in shard.replicas if r.id == replica_id)
 
 
-def _agreed_leader(health: Sequence[dict[str, Any]], replicas: Sequence[ReplicaConfig]) -> str | None:
+def _agreed_leader(health: Sequence[dict[str, Any]], replicas: Sequence[Replica]) -> str | None:
     """The shard's leader if a replica says it leads and has a quorum."""
     for h, replica in zip(health, replicas, strict=True):
         if h.get("role") == "leader" and h.get("has_quorum", True):

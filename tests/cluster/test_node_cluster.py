@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow.flight as flight
 import pytest
 
-from semcache.cluster._config import ClusterConfig, ReplicaConfig, ShardConfig
+from semcache.cluster._config import ClusterConfig, Replica, ShardConfig
 from semcache.cluster._flight import NodeClient
 from semcache.cluster._local import free_ports
 from semcache.cluster._wire import PutItem, SearchQuery, decode_frame, encode_frame
@@ -79,7 +79,7 @@ class LocalShard:
         shard = ShardConfig(
             "shard-0",
             tuple(
-                ReplicaConfig(f"r{i}", f"127.0.0.1:{next(ports)}", f"{scheme}://127.0.0.1:{next(ports)}")
+                Replica(f"r{i}", f"127.0.0.1:{next(ports)}", f"{scheme}://127.0.0.1:{next(ports)}")
                 for i in range(replicas)
             ),
         )

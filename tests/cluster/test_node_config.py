@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from semcache.cluster._config import ClusterConfig, ReplicaConfig, ShardConfig
+from semcache.cluster._config import ClusterConfig, Replica, ShardConfig
 from semcache.errors import ConfigurationError
 
 GOOD = """
@@ -33,8 +33,8 @@ id = "shard-0"
 
 def _config(**overrides: object) -> ClusterConfig:
     replicas = (
-        ReplicaConfig("r0", "127.0.0.1:7100", "grpc://127.0.0.1:8815"),
-        ReplicaConfig("r1", "127.0.0.1:7101", "grpc://127.0.0.1:8816"),
+        Replica("r0", "127.0.0.1:7100", "grpc://127.0.0.1:8815"),
+        Replica("r1", "127.0.0.1:7101", "grpc://127.0.0.1:8816"),
     )
     base = {"secret": "s", "shards": (ShardConfig("shard-0", replicas),)}
     base.update(overrides)

@@ -17,7 +17,7 @@ from pysyncobj import tcp_connection
 
 from semcache._engine.commands import Delete, Evict, Put, encode_command
 from semcache._engine.state import ShardState
-from semcache.cluster._config import ClusterConfig, ReplicaConfig, ShardConfig
+from semcache.cluster._config import ClusterConfig, Replica, ShardConfig
 from semcache.cluster._local import free_ports
 from semcache.cluster._raft.replica import MAX_ENTRY_BYTES, ReplicatedShard, _chunks_under, pack_batch, unpack_batch
 from semcache.errors import InvalidInputError, LimitExceededError
@@ -27,7 +27,7 @@ DIM = 16
 
 def _config(tmp_path: Path, **settings: object) -> ClusterConfig:
     raft, rpc = free_ports(2)
-    shard = ShardConfig("s0", (ReplicaConfig("r0", f"127.0.0.1:{raft}", f"grpc://127.0.0.1:{rpc}"),))
+    shard = ShardConfig("s0", (Replica("r0", f"127.0.0.1:{raft}", f"grpc://127.0.0.1:{rpc}"),))
     path = tmp_path / "cluster.toml"
     ClusterConfig(secret="s", shards=(shard,), embedding=f"hash:{DIM}", data_dir="data", **settings).dump(path)
     return ClusterConfig.load(path)

@@ -63,9 +63,10 @@ from pysyncobj.pipe_notifier import PipeNotifier
 
 from semcache._engine.commands import Command, Delete, Evict, Expire, Put, decode_command, encode_command
 from semcache._engine.eviction import AccessLog, choose_victims
-from semcache._engine.inputs import Limits
+from semcache._engine.inputs import Limits, wall_clock_ms
 from semcache._engine.state import ShardState
-from semcache.cluster._config import ClusterConfig
+from semcache.cluster._config import ClusterConfig, Replica
+from semcache.cluster._sizes import MAX_ENTRY_BYTES
 from semcache.errors import (
     ClusterError,
     InvalidInputError,
@@ -78,9 +79,6 @@ from semcache.errors import (
 logger = logging.getLogger(__name__)
 _U32 = struct.Struct("<I")
 
-# pysyncobj sends an entry of 64 KiB or more through a chunked path that loses
-# replication; the pickled wrapper adds a few dozen bytes to the encoded command.
-MAX_ENTRY_BYTES = 60 * 1024
 BATCH_ITEM_OVERHEAD = 4  # the length prefix of each command in a batch
 MAX_IN_FLIGHT = 2  # uncommitted batch entries at once: pipelining without unbounded queues
 # Committed batches awaiting the applier before the tick thread waits; it also bounds the drain a snapshot waits for.
@@ -118,19 +116,6 @@ def send_raft_messages_uncompressed() -> None:
     tcp_connection.zlib = _StoredZlib
 
 
-@dataclass(frozen=True)
-class Member:
-    """A replica of this shard as the shard itself knows it (replicated, so dynamic members are known too)."""
-
-    id: str
-    raft: str
-    rpc: str
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class ReplicatedShard(SyncObj):
     """One replica of one shard.
 
@@ -157,8 +142,8 @@ class ReplicatedShard(SyncObj):
         self._limits = Limits(max_value_bytes=config.max_value_bytes)
         self._lock = threading.RLock()  # guards _state and _members against readers while applying
         self._state = self._new_state()
-        self._members: dict[str, Member] = {
-            r.id: Member(r.id, r.raft, r.rpc) for r in config.shard_of(replica_id).replicas
+        self._members: dict[str, Replica] = {
+            r.id: r for r in config.shard_of(replica_id).replicas
         }
         self._access = AccessLog()
         self._batch_lock = threading.Lock()
@@ -345,7 +330,7 @@ class ReplicatedShard(SyncObj):
         """Record (or forget) a replica's addresses, so every replica can name the leader's RPC address."""
         with self._lock:
             if present:
-                self._members[replica_id] = Member(replica_id, raft, rpc)
+                self._members[replica_id] = Replica(replica_id, raft, rpc)
             else:
                 self._members.pop(replica_id, None)
         return True
@@ -600,7 +585,7 @@ class ReplicatedShard(SyncObj):
             return self._state.applied, self._state.digest()
 
     @property
-    def members(self) -> dict[str, Member]:
+    def members(self) -> dict[str, Replica]:
         with self._lock:
             return dict(self._members)
 
@@ -810,7 +795,7 @@ class ReplicatedShard(SyncObj):
         outcome, self._snapshot_outcome = self._snapshot_outcome, SERIALIZER_STATE.NOT_SERIALIZING
         return int(outcome)
 
-    def _write_snapshot(self, raft_data: tuple[Any, Any, Any], members: dict[str, Member]) -> None:
+    def _write_snapshot(self, raft_data: tuple[Any, Any, Any], members: dict[str, Replica]) -> None:
         """The state plus Raft metadata as an uncompressed tar, atomically replacing the snapshot file."""
         last, prev, cluster = raft_data
         target = self._data_dir / SNAPSHOT_FILE
@@ -849,7 +834,7 @@ class ReplicatedShard(SyncObj):
         self.wait_applied()  # nothing older may land on the new state
         with self._lock:
             self._state = state
-            self._members = {m["id"]: Member(**m) for m in meta["members"]}
+            self._members = {m["id"]: Replica(**m) for m in meta["members"]}
         last, prev = _entry_from_json(meta["last"]), _entry_from_json(meta["prev"])
         self._align_journal(prev, last)
         # We are inside the leader's snapshot message, i.e. we just heard from it:

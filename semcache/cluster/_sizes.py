@@ -1,0 +1,23 @@
+"""How big one Raft log entry may be, and every size limit derived from it.
+
+pysyncobj 0.3.17 sends a message of 64 KiB or more through a chunked path that
+loses replication, so every entry semcache appends stays under that, and the
+limits below follow from it: change :data:`RAFT_MESSAGE_LIMIT` and they all move.
+
+>>> MAX_ENTRY_BYTES < RAFT_MESSAGE_LIMIT and DEFAULT_MAX_VALUE_BYTES == BATCH_MAX_BYTES < MAX_VALUE_BYTES_CEILING
+True
+"""
+
+from __future__ import annotations
+
+KIB = 1024
+RAFT_MESSAGE_LIMIT = 64 * KIB  # pysyncobj's chunking threshold
+# One entry's command bytes: pysyncobj's pickled wrapper and the message framing add a few dozen bytes.
+MAX_ENTRY_BYTES = RAFT_MESSAGE_LIMIT - 4 * KIB
+# The largest value a cluster file may allow: a Put also carries its key (<= 1 KiB), its scope
+# (<= 512 B), its vector (1.5 KiB at 384 dimensions) and its framing.
+MAX_VALUE_BYTES_CEILING = MAX_ENTRY_BYTES - 4 * KIB
+# The default value limit, and the payload of one coalesced request (puts that share one entry):
+# a batch of small puts, or one put of the largest default value, fits an entry with room to spare.
+DEFAULT_MAX_VALUE_BYTES = MAX_ENTRY_BYTES - 12 * KIB
+BATCH_MAX_BYTES = DEFAULT_MAX_VALUE_BYTES
