@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from semcache.errors import ConfigurationError, InvalidInputError
+from semcache.errors import ConfigurationError, InvalidInputError, missing_extra
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -316,8 +316,10 @@ class OpenAIEmbedding(BaseEmbedding):
     ) -> None:
         super().__init__(**kwargs)
         if client is None:
-            from openai import OpenAI, OpenAIError
-
+            try:
+                from openai import OpenAI, OpenAIError
+            except ImportError as exc:
+                raise missing_extra("openai", "openai", "OpenAIEmbedding") from exc
             try:
                 client = OpenAI(api_key=api_key, base_url=base_url)
             except OpenAIError as exc:  # typically: no api_key and no OPENAI_API_KEY
@@ -390,19 +392,45 @@ class CallableEmbedding(BaseEmbedding):
         return self._fn(texts)
 
 
+def hash_spec(spec: str) -> HashEmbedding | None:
+    """The :class:`HashEmbedding` an embedding spec ``"hash:DIM"`` or ``"hash:DIM:SEED"`` names, else None.
+
+    It is also what a HashEmbedding's ``model_id`` reads (``hash:64:0``), so a
+    store or cluster stamped with one names the embedder that opens it.
+
+    >>> hash_spec("hash:64").model_id, hash_spec("all-MiniLM-L6-v2")
+    ('hash:64:0', None)
+
+    Raises:
+        ConfigurationError: it starts with ``hash:`` but is malformed.
+    """
+    if not spec.startswith("hash:"):
+        return None
+    parts = spec.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError(spec)
+        return HashEmbedding(int(parts[1]), seed=int(parts[2]) if len(parts) == 3 else 0)
+    except ValueError as exc:
+        raise ConfigurationError(f"embedding {spec!r} must look like hash:DIM or hash:DIM:SEED") from exc
+
+
 def as_embedding(embedding: Any = None) -> BaseEmbedding:
     """Turn what a user passed as ``embedding=`` into a :class:`BaseEmbedding`.
 
-    ``None`` gives the default (packaged all-MiniLM-L6-v2); a str is a
-    sentence-transformers model name or path; an :class:`Embedding` or a plain
-    callable is wrapped so that it gains validation, memo and micro-batching.
+    The same spec works everywhere (``SemanticKV``, ``SemanticCache``, the
+    cluster file, ``semcache cluster up --embedding``): ``None`` gives the
+    default (packaged all-MiniLM-L6-v2); ``"hash:DIM[:SEED]"`` a
+    :class:`HashEmbedding` (tests only); any other str is a sentence-transformers
+    model name or path; an :class:`Embedding` or a plain callable is wrapped so
+    that it gains validation, memo and micro-batching.
     """
     if embedding is None:
         return SentenceTransformerEmbedding()
     if isinstance(embedding, BaseEmbedding):
         return embedding
     if isinstance(embedding, str):
-        return SentenceTransformerEmbedding(embedding)
+        return hash_spec(embedding) or SentenceTransformerEmbedding(embedding)
     if isinstance(embedding, Embedding):
         return CallableEmbedding(embedding.embed, dim=embedding.dim, model_id=embedding.model_id)
     if callable(embedding):

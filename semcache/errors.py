@@ -10,6 +10,7 @@
     ├── CorruptDataError (also ValueError)      a snapshot or log that cannot be read back
     ├── ConfigurationError (also ValueError)    settings that contradict each other
     ├── ClosedError                             use after close()
+    ├── MissingDependencyError (also ImportError) an optional extra is not installed
     └── ClusterError                            an operational failure of the cluster
         ├── NotLeaderError                      this replica cannot take writes (carries leader_hint)
         ├── NoQuorumError                       the shard cannot commit: a majority is down
@@ -65,6 +66,23 @@ class ConfigurationError(SemcacheError, ValueError):
 
 class ClosedError(SemcacheError, RuntimeError):
     """The object was used after ``close()``."""
+
+
+class MissingDependencyError(SemcacheError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names the extra to install."""
+
+
+# The distribution name: ``pip install 'semcache-llm[cluster]'`` (the import name is semcache).
+DISTRIBUTION = "semcache-llm"
+
+
+def missing_extra(package: str, extra: str, needed_for: str) -> MissingDependencyError:
+    """The error to raise when importing ``package`` failed: it names the ``extra`` that installs it.
+
+    >>> str(missing_extra("pyarrow", "cluster", "the cluster's RPC transport"))
+    "pyarrow is needed for the cluster's RPC transport: pip install 'semcache-llm[cluster]'"
+    """
+    return MissingDependencyError(f"{package} is needed for {needed_for}: pip install '{DISTRIBUTION}[{extra}]'")
 
 
 class ClusterError(SemcacheError):

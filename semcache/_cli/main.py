@@ -181,12 +181,12 @@ class StampOnlyEmbedding(BaseEmbedding):
 
 
 def stored_stamp(path: Path) -> tuple[str, int] | None:
-    """The model id and dimension a persisted store's last snapshot was built with."""
-    header = path / "snapshot" / "state.json"
-    if not header.is_file():
-        return None
-    data = json.loads(header.read_text())
-    return str(data["model_id"]), int(data["dim"])
+    """The model id and dimension a persisted store was built with (its ``embedding.json``, else its snapshot)."""
+    for stamp in (path / "embedding.json", path / "snapshot" / "state.json"):
+        if stamp.is_file():
+            data = json.loads(stamp.read_text())
+            return str(data["model_id"]), int(data["dim"])
+    return None
 
 
 def _disk_bytes(path: Path) -> int:

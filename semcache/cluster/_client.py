@@ -73,7 +73,7 @@ from semcache.cluster._coalesce import Combiner, take_batch
 from semcache.cluster._config import ClusterConfig, Replica
 from semcache.cluster._routing import DEFAULT_VNODES, HashRing
 from semcache.cluster._wire import Hits, PutItem, SearchQuery
-from semcache.embeddings import BaseEmbedding, HashEmbedding, as_embedding
+from semcache.embeddings import BaseEmbedding, as_embedding
 from semcache.errors import (
     AuthenticationError,
     ClosedError,
@@ -206,13 +206,7 @@ def embedding_for_cluster(embedding: Any, model_id: str, dim: int) -> BaseEmbedd
     Raises:
         EmbeddingMismatchError: ``embedding`` is another model or dimension.
     """
-    if embedding is None:
-        parts = model_id.split(":")
-        if parts[0] == "hash" and len(parts) == 3:
-            embedding = HashEmbedding(int(parts[1]), seed=int(parts[2]))
-        else:
-            embedding = model_id
-    chosen = as_embedding(embedding)
+    chosen = as_embedding(model_id if embedding is None else embedding)
     if (chosen.model_id, chosen.dim) != (model_id, dim):
         raise EmbeddingMismatchError(
             f"the client embeds with {chosen.model_id} (dim {chosen.dim}) but the cluster "

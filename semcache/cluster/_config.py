@@ -35,13 +35,7 @@ from semcache._engine.eviction import check_policy
 from semcache._engine.index import IndexSettings
 from semcache._engine.inputs import whole_number
 from semcache.cluster._sizes import DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES_CEILING
-from semcache.embeddings import (
-    DEFAULT_MODEL,
-    PACKAGED_MODEL_ID,
-    BaseEmbedding,
-    HashEmbedding,
-    SentenceTransformerEmbedding,
-)
+from semcache.embeddings import DEFAULT_MODEL, PACKAGED_MODEL_ID, BaseEmbedding, as_embedding, hash_spec
 from semcache.errors import ConfigurationError
 
 DEFAULT_DATA_DIR = ".semcache/cluster"
@@ -179,8 +173,8 @@ class ClusterConfig:
     def embedding_identity(self) -> tuple[str, int]:
         """``(model_id, dim)`` the shards are stamped with, without loading the model when possible."""
         name = self.embedding
-        if name.startswith("hash:"):
-            probe = _hash_embedding(name)
+        probe = hash_spec(name)
+        if probe is not None:
             return probe.model_id, probe.dim
         model_id = PACKAGED_MODEL_ID if name in _KNOWN_DIMS else name
         dim = self.dim if self.dim is not None else _KNOWN_DIMS.get(name)
@@ -190,9 +184,7 @@ class ClusterConfig:
 
     def make_embedder(self) -> BaseEmbedding:
         """Load the embedder the file names (slow for real models: call lazily)."""
-        if self.embedding.startswith("hash:"):
-            return _hash_embedding(self.embedding)
-        return SentenceTransformerEmbedding(self.embedding)
+        return as_embedding(self.embedding)
 
     # --------------------------------------------------------- validation
     def validate(self) -> None:
@@ -243,8 +235,7 @@ class ClusterConfig:
                 f"max_value_bytes must be in 1..{MAX_VALUE_BYTES_CEILING} (one Raft entry must stay under 64 KiB), "
                 f"got {self.max_value_bytes}"
             )
-        if self.embedding.startswith("hash:"):
-            _hash_embedding(self.embedding)
+        hash_spec(self.embedding)  # a malformed hash:... spec fails here, not in a node
         self.index_settings()
 
     def _check_address(self, address: str, what: str) -> None:
@@ -319,16 +310,6 @@ class ClusterConfig:
         return replace(self, shards=tuple(shard if s.id == shard.id else s for s in self.shards))
 
 
-
-
-def _hash_embedding(name: str) -> HashEmbedding:
-    parts = name.split(":")
-    try:
-        dim = int(parts[1])
-        seed = int(parts[2]) if len(parts) > 2 else 0
-    except (IndexError, ValueError) as exc:
-        raise ConfigurationError(f"embedding {name!r} must look like hash:DIM or hash:DIM:SEED") from exc
-    return HashEmbedding(dim, seed=seed)
 
 
 def _unique(what: str, values: list[str]) -> None:

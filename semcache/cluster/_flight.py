@@ -15,7 +15,12 @@ import hmac
 from collections.abc import Sequence
 from typing import Any
 
-import pyarrow.flight as flight
+try:
+    import pyarrow.flight as flight
+except ImportError as exc:  # pragma: no cover - exercised by the packaging test without the extra
+    from semcache.errors import missing_extra
+
+    raise missing_extra("pyarrow", "cluster", "the cluster's RPC transport (Arrow Flight)") from exc
 
 from semcache.cluster._wire import (
     Handler,

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_harness import ClusterHarness, wait_until  # tests/ is on sys.path
 from langchain_core.globals import set_llm_cache
 from langchain_openai import ChatOpenAI
 from openai import OpenAI
 from semcache.integrations.langchain import LangChainSemanticCache
 from semcache.integrations.openai import wrap
+from support.harness import ClusterHarness, wait_until
 
 from semcache import SemanticCache, SemanticKV
 from semcache._engine.backend import Backend

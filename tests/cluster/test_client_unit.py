@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support.fake_nodes import FakeCluster
 
 from semcache import SemanticCache, SemanticKV
 from semcache._engine.backend import Backend
@@ -25,8 +26,6 @@ from semcache.errors import (
     NotLeaderError,
     ShardUnavailableError,
 )
-
-from .fakes import FakeCluster
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_harness import ClusterHarness, History, Op, check_history, wait_until  # tests/ is on sys.path
+from support.harness import ClusterHarness, History, Op, check_history, wait_until
 
 from semcache.cluster._client import DistributedSemanticKV
 from semcache.errors import ClusterError, NoQuorumError, ShardUnavailableError

@@ -11,7 +11,6 @@ import asyncio
 import threading
 
 import pytest
-from clocks import Clock  # tests/ is on sys.path
 from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration
@@ -19,6 +18,7 @@ from openai import AsyncOpenAI
 from semcache.integrations._memo import AnswerMemo, fingerprint
 from semcache.integrations.langchain import LangChainSemanticCache
 from semcache.integrations.openai import cache_info, is_cached, semantic_cache, wrap
+from support.clocks import Clock
 
 from semcache import SemanticCache, SemanticKV
 from semcache.errors import ConfigurationError

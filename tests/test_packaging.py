@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def wheel(tmp_path_factory) -> Path:
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    (built,) = out.glob("semcache-*.whl")
+    (built,) = out.glob("semcache_llm-*.whl")
     return built
 
 

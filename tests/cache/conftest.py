@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from clocks import Clock  # tests/ is on sys.path
+from support.clocks import Clock
 
 from semcache import SemanticCache, SemanticKV
 from semcache.embeddings import HashEmbedding

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from clocks import Clock  # tests/ is on sys.path
+from support.clocks import Clock
 
 from semcache import SemanticKV
 from semcache._engine.eviction import AccessLog, choose_victims

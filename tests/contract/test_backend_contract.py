@@ -14,15 +14,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cluster_harness import ClusterHarness, wait_until  # tests/ is on sys.path
+from support.fake_nodes import FakeCluster
+from support.harness import ClusterHarness, wait_until
 
 from semcache import SemanticCache, SemanticKV
 from semcache._engine.backend import Backend, SearchResult
 from semcache.cluster._client import DistributedSemanticKV
 from semcache.embeddings import HashEmbedding
 from semcache.errors import InvalidInputError
-
-from .fakes import FakeCluster
 
 DIM = 64
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -92,13 +93,18 @@ def test_a_small_run_measures_every_row_beside_the_raw_group_and_stops_everythin
 
 
 def _bench_processes() -> set[int]:
-    """Pids of raw-group or node processes (by their command lines)."""
+    """Pids of this test process's children that are raw-group or node processes (by their command lines).
+
+    Only children count: other clusters may be running on the machine meanwhile.
+    """
     pids = set()
+    me = str(os.getpid())
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
+            parent = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
             continue
-        if b"raw-flight-node" in cmdline or (b"semcache" in cmdline and b"node" in cmdline):
+        if parent == me and (b"raw-flight-node" in cmdline or (b"semcache" in cmdline and b"--replica" in cmdline)):
             pids.add(int(proc.name))
     return pids

@@ -24,6 +24,7 @@ EXPECTED = [
     "HashEmbedding",
     "InvalidInputError",
     "LimitExceededError",
+    "MissingDependencyError",
     "Limits",
     "NoQuorumError",
     "NotLeaderError",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from clocks import Clock  # tests/ is on sys.path
+from support.clocks import Clock
 
 from semcache import Limits, SemanticKV
 from semcache.embeddings import HashEmbedding
