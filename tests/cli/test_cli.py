@@ -116,6 +116,10 @@ def test_bench_quick_prints_every_table(minilm, capsys) -> None:
     [
         (["bench", "--sizes", "ten"], "bad sizes"),
         (["bench", "--sizes", "0"], "sizes must be positive"),
+        # Refused before the model loads (that would take seconds), as usage errors, not tracebacks:
+        (["demo", "--rounds", "0"], "must be an int >= 1, got '0'"),
+        (["demo", "--threshold", "2"], "must be a number in [0, 1], got '2'"),
+        (["bench", "--rounds", "-3"], "must be an int >= 1"),
         (["calibrate", "--thresholds", "0.7:x:0.1"], "bad thresholds"),
         (["stats"], "--path"),
         (["frobnicate"], "invalid choice"),
