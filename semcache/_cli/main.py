@@ -226,6 +226,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------- repair
+def cmd_repair(args: argparse.Namespace) -> int:
+    from semcache._engine.repair import repair
+
+    report = repair(Path(args.path), drop_damaged=args.drop_damaged)
+    print("\n".join(report.lines()))
+    # 0: intact, or repaired; 1: damaged and left as it was (a script can tell).
+    return 1 if report.damaged and report.moved_to is None else 0
+
+
 # ---------------------------------------------------------------- calibrate
 def _positive_int(text: str) -> int:
     """An argument that must be an int >= 1 (checked before any model loads)."""
@@ -352,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--model", help="open with this model (default: none is loaded)")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(handler=cmd_stats)
+
+    fix = commands.add_parser("repair", help="check a persisted store; with --drop-damaged, salvage what is intact")
+    fix.add_argument("--path", required=True, help="the store's data directory")
+    fix.add_argument("--drop-damaged", action="store_true",
+                     help="rebuild the store from its intact parts (the damaged files are moved aside, not deleted)")
+    fix.set_defaults(handler=cmd_repair)
 
     cal = commands.add_parser("calibrate", help="right/wrong hit rates per threshold on labelled pairs")
     cal.add_argument("--data", type=Path, default=None, help="folder of the datasets (default: $SEMCACHE_DATA)")

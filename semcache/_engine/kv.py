@@ -430,10 +430,13 @@ class SemanticKV(Conveniences):
         with self._lock:
             if self._closed.is_set():
                 return
-            if self._log is not None:
-                self._log.checkpoint(self._state)
-                self._log.close()
             self._closed.set()
+            try:
+                if self._log is not None:
+                    self._log.checkpoint(self._state)  # may fail (a full disk): the log still holds every write
+            finally:
+                if self._log is not None:
+                    self._log.close()  # the directory lock is released whatever happened
         self._purger.join(timeout=5)
 
     def __enter__(self) -> SemanticKV:

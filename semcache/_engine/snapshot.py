@@ -5,7 +5,11 @@ A snapshot is a directory:
 * ``state.json``: format, model stamp (id, dimension), index settings, limits,
   the position in the command stream, and per scope its index file and metadata;
 * ``entries.bin``: the key-value map, sorted by key, one framed record per entry;
-* ``index-N.bin``: one hnswlib graph per scope (``save_index``).
+* ``index-N.bin``: one hnswlib graph per scope (``save_index``);
+* ``manifest.json``: the SHA-256 of every other file, and of itself.  Every
+  file is checked against it before it is read: a flipped bit anywhere is a
+  :class:`~semcache.errors.CorruptDataError` naming the file, never another
+  key's value.  (Snapshots of format 1, written before checksums, have no manifest.)
 
 Two replicas that applied the same commands write byte-identical snapshots,
 so the SHA-256 over the files (:func:`snapshot_digest`) compares replicas.
@@ -25,7 +29,10 @@ from semcache._engine.inputs import Limits
 from semcache._engine.state import Entry, ShardState
 from semcache.errors import CorruptDataError, EmbeddingMismatchError
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
+UNCHECKED_FORMATS = (1,)  # written before manifests existed: read without checksums
+MANIFEST = "manifest.json"
+_HASH_CHUNK = 1 << 20
 _ENTRY_HEAD = struct.Struct("<IIIqqq")  # key, value, scope lengths; label (-1 none), created, expires
 
 
@@ -48,6 +55,47 @@ def write_snapshot(state: ShardState, directory: Path) -> None:
         "scopes": scopes,
     }
     (directory / "state.json").write_text(json.dumps(header, sort_keys=True, indent=1))
+    write_manifest(directory)
+
+
+def write_manifest(directory: Path) -> None:
+    """Record the SHA-256 of every file in ``directory`` (and of the record itself) in its manifest."""
+    files = {file.name: file_sha256(file) for file in sorted(directory.iterdir()) if file.name != MANIFEST}
+    (directory / MANIFEST).write_text(json.dumps({"files": files, "sha256": _sha_of(files)}, sort_keys=True, indent=1))
+
+
+def verify_manifest(directory: Path) -> None:
+    """Check every file of a snapshot against its manifest.
+
+    Raises:
+        CorruptDataError: the manifest is missing or damaged, a file is missing, added or altered.
+    """
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        files, recorded = manifest["files"], manifest["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptDataError(f"{directory / MANIFEST} is missing or damaged: {exc!r}") from exc
+    if not isinstance(files, dict) or _sha_of(files) != recorded:
+        raise CorruptDataError(f"{directory / MANIFEST} is damaged: its checksum does not match its content")
+    present = {file.name for file in directory.iterdir()} - {MANIFEST}
+    if present != set(files):
+        raise CorruptDataError(f"snapshot in {directory} is damaged: files {sorted(present ^ set(files))} "
+                               "are missing or were added")
+    for name, expected in files.items():
+        if file_sha256(directory / name) != expected:
+            raise CorruptDataError(f"{directory / name} is damaged: its SHA-256 does not match the manifest")
+
+
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _sha_of(files: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def read_snapshot(directory: Path, *, model_id: str | None = None, dim: int | None = None) -> ShardState:
@@ -67,8 +115,12 @@ def read_snapshot(directory: Path, *, model_id: str | None = None, dim: int | No
 
 
 def _read(directory: Path, model_id: str | None, dim: int | None) -> ShardState:
+    if (directory / MANIFEST).exists() or not (directory / "state.json").exists():
+        verify_manifest(directory)
     header = json.loads((directory / "state.json").read_text())
-    if header.get("format") != SNAPSHOT_FORMAT:
+    if header.get("format") == SNAPSHOT_FORMAT:
+        verify_manifest(directory)  # a snapshot of this format must have one: a deleted manifest is damage too
+    elif header.get("format") not in UNCHECKED_FORMATS:
         raise CorruptDataError(f"unknown snapshot format {header.get('format')!r} in {directory}")
     if (model_id is not None and header["model_id"] != model_id) or (dim is not None and header["dim"] != dim):
         raise EmbeddingMismatchError(

@@ -7,11 +7,18 @@ Layout of a data directory::
     snapshot/      the last checkpoint, a ShardState snapshot
     wal.log        commands applied since then, one framed record each
 
-A record is ``[u32 length][u32 crc32][u64 seq][command bytes]``.  A command is
-appended (and flushed to the OS) before it is applied, so once ``put`` returns,
-a kill -9 cannot lose it; ``fsync=True`` extends that to power loss.  Recovery
-loads the snapshot, replays records with a higher ``seq`` and stops at the
-first torn or corrupt record, which only an unacknowledged write can leave.
+Each command is appended as a checksummed record (:mod:`semcache._engine.wal`),
+flushed to the OS, before it is applied, so once ``put`` returns a kill -9
+cannot lose it; ``fsync=True`` extends that to power loss.  Recovery loads the
+snapshot (every file checked against its checksum, :mod:`semcache._engine.snapshot`)
+and replays the records with a higher ``seq``:
+
+* a damaged *tail* (nothing intact after it) is what an interrupted append
+  leaves: it is cut off, its bytes kept beside the log as
+  ``wal.log.torn-<offset>``, with a warning;
+* damage with intact records after it fails the open with
+  :class:`~semcache.errors.CorruptDataError` naming the file and offset, and
+  changes nothing on disk: ``semcache repair`` salvages what is intact.
 
 A checkpoint writes ``snapshot.new/``, swaps it in with renames (the previous
 one survives as ``snapshot.old/`` until the swap is complete) and then starts an
@@ -22,20 +29,19 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
-import struct
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from io import FileIO
 from pathlib import Path
 
+from semcache._engine import wal
 from semcache._engine.commands import Command as CommandT
-from semcache._engine.commands import decode_command, encode_command
 from semcache._engine.state import ShardState
-from semcache.errors import ClosedError, ConfigurationError, CorruptDataError, EmbeddingMismatchError, InvalidInputError
+from semcache.errors import ClosedError, ConfigurationError, CorruptDataError, EmbeddingMismatchError
 
-_RECORD = struct.Struct("<IIQ")
+log = logging.getLogger("semcache")
 
 
 class DurableLog:
@@ -80,14 +86,19 @@ class DurableLog:
         wal_path = self.path / "wal.log"
         if wal_path.exists():
             data = wal_path.read_bytes()
-            for end, seq, command in _read_records(data):
+            found = wal.scan(data)
+            if found.damage is not None and not found.damage.torn_tail:
+                raise CorruptDataError(
+                    f"{wal_path} is damaged at byte {found.damage.offset} ({found.damage.reason}), and intact records "
+                    f"follow from byte {found.damage.next_intact}: this is not an interrupted write, so nothing was "
+                    f"changed. `semcache repair --path {self.path}` reports what can be salvaged."
+                )
+            for _, seq, command in found.records:
                 if seq > state.applied:
                     state.apply(command)
-                good_bytes = end
-            if good_bytes < len(data):
-                # Drop the torn tail so new records follow the last good one.
-                with open(wal_path, "r+b") as wal:
-                    wal.truncate(good_bytes)
+            good_bytes = found.good_bytes
+            if found.damage is not None:
+                self._drop_torn_tail(wal_path, data, found.damage)
         # Stamped only once recovery has succeeded, so a refused open leaves no wrong stamp.
         self._write_stamp(model_id=model_id, dim=dim)
         self._wal = open(wal_path, "ab", buffering=0)  # noqa: SIM115 - held until close()
@@ -95,6 +106,18 @@ class DurableLog:
             _fsync_dir(self.path)  # a newly created log must survive power loss as a directory entry too
         self.wal_bytes = good_bytes
         return state
+
+    def _drop_torn_tail(self, wal_path: Path, data: bytes, damage: wal.Damage) -> None:
+        """Cut an interrupted append off the log (new records must follow the last intact one), keeping its bytes."""
+        kept = wal_path.with_name(f"wal.log.torn-{damage.offset}")
+        kept.write_bytes(data[damage.offset :])
+        with open(wal_path, "r+b") as handle:
+            handle.truncate(damage.offset)
+        log.warning(
+            "semcache: %s ended in an interrupted write (%s at byte %d); its %d bytes were never acknowledged, "
+            "were cut off and kept in %s",
+            wal_path, damage.reason, damage.offset, len(data) - damage.offset, kept.name,
+        )
 
     def _check_stamp(self, *, model_id: str, dim: int) -> None:
         """Refuse data made by another embedder, even before its first checkpoint.
@@ -133,10 +156,7 @@ class DurableLog:
             raise ClosedError(f"the write-ahead log in {self.path} failed and could not be repaired; reopen the store")
         if self._wal is None:
             raise ConfigurationError("recover() must run before append()")
-        payload = encode_command(command)
-        head = _RECORD.pack(len(payload), 0, seq)
-        crc = zlib.crc32(head[8:] + payload)
-        record = _RECORD.pack(len(payload), crc, seq) + payload
+        record = wal.encode_record(seq, command)
         try:
             view = memoryview(record)
             while view:
@@ -187,25 +207,6 @@ class DurableLog:
         if not self._lock_file.closed:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
-
-
-def _read_records(data: bytes) -> Iterator[tuple[int, int, CommandT]]:
-    """Yield ``(end offset, seq, command)`` for each intact record, stopping at the first bad one."""
-    pos = 0
-    while pos + _RECORD.size <= len(data):
-        length, crc, seq = _RECORD.unpack_from(data, pos)
-        end = pos + _RECORD.size + length
-        if end > len(data):
-            return
-        payload = data[pos + _RECORD.size : end]
-        if zlib.crc32(data[pos + 8 : pos + _RECORD.size] + payload) != crc:
-            return
-        try:
-            command = decode_command(payload)
-        except InvalidInputError as exc:  # the CRC matched: written so, by another version or a bug
-            raise CorruptDataError(f"wal.log record {seq} at byte {pos} cannot be decoded: {exc}") from exc
-        yield end, seq, command
-        pos = end
 
 
 def _fsync_tree(directory: Path) -> None:

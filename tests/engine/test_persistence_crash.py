@@ -299,8 +299,11 @@ def _bad_settings(path: Path) -> None:
 
 
 def _unknown_format(path: Path) -> None:
+    from semcache._engine.snapshot import SNAPSHOT_FORMAT, write_manifest
+
     header = path / "snapshot" / "state.json"
-    header.write_text(header.read_text().replace('"format": 1', '"format": 99'))
+    header.write_text(header.read_text().replace(f'"format": {SNAPSHOT_FORMAT}', '"format": 99'))
+    write_manifest(path / "snapshot")  # a consistent manifest: only the format is wrong
 
 
 def _damage_stamp(path: Path) -> None:
