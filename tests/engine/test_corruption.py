@@ -29,7 +29,8 @@ def _record_offsets(data: bytes) -> list[int]:
 
 
 def _files(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and p.name != "LOCK"}
+    files = [p for p in sorted(path.rglob("*")) if p.is_file() and p.name != "LOCK"]
+    return {str(p.relative_to(path)): p.read_bytes() for p in files}
 
 
 def test_a_flipped_byte_mid_log_fails_the_open_naming_file_and_offset_and_changes_nothing(tmp_path):
