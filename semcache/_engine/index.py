@@ -100,6 +100,13 @@ class _QueuedOp:
     grow_to: int  # the slot count hnswlib must have before this call (resize_index), as decided at queue time
 
 
+# A search whose filter rejects results widens up to this many times k (at least MIN_WIDEN):
+# enough to step over the expired entries a purge has not removed yet, bounded whatever they are.
+WIDEN_FACTOR = 4
+MIN_WIDEN = 64
+EXACT_CHUNK = 4096  # vectors read back at a time by the exact fallback
+
+
 class VectorIndex:
     """An HNSW index over unit vectors with deterministic label reuse and growth."""
 
@@ -269,21 +276,25 @@ class VectorIndex:
     def _search_graph(
         self, vector: np.ndarray, k: int, accept: Callable[[int], bool] | None
     ) -> list[tuple[int, float]]:
-        """The hnswlib part of :meth:`search`."""
+        """The hnswlib part of :meth:`search`, its work bounded whatever ``k`` is.
+
+        hnswlib is never asked for more neighbours than the graph holds live
+        vectors, and ``ef`` is never below the count asked for: then it can
+        always gather them and does not raise (when it does raise, it leaks the
+        buffers of that query).  When ``accept`` rejects some results (expired
+        entries not yet purged), the search widens, at most to
+        :data:`WIDEN_FACTOR` times ``k``.  If hnswlib still fails (a graph whose
+        deletions cut live vectors off from its entry point), an exact scan answers.
+        """
         live = self._indexed_live
-        # The most results hnswlib has shown it can return: after many deletions
-        # it may fail to gather ``want`` live neighbours, and every failure
-        # lowers this ceiling, so the loop below always ends.
-        ceiling = live
+        cap = min(live, max(k, MIN_WIDEN) * WIDEN_FACTOR)
         want = min(k, live)
         while want > 0:
             self._index.set_ef(max(self.settings.ef_search, want))
             try:
                 labels, distances = self._index.knn_query(vector.reshape(1, -1), k=want)
             except RuntimeError:
-                ceiling = want - 1
-                want = min(want // 2 or 1, ceiling)
-                continue
+                return self._search_exact(vector, k, accept)
             finally:
                 self._index.set_ef(self.settings.ef_search)
             hits = [
@@ -291,10 +302,29 @@ class VectorIndex:
                 for label, distance in zip(labels[0], distances[0], strict=True)
                 if accept is None or accept(int(label))
             ]
-            if len(hits) >= k or want >= ceiling:
+            if len(hits) >= k or want >= cap:
                 return hits[:k]
-            want = min(ceiling, want * 2)
+            want = min(cap, want * 2)
         return []
+
+    def _search_exact(
+        self, vector: np.ndarray, k: int, accept: Callable[[int], bool] | None
+    ) -> list[tuple[int, float]]:
+        """Exact cosine search over the graph's live vectors, read back in chunks (bounded memory)."""
+        free = set(self._free) | set(self._queued_per_label)
+        labels = [label for label in range(self._next_label) if label not in free]
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        query = query / np.linalg.norm(query)
+        best: list[tuple[float, int]] = []
+        for start in range(0, len(labels), EXACT_CHUNK):
+            chunk = labels[start : start + EXACT_CHUNK]
+            similarities = np.asarray(self._index.get_items(chunk), dtype=np.float32) @ query
+            for label, similarity in zip(chunk, similarities.tolist(), strict=True):
+                if accept is None or accept(label):
+                    heapq.heappush(best, (similarity, -label))
+                    if len(best) > k:
+                        heapq.heappop(best)
+        return [(-label, similarity) for similarity, label in sorted(best, reverse=True)]
 
     def save(self, path: Path) -> dict[str, object]:
         """Write the graph to ``path`` (hnswlib format); return the metadata :meth:`load` needs.

@@ -32,6 +32,9 @@ from semcache.errors import ConfigurationError, InvalidInputError, LimitExceeded
 DEFAULT_SCOPE = ""
 # The longest time to live accepted: 100 years, far from the int64 millisecond timestamps' end.
 MAX_TTL_MS = 100 * 365 * 86_400_000
+# The most results one search may ask for: a search's work (and the time it holds a shard's state)
+# grows with top_k, so it is bounded for every caller.  A cache asks for 1.
+MAX_TOP_K = 1000
 # Timestamps are stored as signed 64-bit milliseconds (commands, WAL, snapshots).
 MAX_TIMESTAMP_MS = 2**63 - 1
 
@@ -155,8 +158,9 @@ def check_ttl_ms(ttl_ms: object) -> int:
 
 # ------------------------------------------------------------ reads
 def check_search_args(top_k: object, threshold: object) -> None:
-    """A search's ``top_k`` (an int >= 1) and ``threshold`` (None or a similarity in [-1, 1])."""
-    whole_number(top_k, "top_k", minimum=1)
+    """A search's ``top_k`` (an int in ``[1, MAX_TOP_K]``) and ``threshold`` (None or a similarity in [-1, 1])."""
+    if whole_number(top_k, "top_k", minimum=1) > MAX_TOP_K:
+        raise InvalidInputError(f"top_k is {top_k}, over the limit of {MAX_TOP_K} results per search")
     if threshold is not None:
         similarity(threshold)
 
