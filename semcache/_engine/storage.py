@@ -51,7 +51,8 @@ class DurableLog:
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise ConfigurationError(f"{self.path} is not a directory; path= names the store's data directory")
-        self.path.mkdir(parents=True, exist_ok=True)
+        # Only its owner may enter a new data directory: it holds every cached prompt and answer.
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._fsync = fsync
         self._lock_file = open(self.path / "LOCK", "a+b")  # noqa: SIM115 - held until close()
         try:

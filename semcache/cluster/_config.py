@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -39,6 +40,7 @@ from semcache.embeddings import DEFAULT_MODEL, PACKAGED_MODEL_ID, BaseEmbedding,
 from semcache.errors import ConfigurationError
 
 DEFAULT_DATA_DIR = ".semcache/cluster"
+ALLOW_READABLE_ENV = "SEMCACHE_ALLOW_READABLE_CONFIG"
 # Measured on a loaded 2-core machine (README.md, "Timeouts and measurements"): pysyncobj's default
 # 0.4-1.4 s election window let a busy follower start elections; 1.0-2.0 s did not.
 DEFAULT_HEARTBEAT = 0.1
@@ -249,16 +251,28 @@ class ClusterConfig:
 
     # ---------------------------------------------------------------- files
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ClusterConfig:
+    def load(cls, path: str | os.PathLike[str], *, allow_readable: bool | None = None) -> ClusterConfig:
         """Read and check a cluster file.
 
+        The file holds the Raft secret and the tokens, so one that other users
+        can read is refused, unless ``allow_readable`` (default: the
+        ``SEMCACHE_ALLOW_READABLE_CONFIG=1`` environment variable) says otherwise.
+
         Raises:
-            ConfigurationError: unreadable file, unknown keys or invalid settings.
+            ConfigurationError: unreadable or readable-by-others file, unknown keys or invalid settings.
         """
+        if allow_readable is None:
+            allow_readable = os.environ.get(ALLOW_READABLE_ENV) == "1"
         try:
+            mode = Path(path).stat().st_mode
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigurationError(f"cannot read cluster file {path}: {exc}") from exc
+        if mode & 0o077 and not allow_readable:
+            raise ConfigurationError(
+                f"cluster file {path} can be read by other users (mode {stat.S_IMODE(mode):04o}) and it holds the "
+                f"cluster's secret and tokens: chmod 600 it, or set {ALLOW_READABLE_ENV}=1 to accept that"
+            )
         return cls.from_dict(data, path=str(Path(path).resolve()))
 
     @classmethod
@@ -302,7 +316,11 @@ class ClusterConfig:
         """Write this configuration as a TOML cluster file (atomically)."""
         target = Path(path)
         tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(_to_toml(self.to_dict()), encoding="utf-8")
+        # Readable by its owner only, from the first byte: it holds the secret and the tokens.
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o600)  # an existing .tmp keeps its mode through O_CREAT
+            handle.write(_to_toml(self.to_dict()))
         os.replace(tmp, target)
 
     def with_shard(self, shard: ShardConfig) -> ClusterConfig:

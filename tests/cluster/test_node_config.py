@@ -44,6 +44,7 @@ def _config(**overrides: object) -> ClusterConfig:
 def test_load_reads_every_field_and_resolves_data_dirs(tmp_path: Path) -> None:
     path = tmp_path / "cluster.toml"
     path.write_text(GOOD)
+    path.chmod(0o600)
     cfg = ClusterConfig.load(path)
     assert cfg.token == "tok"
     assert cfg.election_timeout_min == 1.2
@@ -109,9 +110,20 @@ def test_non_loopback_addresses_need_allow_remote() -> None:
 def test_unknown_keys_and_bad_files_are_configuration_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("secrets = 'typo'\n" + GOOD)
+    bad.chmod(0o600)
     with pytest.raises(ConfigurationError, match="unknown cluster settings: secrets"):
         ClusterConfig.load(bad)
     with pytest.raises(ConfigurationError, match="cannot read"):
         ClusterConfig.load(tmp_path / "missing.toml")
     with pytest.raises(ConfigurationError, match="not in the cluster file"):
         _config().replica("nope")
+
+
+def test_the_cluster_file_is_written_for_its_owner_only_and_a_readable_one_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.toml"
+    _config(token="t").dump(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.chmod(0o644)
+    with pytest.raises(ConfigurationError, match=r"can be read by other users \(mode 0644\).*chmod 600"):
+        ClusterConfig.load(path)
+    assert ClusterConfig.load(path, allow_readable=True).token == "t"
