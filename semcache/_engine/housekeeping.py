@@ -167,16 +167,16 @@ class ExpiryHeap:
 
 
 class MaintenanceLoop:
-    """A daemon thread that runs ``round`` every ``interval`` seconds, or at once when woken, until stopped.
+    """A daemon thread that runs ``one_round`` every ``interval`` seconds, or at once when woken, until stopped.
 
     An exception in one round is logged and the loop goes on: a store's
-    housekeeping must outlive one bad round.  ``round`` itself decides what is
+    housekeeping must outlive one bad round.  ``one_round`` itself decides what is
     worth less than a logged traceback (a follower skipping, a store closing).
     """
 
-    def __init__(self, name: str, interval: float, round: Callable[[], None]) -> None:
+    def __init__(self, name: str, interval: float, one_round: Callable[[], None]) -> None:
         self._interval = interval
-        self._round = round
+        self._round = one_round
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)

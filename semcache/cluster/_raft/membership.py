@@ -13,6 +13,7 @@ replicated (the ``@replicated`` ``set_member``) and saved in snapshots.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -54,9 +55,9 @@ class MemberTable:
                     return member.rpc
         return None
 
-    def to_json(self) -> list[dict[str, str]]:
+    def to_json(self) -> list[dict[str, Any]]:
         """The members as JSON-ready records (for a snapshot)."""
-        return [vars(member) for member in self.copy().values()]
+        return [dataclasses.asdict(member) for member in self.copy().values()]
 
     def restore(self, records: list[dict[str, Any]]) -> None:
         """Replace the table with the records of :meth:`to_json` (from a snapshot)."""

@@ -192,7 +192,7 @@ class Snapshots:
             log.deleteEntriesTo(position)
 
 
-def write_snapshot(target: Path, state: ShardState, raft_data: RaftData, members: list[dict[str, str]]) -> None:
+def write_snapshot(target: Path, state: ShardState, raft_data: RaftData, members: list[dict[str, Any]]) -> None:
     """The state plus Raft metadata as an uncompressed tar, atomically replacing ``target``.
 
     Only the tick thread mutates the state, and it is waiting for this (or this
