@@ -27,7 +27,6 @@ their single-text calls are micro-batched.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 from collections.abc import Callable
@@ -38,9 +37,10 @@ import numpy as np
 
 from semcache._engine.backend import BulkItems, SearchResult
 from semcache._engine.bulk import BulkPut, bulk_puts, load_in_chunks
-from semcache._engine.commands import Clear, Command, Delete, Evict, Expire, Put
+from semcache._engine.commands import Clear, Command, Delete, Put
 from semcache._engine.conveniences import Conveniences
-from semcache._engine.eviction import AccessLog, check_policy, choose_victims
+from semcache._engine.eviction import AccessLog, check_policy
+from semcache._engine.housekeeping import ExpiryHeap, Housekeeping, MaintenanceLoop
 from semcache._engine.index import IndexSettings
 from semcache._engine.inputs import (
     Limits,
@@ -120,7 +120,7 @@ class SemanticKV(Conveniences):
         self.node_id = node_id
         self._lock = threading.RLock()
         self._access = AccessLog()
-        self._expiries: list[tuple[int, str]] = []  # heap; may hold stale rows, checked on use
+        self._expiries = ExpiryHeap()
         self._counters = dict.fromkeys(
             ("puts", "gets", "get_hits", "deletes", "searches", "search_hits", "expired", "evicted"), 0
         )
@@ -145,11 +145,12 @@ class SemanticKV(Conveniences):
         # Likewise the query-time ef; the graph settings (M, ef_construction) stay the data's.
         if self._state.settings.ef_search != self._settings.ef_search:
             self._state.set_ef_search(self._settings.ef_search)
-        self._rebuild_expiries()
-        self._closed = threading.Event()
-        self._purger = threading.Thread(
-            target=self._purge_loop, args=(purge_interval,), name="semcache-purge", daemon=True
+        self._expiries.rebuild(self._state.entries)
+        self._housekeeping = Housekeeping(
+            read=self._read, submit=self._submit, access=self._access, policy=self._eviction, capacity=capacity
         )
+        self._closed = threading.Event()
+        self._purger = MaintenanceLoop("semcache-purge", purge_interval, self._purge_round)
         self._purger.start()
 
     # ------------------------------------------------------------- plumbing
@@ -283,17 +284,8 @@ class SemanticKV(Conveniences):
             self._counters["puts"] += 1
             self._access.touch(command.key, command.created_at_ms)
             if command.expires_at_ms:
-                heapq.heappush(self._expiries, (command.expires_at_ms, command.key))
-                # Re-putting a key leaves its old row behind; rebuild before stale rows dominate.
-                if len(self._expiries) > 2 * len(self._state.entries) + 1024:
-                    self._rebuild_expiries()
+                self._expiries.add(command.expires_at_ms, command.key, self._state.entries)
             self._evict_if_over_capacity()
-
-    def _rebuild_expiries(self) -> None:
-        """The expiry heap from the entries themselves: one row per entry with a TTL."""
-        entries = self._state.entries.items()
-        self._expiries = [(entry.expires_at_ms, key) for key, entry in entries if entry.expires_at_ms]
-        heapq.heapify(self._expiries)
 
     def get(self, key: str) -> bytes | None:
         """The value of ``key``, or None if absent or expired."""
@@ -437,7 +429,7 @@ class SemanticKV(Conveniences):
             finally:
                 if self._log is not None:
                     self._log.close()  # the directory lock is released whatever happened
-        self._purger.join(timeout=5)
+        self._purger.stop()
 
     def __enter__(self) -> SemanticKV:
         return self
@@ -453,36 +445,36 @@ class SemanticKV(Conveniences):
         return f"SemanticKV({where}, entries={len(self._state.entries)}, model={self.model_id})"
 
     # ------------------------------------------------- expiry and eviction
+    # What leaves, and the commands that remove it, are decided by the shared
+    # driver (semcache._engine.housekeeping); the heap only says cheaply whether
+    # anything may have expired, and the counters are this store's.
     def purge_expired(self) -> int:
         """Remove expired entries now (the background thread does this every ``purge_interval``)."""
         now = self._clock()
         with self._lock:
             self._check_open()
-            if not self._expiries or self._expiries[0][0] > now:
+            if not self._expiries.due(now):
                 return 0
-            while self._expiries and self._expiries[0][0] <= now:
-                heapq.heappop(self._expiries)
-            removed = self._submit_removal(Expire(now), self._state.expired_keys(now))
+            self._expiries.drop_due(now)
+            removed = self._housekeeping.expire(now)
             self._counters["expired"] += removed
             return removed
 
-    def _purge_loop(self, interval: float) -> None:
-        while not self._closed.wait(interval):
-            try:
-                self.purge_expired()
-            except ClosedError:
-                return
+    def _purge_round(self) -> None:
+        """One background purge; a store closed meanwhile has nothing left to purge."""
+        try:
+            self.purge_expired()
+        except ClosedError:
+            return
 
     def _evict_if_over_capacity(self) -> None:
-        # Evict 1 % below capacity at once, so choosing victims (a pass over all
-        # entries) is paid once per many puts rather than on every put.
-        if self._capacity is None or len(self._state.entries) <= self._capacity:
+        """Expired entries first, whatever the policy (they are dead already); then evict 1 % below capacity."""
+        if not self._housekeeping.over_capacity():
             return
-        # Expired entries go first, whatever the policy: they are dead already.
         self.purge_expired()
-        if len(self._state.entries) <= self._capacity:
-            return
-        target = self._capacity - self._capacity // 100
-        victims = choose_victims(self._eviction, self._state.entries, self._access, len(self._state.entries) - target)
-        removed = self._submit_removal(Evict(tuple(victims)), victims)
-        self._counters["evicted"] += removed
+        self._counters["evicted"] += self._housekeeping.evict_over_capacity()
+
+    def _read(self, fn: Callable[[ShardState], Any]) -> Any:
+        """``fn(state)`` under the store's lock: how the housekeeping driver looks at the entries."""
+        with self._lock:
+            return fn(self._state)

@@ -16,10 +16,13 @@ import pytest
 from pysyncobj import tcp_connection
 
 from semcache._engine.commands import Delete, Evict, Put, encode_command
+from semcache._engine.housekeeping import chunk_keys
 from semcache._engine.state import ShardState
 from semcache.cluster._config import ClusterConfig, Replica, ShardConfig
 from semcache.cluster._local import free_ports
-from semcache.cluster._raft.replica import MAX_ENTRY_BYTES, ReplicatedShard, _chunks_under, pack_batch, unpack_batch
+from semcache.cluster._raft.group_commit import pack_batch, unpack_batch
+from semcache.cluster._raft.replica import ReplicatedShard
+from semcache.cluster._sizes import MAX_ENTRY_BYTES
 from semcache.errors import InvalidInputError, LimitExceededError
 
 DIM = 16
@@ -74,7 +77,7 @@ def test_raft_messages_go_out_stored_and_stock_zlib_reads_them(open_shard: Calla
 
 def test_evictions_are_split_into_commands_that_each_fit_one_entry() -> None:
     keys = [f"{i:04d}-" + "k" * 1000 for i in range(200)]  # ~200 KiB of keys
-    chunks = _chunks_under(keys, MAX_ENTRY_BYTES // 2)
+    chunks = chunk_keys(keys, MAX_ENTRY_BYTES // 2)
     assert [key for chunk in chunks for key in chunk] == keys
     assert all(len(encode_command(Evict(tuple(chunk)))) < MAX_ENTRY_BYTES for chunk in chunks)
     assert len(chunks) > 1

@@ -1,1 +1,13 @@
-"""Everything pysyncobj: one replica of a shard as a Raft group member."""
+"""Everything pysyncobj: one replica of a shard as a Raft group member.
+
+- ``replica``: :class:`ReplicatedShard`, the ``SyncObj`` subclass composing the parts below.
+- ``compat``: the one module importing pysyncobj, and every access to its private names.
+- ``group_commit``: writes waiting to commit, batched into entries under the Raft entry limit.
+- ``applier``: the applier thread applying committed entries in log order, off the tick thread.
+- ``leadership``: who leads, and the read barrier a new leader passes before serving reads.
+- ``membership``: the replicated member table; adding and removing replicas.
+- ``snapshots``: snapshot hooks (forked writes, tar of state + Raft metadata) and journal alignment.
+- ``status``: the health report.
+
+Expiry and eviction use the engine's shared driver, :mod:`semcache._engine.housekeeping`.
+"""
