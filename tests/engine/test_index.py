@@ -91,11 +91,14 @@ def test_search_filters_rejected_labels_and_widens():
 def test_search_ends_when_hnswlib_cannot_gather_k_live_neighbours():
     """Regression: after mass deletion on a sparse graph, hnswlib raises for k; search must still return.
 
-    The old widening loop alternated between two sizes forever.
+    The old widening loop alternated between two sizes forever.  Now every live
+    vector is found: by the graph when it can reach them, else by the exact scan.
+    Rounds go on until one made hnswlib raise (which graph does depends on the
+    hnswlib build, so the count of rounds is not fixed; none went past a few).
     """
     rng = np.random.default_rng(1)
     raised = 0
-    for _ in range(5):
+    for _ in range(20):
         vectors = rng.normal(size=(2_000, 8)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1)[:, None]
         index = VectorIndex(8, IndexSettings(max_entries=2_000, hnsw_m=2, hnsw_ef_construction=4, ef_search=1))
@@ -107,6 +110,7 @@ def test_search_ends_when_hnswlib_cannot_gather_k_live_neighbours():
         except RuntimeError:
             raised += 1
         hits = index.search(vectors[0], 10)
-        assert 0 < len(hits) <= 10
-        assert {label for label, _ in hits} <= set(labels[1_990:])
+        assert {label for label, _ in hits} == set(labels[1_990:])
+        if raised:
+            break
     assert raised > 0  # the hard case was really exercised
