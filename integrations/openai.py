@@ -136,6 +136,7 @@ UNSCOPED_PARAMS = frozenset(
         "service_tier",
     }
 )
+"""Request fields left out of the scope: they shape the transport or the bookkeeping, never the answer."""
 _CONTROLS = ("cache_skip", "cache_refresh", "cache_scope")
 # The request fields that carry the prompt and conversation, per endpoint (not scope parameters).
 _PROMPT_FIELDS = {"chat.completions": ("messages",), "responses": ("input",), "function": ("messages", "prompt")}
@@ -172,10 +173,11 @@ def completion_to_chunks(completion: Mapping[str, Any], *, include_usage: bool =
     or each call's arguments in pieces, a finish chunk; then, when
     ``include_usage``, a chunk with no choices that carries the usage.
 
-    >>> done = {"id": "c1", "created": 1, "model": "m", "choices": [
-    ...     {"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}]}
-    >>> [c["choices"][0]["delta"] for c in completion_to_chunks(done)]
-    [{'role': 'assistant', 'content': ''}, {'content': 'Hi '}, {'content': 'there'}, {}]
+    Examples:
+        >>> done = {"id": "c1", "created": 1, "model": "m", "choices": [
+        ...     {"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}]}
+        >>> [c["choices"][0]["delta"] for c in completion_to_chunks(done)]
+        [{'role': 'assistant', 'content': ''}, {'content': 'Hi '}, {'content': 'there'}, {}]
     """
     head = {
         "id": completion["id"],
@@ -231,12 +233,13 @@ def chunks_to_completion(chunks: Sequence[Mapping[str, Any]]) -> dict[str, Any] 
         The completion, or None when the stream is incomplete (no chunks, or a
         choice without a finish reason), which must not be cached.
 
-    >>> done = {"id": "c1", "created": 1, "model": "m", "choices": [
-    ...     {"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}]}
-    >>> chunks_to_completion(completion_to_chunks(done))["choices"][0]["message"]["content"]
-    'Hi there'
-    >>> chunks_to_completion(completion_to_chunks(done)[:-1]) is None
-    True
+    Examples:
+        >>> done = {"id": "c1", "created": 1, "model": "m", "choices": [
+        ...     {"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}]}
+        >>> chunks_to_completion(completion_to_chunks(done))["choices"][0]["message"]["content"]
+        'Hi there'
+        >>> chunks_to_completion(completion_to_chunks(done)[:-1]) is None
+        True
     """
     if not chunks:
         return None

@@ -1,4 +1,4 @@
-"""Every example runs offline (no OPENAI_API_KEY: the bundled server) and prints what the README shows."""
+"""Every example runs offline (no OPENAI_API_KEY: the bundled server) and prints what the docs show."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ log = logging.getLogger("semcache")
 # read as a cache (999 origins stored, 999 paraphrases looked up, hit guard on): the lowest
 # threshold of the 0.70..0.98 sweep (step 0.01) with at most 1 % wrong hits. At 0.94: 47.3 %
 # right hits, 0.9 % wrong (0.93 gives 1.4 %). Most wrong hits there are near-duplicate
-# origins, so this is conservative; see README, "Choosing the threshold".
+# origins, so this is conservative; see docs/guides/threshold.md.
 DEFAULT_THRESHOLD = 0.94
 DEFAULT_NAMESPACE = "semcache"
 # Only the nearest entry is a candidate: when the guard vetoes it, falling back to the next

@@ -16,7 +16,7 @@ the two prompts and names the first reason they need different answers:
 
 It only vetoes; it never turns a miss into a hit.  Its cost in right hits and
 its gain in wrong hits are measured with the threshold (``semcache calibrate``,
-see README.md, "Choosing the threshold"): each rule above was kept or loosened by what it
+see docs/guides/threshold.md): each rule above was kept or loosened by what it
 did on the three labelled datasets of ``../shared/data``.
 
 >>> conflict("How do I enable dark mode?", "How can I enable the dark mode?") is None

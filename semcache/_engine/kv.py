@@ -74,8 +74,10 @@ class SemanticKV(Conveniences):
     Args:
         path: data directory; None keeps everything in memory.
         embedding: an embedder, model name or callable (default: packaged all-MiniLM-L6-v2).
-        max_entries, hnsw_m, hnsw_ef_construction, ef_search: HNSW settings
-            (``max_entries`` is the initial index size; it grows as needed).
+        max_entries: initial HNSW index size (it grows as needed).
+        hnsw_m: HNSW graph degree (``M``).
+        hnsw_ef_construction: HNSW ``ef`` while inserting.
+        ef_search: HNSW ``ef`` while searching (query effort; :meth:`set_ef_search` changes it).
         capacity: most entries kept; beyond it, ``eviction`` chooses victims.
         eviction: ``"lru"`` (default), ``"lfu"`` or ``"ttl"``.
         limits: key, value and scope size limits.
@@ -361,8 +363,8 @@ class SemanticKV(Conveniences):
     def set_ef_search(self, ef_search: int) -> None:
         """Use another query-time HNSW ``ef`` from now on: more finds more, at more search time.
 
-        It changes search effort only, never the stored graph (the README's
-        "Benchmark" section shows what each value costs and finds at 100K entries).
+        It changes search effort only, never the stored graph (docs/benchmarks/embedded.md
+        shows what each value costs and finds at 100K entries).
 
         >>> from semcache.embeddings import HashEmbedding
         >>> with SemanticKV(embedding=HashEmbedding(dim=8)) as kv:

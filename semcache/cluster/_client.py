@@ -11,7 +11,7 @@ The client learns the cluster's shape from any one node (``topology``), then:
 * embeds on the client side, so nodes store the vectors it sends; the client's
   embedder must be the cluster's (same ``model_id`` and ``dim``).
 
-Failure behaviour, in short (the README says it at length):
+Failure behaviour, in short (docs/operations/timeouts.md says it at length):
 
 * leader changes and unreachable replicas are retried with exponential
   backoff until ``request_timeout``; then a write fails with
@@ -261,7 +261,8 @@ class DistributedSemanticKV(Conveniences):
         vnodes: virtual nodes per shard on the hash ring.
         limits: key and value limits checked before anything is sent (default: the
             cluster's value limit, 48 KiB unless its cluster file sets ``max_value_bytes``).
-        clock, sleep: monotonic seconds and the sleep used by retries (injectable).
+        clock: monotonic seconds, read by retries (injectable).
+        sleep: the sleep used between retries (injectable).
 
     Raises:
         ShardUnavailableError: no node in ``nodes`` answered.

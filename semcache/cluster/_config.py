@@ -41,7 +41,7 @@ from semcache.errors import ConfigurationError
 
 DEFAULT_DATA_DIR = ".semcache/cluster"
 ALLOW_READABLE_ENV = "SEMCACHE_ALLOW_READABLE_CONFIG"
-# Measured on a loaded 2-core machine (README.md, "Timeouts and measurements"): pysyncobj's default
+# Measured on a loaded 2-core machine (docs/benchmarks/raft.md): pysyncobj's default
 # 0.4-1.4 s election window let a busy follower start elections; 1.0-2.0 s did not.
 DEFAULT_HEARTBEAT = 0.1
 DEFAULT_ELECTION_MIN = 1.0
@@ -97,17 +97,21 @@ class ClusterConfig:
             another sentence-transformers model (then set ``dim``).
         dim: vector dimension; derived from ``embedding`` when known.
         allow_remote: permit addresses other than loopback (off by default).
-        tls_cert, tls_key: PEM files; when set, RPC endpoints must be ``grpc+tls://``.
-        heartbeat, election_timeout_min, election_timeout_max: Raft timing, seconds.
+        tls_cert: PEM certificate file; with ``tls_key`` set, RPC endpoints must be ``grpc+tls://``.
+        tls_key: PEM private key file of ``tls_cert``.
+        heartbeat: Raft heartbeat, seconds.
+        election_timeout_min: shortest Raft election timeout, seconds.
+        election_timeout_max: longest Raft election timeout, seconds.
         commit_timeout: how long a node waits for a write to commit before NoQuorumError.
-        compaction_entries, compaction_seconds: take a snapshot after this many
-            log entries or this much time.
+        compaction_entries: take a snapshot after this many log entries...
+        compaction_seconds: ...or after this many seconds.
         fork_snapshots: write snapshots in a forked child so they never hold up
             Raft's tick thread (ignored where the OS cannot fork).
         index_backlog: hnswlib inserts (over all scopes) a replica may defer until it is
             idle, so a write is acknowledged without waiting for its insert (the
             vector is searchable at once); 0 inserts every vector as it is applied.
-        capacity, eviction: per-shard entry limit and the policy that picks victims.
+        capacity: per-shard entry limit (None: no limit).
+        eviction: the policy that picks victims over ``capacity``: ``"lru"``, ``"lfu"`` or ``"ttl"``.
         max_value_bytes: largest value; it must leave the encoded command under one Raft entry.
     """
 

@@ -3,7 +3,7 @@
 Every test starts its own cluster in ``tmp_path`` and the harness stops every
 process it started, also when the test fails.  Waits are bounded; nothing
 asserts on speed (the gaps measured are printed, ``pytest -s`` shows them, and
-README.md, "Fault tests", quotes them).
+docs/internals/testing.md, "Fault tests", quotes them).
 """
 
 from __future__ import annotations
