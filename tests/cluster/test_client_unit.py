@@ -13,7 +13,8 @@ from support.fake_nodes import FakeCluster
 
 from semcache import SemanticCache, SemanticKV
 from semcache._engine.backend import Backend
-from semcache.cluster._client import DistributedSemanticKV, ShardResults, embedding_for_cluster
+from semcache.cluster._client import DistributedSemanticKV, ShardResults
+from semcache.cluster._client.topology import embedding_for_cluster
 from semcache.embeddings import HashEmbedding
 from semcache.errors import (
     AuthenticationError,
