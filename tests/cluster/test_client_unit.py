@@ -15,6 +15,7 @@ from semcache import SemanticCache, SemanticKV
 from semcache._engine.backend import Backend
 from semcache.cluster._client import DistributedSemanticKV, ShardResults
 from semcache.cluster._client.topology import embedding_for_cluster
+from semcache.cluster._wire import WIRE_VERSION
 from semcache.embeddings import HashEmbedding
 from semcache.errors import (
     AuthenticationError,
@@ -536,6 +537,25 @@ def test_topology_comes_from_any_reachable_seed(cluster: FakeCluster) -> None:
         kv.close()
     with pytest.raises(ShardUnavailableError, match="fake://nowhere/0"):
         DistributedSemanticKV(["fake://nowhere/0"], connect=lambda a: cluster.connect(a))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("version", "speaks", "advice"), [
+    (None, 1, "upgrade the cluster's nodes"),  # a node from before versions: its topology has none
+    (WIRE_VERSION - 1, WIRE_VERSION - 1, "upgrade the cluster's nodes"),
+    (WIRE_VERSION + 1, WIRE_VERSION + 1, "upgrade the client"),
+])
+def test_a_cluster_of_another_wire_version_is_refused_at_the_handshake(
+    version: int | None, speaks: int, advice: str
+) -> None:
+    fake = FakeCluster(wire_version=version)
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            make_client(fake)
+        assert (f"the client speaks wire version {WIRE_VERSION}, the node at fake://shard-0/0 speaks {speaks}: "
+                f"{advice}") in str(info.value)
+        assert {method for _, method in fake.calls} <= {"topology", "close"}  # nothing else was sent
+    finally:
+        fake.close()
 
 
 def test_a_refused_token_is_not_retried() -> None:

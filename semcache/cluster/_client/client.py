@@ -73,13 +73,7 @@ from semcache.cluster._client.batches import BatchSender, put_size, query_size, 
 from semcache.cluster._client.connections import Connect, ConnectionPool, NodeConnection, default_connect
 from semcache.cluster._client.fanout import FanOut, ShardResults
 from semcache.cluster._client.retry import ShardCaller
-from semcache.cluster._client.topology import (
-    cluster_value_limit,
-    embedding_for_cluster,
-    first_topology,
-    parse_topology,
-    refresh_members,
-)
+from semcache.cluster._client.topology import embedding_for_cluster, first_topology, refresh_members, routes_of
 from semcache.cluster._coalesce import Combiner
 from semcache.cluster._routing import DEFAULT_VNODES, HashRing
 from semcache.cluster._wire import Hits, PutItem, SearchQuery
@@ -170,11 +164,11 @@ class DistributedSemanticKV(Conveniences):
               clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
         """Learn the cluster (routes, model, limits) from the seeds and set up the per-shard machinery."""
         topology = first_topology(self._pool, seeds)
-        routes, model_id, dim = parse_topology(topology)
-        self.limits = limits or Limits(max_value_bytes=cluster_value_limit(topology))
+        routes = routes_of(topology)
+        self.limits = limits or Limits(max_value_bytes=topology.max_value_bytes)
         self._routes = {route.id: route for route in routes}
         for route in routes:
-            if route.id != topology.get("answered_for"):
+            if route.id != topology.answered_for:
                 # The seed knows its own shard's live members, others only from the cluster file.
                 with contextlib.suppress(ShardUnavailableError):
                     refresh_members(self._pool, route)
@@ -193,7 +187,7 @@ class DistributedSemanticKV(Conveniences):
                                                   size=query_size, fails_queued=shard_unanswering)
             for shard_id in self._routes
         }
-        self._embedding = embedding_for_cluster(embedding, model_id, dim)
+        self._embedding = embedding_for_cluster(embedding, topology.model_id, topology.dim)
 
     # ------------------------------------------------------------- shape
     @property

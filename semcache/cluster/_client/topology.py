@@ -1,28 +1,31 @@
 """What the client knows of the cluster's shape: each shard's replicas and leader, the model, the value limit.
 
-The client asks any one node for the ``topology`` (the handshake), then asks
-each shard's own replicas for its live members: a node knows other shards only
-from its cluster file, but its own shard's members as Raft has them (after
-``add-replica``/``remove-replica``).
+The client asks any one node for the ``topology`` (the handshake:
+:class:`~semcache.cluster._wire.Topology`, which also refuses a node of another
+wire version), then asks each shard's own replicas for its live members: a
+node knows other shards only from its cluster file, but its own shard's
+members as Raft has them (after ``add-replica``/``remove-replica``).
 
->>> routes, model_id, dim = parse_topology({
-...     "shards": [{"id": "shard-0", "replicas": [{"id": "r0", "rpc": "grpc://h:1"}, {"id": "r1", "rpc": "grpc://h:2"}]}],
-...     "model_id": "hash:64:0", "dim": 64})
->>> routes[0].candidates(), model_id, dim
-(['grpc://h:1', 'grpc://h:2'], 'hash:64:0', 64)
->>> routes[0].leader = "grpc://h:2"
->>> routes[0].candidates()
+>>> from semcache.cluster._config import ShardConfig
+>>> topology = Topology((ShardConfig("shard-0", (Replica("r0", "", "grpc://h:1"), Replica("r1", "", "grpc://h:2"))),),
+...                     "hash:64:0", 64)
+>>> (route,) = routes_of(topology)
+>>> route.candidates()
+['grpc://h:1', 'grpc://h:2']
+>>> route.leader = "grpc://h:2"
+>>> route.candidates()
 ['grpc://h:2', 'grpc://h:1']
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from semcache.cluster._client.connections import ConnectionPool
-from semcache.cluster._config import ClusterConfig, Replica
+from semcache.cluster._config import Replica
+from semcache.cluster._wire import Topology
 from semcache.embeddings import BaseEmbedding, as_embedding
 from semcache.errors import AuthenticationError, ClusterError, EmbeddingMismatchError, ShardUnavailableError
 
@@ -55,26 +58,9 @@ class ShardRoute:
         return addresses[start:] + addresses[:start]
 
 
-def parse_topology(topology: dict[str, Any]) -> tuple[list[ShardRoute], str, int]:
-    """Shard routes, model id and dim from a node's ``topology()`` answer.
-
-    Raises:
-        ClusterError: the answer is malformed or names no shard.
-    """
-    try:
-        routes = [
-            ShardRoute(
-                str(shard["id"]),
-                [Replica(id=str(r["id"]), raft=str(r.get("raft", "")), rpc=str(r["rpc"])) for r in shard["replicas"]],
-            )
-            for shard in topology["shards"]
-        ]
-        model_id, dim = str(topology["model_id"]), int(topology["dim"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ClusterError(f"malformed topology from the cluster: {exc!r}") from exc
-    if not routes or any(not route.replicas for route in routes):
-        raise ClusterError(f"the cluster topology names no shard or a shard without replicas: {topology!r}")
-    return routes, model_id, dim
+def routes_of(topology: Topology) -> list[ShardRoute]:
+    """A route per shard of ``topology``, no leader known yet."""
+    return [ShardRoute(shard.id, list(shard.replicas)) for shard in topology.shards]
 
 
 def embedding_for_cluster(embedding: Any, model_id: str, dim: int) -> BaseEmbedding:
@@ -96,28 +82,25 @@ def embedding_for_cluster(embedding: Any, model_id: str, dim: int) -> BaseEmbedd
     return chosen
 
 
-def cluster_value_limit(topology: dict[str, Any]) -> int:
-    """The largest value the cluster takes: from its topology, else the cluster-file default."""
-    if "max_value_bytes" in topology:
-        return int(topology["max_value_bytes"])
-    return int(next(f.default for f in fields(ClusterConfig) if f.name == "max_value_bytes"))  # type: ignore[arg-type]
-
-
-def first_topology(pool: ConnectionPool, seeds: Sequence[str]) -> dict[str, Any]:
+def first_topology(pool: ConnectionPool, seeds: Sequence[str]) -> Topology:
     """The topology from the first of ``seeds`` that answers.
 
     Raises:
         AuthenticationError: a node refused the token (another seed would too).
+        ConfigurationError: the node speaks another wire version.
+        ClusterError: its answer is malformed.
         ShardUnavailableError: no seed answered.
     """
     failures: list[str] = []
     for address in seeds:
         try:
-            return pool.get(address).topology()
+            header = pool.get(address).topology()
         except AuthenticationError:
             raise
         except ClusterError as exc:
             failures.append(f"{address}: {exc}")
+            continue
+        return Topology.from_header(header, node=address)
     raise ShardUnavailableError("no node answered the topology request: " + "; ".join(failures))
 
 
@@ -128,8 +111,8 @@ def refresh_members(pool: ConnectionPool, route: ShardRoute) -> None:
         ShardUnavailableError: no known replica of the shard answered.
     """
     topology = first_topology(pool, [r.rpc for r in route.replicas])
-    fresh = {r.id: r for r in parse_topology(topology)[0]}.get(route.id)
+    fresh = next((shard for shard in topology.shards if shard.id == route.id), None)
     if fresh is not None:
-        route.replicas = fresh.replicas
+        route.replicas = list(fresh.replicas)
         if route.leader not in {r.rpc for r in fresh.replicas}:
             route.leader = None
