@@ -620,6 +620,15 @@ def test_no_nodes_is_a_configuration_error() -> None:
         DistributedSemanticKV([])
 
 
+@pytest.mark.parametrize("nodes", [["127.0.0.1:1"], "localhost:8815", ["grpc://127.0.0.1:1", "127.0.0.1:2"]])
+def test_a_node_address_without_a_scheme_asks_for_grpc(nodes: list[str] | str) -> None:
+    bare = next(n for n in ([nodes] if isinstance(nodes, str) else nodes) if "://" not in n)
+    connected: list[str] = []
+    with pytest.raises(ConfigurationError, match=f"has no scheme: write 'grpc://{bare}'"):
+        DistributedSemanticKV(nodes, connect=connected.append)  # type: ignore[arg-type]
+    assert connected == []  # refused before any connection
+
+
 def test_use_after_close_is_a_closed_error(cluster: FakeCluster) -> None:
     kv = make_client(cluster)
     kv.put("k", "v")

@@ -445,10 +445,23 @@ class DistributedSemanticKV(Conveniences):
 def seed_addresses(nodes: Sequence[str] | str) -> list[str]:
     """The seed addresses as a list.
 
+    >>> seed_addresses("grpc://127.0.0.1:8815")
+    ['grpc://127.0.0.1:8815']
+    >>> seed_addresses(["127.0.0.1:8815"])
+    Traceback (most recent call last):
+    ...
+    semcache.errors.ConfigurationError: node address '127.0.0.1:8815' has no scheme: write 'grpc://127.0.0.1:8815' ...
+
     Raises:
-        ConfigurationError: none, or one that is not a non-empty str.
+        ConfigurationError: none, one that is not a non-empty str, or one without a scheme (``grpc://``).
     """
     seeds = [nodes] if isinstance(nodes, str) else list(nodes)
     if not seeds or not all(isinstance(n, str) and n for n in seeds):
         raise ConfigurationError(f"nodes must be a non-empty list of addresses, got {nodes!r}")
+    for address in seeds:
+        if "://" not in address:
+            raise ConfigurationError(
+                f"node address {address!r} has no scheme: write 'grpc://{address}' "
+                f"(or 'grpc+tls://{address}' for a cluster with TLS)"
+            )
     return seeds

@@ -7,12 +7,14 @@
 """
 
 from semcache.cluster._local.cluster import DEFAULT_UP_TIMEOUT, LocalCluster
-from semcache.cluster._local.files import CLUSTER_FILE, free_ports, make_config
+from semcache.cluster._local.files import CLUSTER_FILE, DEFAULT_REPLICAS, DEFAULT_SHARDS, free_ports, make_config
 from semcache.cluster._local.status import ReplicaStatus, ShardStatus, format_status
 from semcache.cluster._local.supervisor import DEFAULT_STOP_TIMEOUT
 
 __all__ = [
     "CLUSTER_FILE",
+    "DEFAULT_REPLICAS",
+    "DEFAULT_SHARDS",
     "DEFAULT_STOP_TIMEOUT",
     "DEFAULT_UP_TIMEOUT",
     "LocalCluster",

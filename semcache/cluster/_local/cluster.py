@@ -21,14 +21,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semcache.cluster._client.connections import ConnectionPool
 from semcache.cluster._config import ClusterConfig, Replica
-from semcache.cluster._local.files import ClusterDirectory, free_ports
+from semcache.cluster._local.files import DEFAULT_REPLICAS, DEFAULT_SHARDS, ClusterDirectory, free_ports
 from semcache.cluster._local.status import ShardStatus, agreed_leader, shard_status
 from semcache.cluster._local.supervisor import DEFAULT_STOP_TIMEOUT, NodeSupervisor
 from semcache.errors import ClusterError, ConfigurationError, InvalidInputError
@@ -74,7 +74,7 @@ class LocalCluster:
         """
         return self.files.config()
 
-    def create(self, shards: int = 2, replicas: int = 3, **settings: Any) -> ClusterConfig:
+    def create(self, shards: int = DEFAULT_SHARDS, replicas: int = DEFAULT_REPLICAS, **settings: Any) -> ClusterConfig:
         """Write a new cluster file (refuses to overwrite one).
 
         Raises:
@@ -145,25 +145,42 @@ class LocalCluster:
                 for shard in self.config().shards}
 
     def wait_for_leaders(self, timeout: float = DEFAULT_UP_TIMEOUT,
-                         on_wait: Callable[[dict[str, str | None]], None] | None = None) -> dict[str, str]:
+                         on_wait: Callable[[dict[str, str | None]], None] | None = None, *,
+                         watch: Sequence[str] = ()) -> dict[str, str]:
         """Block until every shard has a leader; ``{shard: leader rpc}``.
 
+        Args:
+            watch: replicas whose node was just started: if one exits while a shard
+                still has no leader, give up at once (a node that cannot start
+                would make the wait last the whole ``timeout``).
+
         Raises:
-            ClusterError: some shard had no leader after ``timeout`` seconds (the logs say why).
+            ClusterError: a watched node exited (its last log line is quoted), or
+                some shard had no leader after ``timeout`` seconds (the logs say why).
         """
         deadline = time.monotonic() + timeout
         while True:
             leaders = self.leaders(timeout=1.0)
             if all(leaders.values()):
                 return {shard: leader for shard, leader in leaders.items() if leader}
+            missing = [shard for shard, leader in leaders.items() if not leader]
+            exited = self.nodes.exited(watch)
+            if exited:
+                raise ClusterError(f"no leader for {missing}: {self._exit_report(exited)}")
             if on_wait is not None:
                 on_wait(leaders)
             if time.monotonic() >= deadline:
-                missing = [shard for shard, leader in leaders.items() if not leader]
-                raise ClusterError(
-                    f"no leader after {timeout:.0f}s for {missing}; see the logs in {self.files.logs}"
-                )
+                raise ClusterError(f"no leader after {timeout:.0f}s for {missing}; see the logs in {self.files.logs}")
             time.sleep(POLL * 3)
+
+    def _exit_report(self, exited: Sequence[str]) -> str:
+        """Which nodes exited and, for each, the last line of its log (the reason, usually)."""
+        reports = []
+        for replica_id in exited:
+            tail = " / ".join(self.files.log_tail(replica_id))
+            said = f"its log ends with: {tail}" if tail else "its log is empty"
+            reports.append(f"node {replica_id} exited; {said} (log: {self.files.log_file(replica_id)})")
+        return "; ".join(reports)
 
     def status(self, timeout: float = 2.0) -> list[ShardStatus]:
         """Per shard: leader, term, commit index, entries, and each replica's lag behind the leader."""
@@ -240,7 +257,7 @@ class LocalCluster:
                                                                          if r.id != replica_id))))
 
     # ------------------------------------------------------------ up/down
-    def up(self, shards: int = 2, replicas: int = 3, *, timeout: float = DEFAULT_UP_TIMEOUT,
+    def up(self, shards: int = DEFAULT_SHARDS, replicas: int = DEFAULT_REPLICAS, *, timeout: float = DEFAULT_UP_TIMEOUT,
            **settings: Any) -> dict[str, str]:
         """Create the cluster (unless this directory has one), start every node, wait for leaders.
 
@@ -249,9 +266,10 @@ class LocalCluster:
         """
         if not self.exists():
             self.create(shards, replicas, **settings)
-        self.start_all()
-        return self.wait_for_leaders(timeout)
+        started = self.start_all()
+        return self.wait_for_leaders(timeout, watch=started)
 
     def down(self, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> list[str]:
-        """Stop every node; the data stays (``up`` again brings it back)."""
+        """Stop every node and wait until the processes are gone; the ids that were running.  The data stays
+        (``up`` again brings it back)."""
         return self.stop_all(timeout=timeout)

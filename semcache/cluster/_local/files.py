@@ -26,6 +26,8 @@ from semcache.cluster._config import ClusterConfig, Replica, ShardConfig
 from semcache.errors import ConfigurationError
 
 CLUSTER_FILE = "cluster.toml"
+DEFAULT_SHARDS = 2
+DEFAULT_REPLICAS = 3  # a majority of 3 is 2: a shard keeps serving with one replica down
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -145,14 +147,14 @@ class ClusterDirectory:
         """Replica ids that have a pid file (started from here, maybe running), sorted."""
         return sorted(p.stem for p in self.run.glob("*.pid")) if self.run.is_dir() else []
 
-    def last_log_line(self, replica_id: str) -> str | None:
-        """The last non-empty line of the replica's log (an exiting node's reason, usually), or None."""
+    def log_tail(self, replica_id: str, lines: int = 3) -> list[str]:
+        """The last ``lines`` non-empty lines of the replica's log (an exited node's reason, usually; a message
+        may span lines), or [] when it has none."""
         try:
             with open(self.log_file(replica_id), "rb") as log:
                 log.seek(0, os.SEEK_END)
                 log.seek(max(0, log.tell() - 8192))
                 tail = log.read().decode("utf-8", "replace")
         except OSError:
-            return None
-        lines = [line.strip() for line in tail.splitlines() if line.strip()]
-        return lines[-1] if lines else None
+            return []
+        return [line.strip() for line in tail.splitlines() if line.strip()][-lines:]

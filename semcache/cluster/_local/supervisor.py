@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from semcache.cluster._local.files import ClusterDirectory
@@ -115,18 +116,34 @@ class NodeSupervisor:
         return True
 
     def stop_all(self, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> list[str]:
-        """Stop every node this directory started; the ids that were running."""
+        """Stop every node this directory started and wait until their processes are gone; the ids that were
+        running.
+
+        All get SIGTERM at once (so they shut down in parallel); those still there after ``timeout`` get
+        SIGKILL.  It returns only when every process has exited.
+
+        Raises:
+            ClusterError: a process survived SIGKILL for ``KILL_WAIT`` seconds (it is named).
+        """
         ids = self.files.replicas_with_pid_files()
-        running = [replica_id for replica_id in ids if self.pid(replica_id) is not None]
-        for replica_id in running:  # TERM them all first, so they shut down in parallel
-            pid = self.pid(replica_id)
-            if pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
-                    os.kill(pid, signal.SIGTERM)
+        running = {replica_id: pid for replica_id in ids if (pid := self.pid(replica_id)) is not None}
+        for pid in running.values():
+            _send(pid, signal.SIGCONT)  # a paused node cannot handle SIGTERM
+            _send(pid, signal.SIGTERM)
+        stubborn = wait_all_gone(running, timeout)
+        for pid in stubborn.values():
+            _send(pid, signal.SIGKILL)
+        left = wait_all_gone(stubborn, KILL_WAIT)
         for replica_id in ids:
-            self.stop(replica_id, timeout=timeout)
-        return running
+            if replica_id not in left:
+                self.files.pid_file(replica_id).unlink(missing_ok=True)
+        if left:
+            raise ClusterError(f"node processes still running after SIGKILL: {left}")
+        return list(running)
+
+    def exited(self, replica_ids: Sequence[str]) -> list[str]:
+        """Those of ``replica_ids`` whose node process is no longer running (started here, then gone)."""
+        return [replica_id for replica_id in replica_ids if self.pid(replica_id) is None]
 
 
 def alive(pid: int) -> bool:
@@ -150,12 +167,22 @@ def alive(pid: int) -> bool:
 
 def wait_gone(pid: int, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for ``pid`` to exit; True if it did."""
+    return not wait_all_gone({"": pid}, timeout)
+
+
+def wait_all_gone(pids: dict[str, int], timeout: float) -> dict[str, int]:
+    """Wait up to ``timeout`` seconds for every process of ``{name: pid}`` to exit; those still alive."""
     deadline = time.monotonic() + timeout
-    while alive(pid):
-        if time.monotonic() >= deadline:
-            return False
+    while True:
+        left = {name: pid for name, pid in pids.items() if alive(pid)}
+        if not left or time.monotonic() >= deadline:
+            return left
         time.sleep(0.05)
-    return True
+
+
+def _send(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
 
 
 def is_our_node(pid: int, replica_id: str) -> bool:
@@ -166,4 +193,8 @@ def is_our_node(pid: int, replica_id: str) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return True  # no /proc: trust the pid file
+    if not any(argv):
+        # Its arguments are unreadable for a moment while it execs (just started) or exits (just stopped);
+        # either way it is still the process the pid file names.
+        return True
     return b"--replica" in argv and replica_id.encode() in argv
