@@ -9,12 +9,14 @@ shard's retry loop (:mod:`semcache.cluster._client.retry`).
 
 from __future__ import annotations
 
+import functools
 from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from semcache.cluster._client.connections import NodeConnection
 from semcache.cluster._client.retry import ShardCaller
-from semcache.cluster._coalesce import take_batch
+from semcache.cluster._coalesce import Combiner, take_batch
 from semcache.cluster._wire import Hits, PutItem, SearchQuery
 from semcache.errors import NoQuorumError, NotLeaderError, SemcacheError, ShardUnavailableError
 
@@ -76,8 +78,30 @@ class BatchSender:
 
         return self._caller.run(shard_id, call, leader=True, timeout=self._request_timeout)
 
-    def put_on_shards(self, per_shard: dict[str, deque[PutItem]]) -> tuple[int, SemcacheError | None]:
-        """Send each shard's puts in order, the shards in parallel: how many were stored, and the first error."""
+    def put_combiners(self, shard_ids: Iterable[str]) -> dict[str, Combiner[PutItem, None]]:
+        """Per shard, the combiner that lets concurrent puts share ``put_many`` RPCs."""
+        return {
+            shard_id: Combiner[PutItem, None](functools.partial(self.send_puts, shard_id), size=put_size,
+                                              fails_queued=shard_unanswering)
+            for shard_id in shard_ids
+        }
+
+    def search_combiners(self, shard_ids: Iterable[str]) -> dict[str, Combiner[SearchQuery, Hits]]:
+        """Per shard, the combiner that lets concurrent searches share ``search_many`` RPCs."""
+        return {
+            shard_id: Combiner[SearchQuery, Hits](functools.partial(self.send_searches, shard_id), size=query_size,
+                                                  fails_queued=shard_unanswering)
+            for shard_id in shard_ids
+        }
+
+    def put_on_shards(
+        self, puts: Iterable[PutItem], shard_for: Callable[[str], str]
+    ) -> tuple[int, SemcacheError | None]:
+        """Send each shard's puts (``shard_for(key)``) in order, the shards in parallel: how many were stored, and
+        the first error."""
+        per_shard: dict[str, deque[PutItem]] = {}
+        for put in puts:
+            per_shard.setdefault(shard_for(put.key), deque()).append(put)
         # Threads of its own, not the fan-out pool: a long load must not leave searches waiting for workers.
         with ThreadPoolExecutor(max_workers=len(per_shard), thread_name_prefix="semcache-put-many") as pool:
             outcomes = list(pool.map(lambda part: self.put_in_order(*part), per_shard.items()))

@@ -41,10 +41,7 @@ True
 from __future__ import annotations
 
 import contextlib
-import functools
-import heapq
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -69,14 +66,13 @@ from semcache._engine.inputs import (
     whole_number,
 )
 from semcache.cluster._client.admin import leader_report, replica_health
-from semcache.cluster._client.batches import BatchSender, put_size, query_size, shard_unanswering
+from semcache.cluster._client.batches import BatchSender
 from semcache.cluster._client.connections import Connect, ConnectionPool, NodeConnection, default_connect
-from semcache.cluster._client.fanout import FanOut, ShardResults
+from semcache.cluster._client.fanout import FanOut, ShardResults, merge_hits, merge_keys
 from semcache.cluster._client.retry import ShardCaller
 from semcache.cluster._client.topology import embedding_for_cluster, first_topology, refresh_members, routes_of
-from semcache.cluster._coalesce import Combiner
 from semcache.cluster._routing import DEFAULT_VNODES, HashRing
-from semcache.cluster._wire import Hits, PutItem, SearchQuery
+from semcache.cluster._wire import PutItem, SearchQuery
 from semcache.embeddings import BaseEmbedding
 from semcache.errors import ConfigurationError, ShardUnavailableError
 
@@ -177,16 +173,8 @@ class DistributedSemanticKV(Conveniences):
         self._sender = BatchSender(self._caller, read_from=self.read_from, request_timeout=self.request_timeout,
                                    search_timeout=self.search_timeout)
         # Concurrent puts, and concurrent searches, to one shard share RPCs (see semcache.cluster._coalesce).
-        self._writers = {
-            shard_id: Combiner[PutItem, None](functools.partial(self._sender.send_puts, shard_id), size=put_size,
-                                              fails_queued=shard_unanswering)
-            for shard_id in self._routes
-        }
-        self._searchers = {
-            shard_id: Combiner[SearchQuery, Hits](functools.partial(self._sender.send_searches, shard_id),
-                                                  size=query_size, fails_queued=shard_unanswering)
-            for shard_id in self._routes
-        }
+        self._writers = self._sender.put_combiners(self._routes)
+        self._searchers = self._sender.search_combiners(self._routes)
         self._embedding = embedding_for_cluster(embedding, topology.model_id, topology.dim)
 
     # ------------------------------------------------------------- shape
@@ -282,11 +270,9 @@ class DistributedSemanticKV(Conveniences):
 
         def write(chunk: list[BulkPut], vectors: list[bytes | None]) -> tuple[int, BaseException | None]:
             self._check_open()
-            per_shard: dict[str, deque[PutItem]] = {}
-            for item, vector in zip(chunk, vectors, strict=True):
-                put = PutItem(item.key, item.value, scope, vector, ttl_ms)
-                per_shard.setdefault(self.ring.shard_for(item.key), deque()).append(put)
-            return self._sender.put_on_shards(per_shard)
+            puts = [PutItem(item.key, item.value, scope, vector, ttl_ms) for item, vector in zip(chunk, vectors,
+                                                                                                 strict=True)]
+            return self._sender.put_on_shards(puts, self.ring.shard_for)
 
         return load_in_chunks(bulk_puts(items, self.limits), self._embedding, write)
 
@@ -317,8 +303,7 @@ class DistributedSemanticKV(Conveniences):
         """
         prefix, limit = check_scan_args(prefix, limit)
         answers, missing = self._on_every_shard(lambda node: node.scan(prefix, limit, read_from=self.read_from))
-        keys = heapq.merge(*(sorted(keys) for keys in answers.values()))
-        return ShardResults([k for _, k in zip(range(limit), keys, strict=False)], missing_shards=missing)
+        return merge_keys(answers, limit, missing)
 
     def search(
         self,
@@ -347,13 +332,7 @@ class DistributedSemanticKV(Conveniences):
                                     timeout=self.search_timeout)
         answers, missing = outcome.partial()
         self.last_missing_shards = tuple(missing)
-        hits = [
-            SearchResult(key, value, float(similarity), shard_id)
-            for shard_id, rows in answers.items()
-            for key, value, similarity in rows
-        ]
-        best = heapq.nsmallest(top_k, hits, key=lambda hit: (-hit.similarity, hit.key))
-        return ShardResults(best, missing_shards=missing)
+        return merge_hits(answers, top_k, missing)
 
     def _on_every_shard(self, call: Callable[[NodeConnection], T]) -> tuple[dict[str, T], list[str]]:
         """A read on a replica of every shard at once (``read_from``): the answers and the shards that gave none."""

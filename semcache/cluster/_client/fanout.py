@@ -22,11 +22,14 @@ differently.  The :class:`ShardAnswers` it returns is read one of two ways:
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from semcache._engine.backend import SearchResult
+from semcache.cluster._wire import Hits
 from semcache.errors import AuthenticationError, ClusterError, ShardUnavailableError
 
 T = TypeVar("T")
@@ -48,6 +51,27 @@ class ShardResults(list[T]):
     def complete(self) -> bool:
         """True when every shard answered."""
         return not self.missing_shards
+
+
+def merge_keys(answers: dict[str, list[str]], limit: int, missing: Sequence[str]) -> ShardResults[str]:
+    """Every shard's scanned keys as one sorted list of at most ``limit``.
+
+    >>> merge_keys({"shard-0": ["b", "d"], "shard-1": ["c", "a"]}, 3, missing=["shard-2"])
+    ['a', 'b', 'c']
+    """
+    keys = heapq.merge(*(sorted(keys) for keys in answers.values()))
+    return ShardResults([k for _, k in zip(range(limit), keys, strict=False)], missing_shards=missing)
+
+
+def merge_hits(answers: dict[str, Hits], top_k: int, missing: Sequence[str]) -> ShardResults[SearchResult]:
+    """The best ``top_k`` of every shard's hits, best first (ties broken by key, so the order is stable)."""
+    hits = [
+        SearchResult(key, value, float(similarity), shard_id)
+        for shard_id, rows in answers.items()
+        for key, value, similarity in rows
+    ]
+    best = heapq.nsmallest(top_k, hits, key=lambda hit: (-hit.similarity, hit.key))
+    return ShardResults(best, missing_shards=missing)
 
 
 @dataclass
