@@ -351,8 +351,8 @@ class RawGroups:
         return bytes(result[0].body.to_pybytes())
 
     def echo(self, _: int = 0) -> None:
-        """A bare Flight round trip with a GET request's size."""
-        self._call("echo", b'{"k":"key:000123","r":"leader"}')
+        """A bare Flight round trip with a GET request's size (its header; see docs/internals/wire-format.md)."""
+        self._call("echo", b'{"wire_version":2,"key":"key:000123","read_from":"leader"}')
 
     def commit(self, _: int = 0, client: Any = None) -> None:
         """One sync commit requested through a Flight call."""

@@ -14,8 +14,10 @@ import argparse
 import sys
 from typing import Any
 
-from semcache.cluster._local import DEFAULT_UP_TIMEOUT, LocalCluster, format_status
-from semcache.errors import SemcacheError
+from semcache.cluster._config import ClusterConfig
+from semcache.cluster._local import DEFAULT_REPLICAS, DEFAULT_SHARDS, DEFAULT_UP_TIMEOUT, LocalCluster, format_status
+from semcache.embeddings import DEFAULT_MODEL
+from semcache.errors import ConfigurationError, SemcacheError
 
 DEFAULT_DIR = ".semcache/local-cluster"
 
@@ -35,13 +37,22 @@ def add_cluster_commands(subparsers: Any) -> None:
         parser.add_argument("--dir", default=DEFAULT_DIR, help=f"the cluster directory (default {DEFAULT_DIR})")
         return parser
 
-    up = with_dir(commands.add_parser("up", help="create (if new) and start a local cluster, wait for leaders"))
-    up.add_argument("--shards", type=int, default=2)
-    up.add_argument("--replicas", type=int, default=3)
-    up.add_argument("--embedding", default="all-MiniLM-L6-v2",
-                    help='embedding model the shards are stamped with ("hash:DIM" for tests)')
-    up.add_argument("--token", default="", help="require this RPC token from clients")
-    up.add_argument("--timeout", type=float, default=DEFAULT_UP_TIMEOUT, help="seconds to wait for leaders")
+    up = with_dir(commands.add_parser(
+        "up", help="create (if new) and start a local cluster, wait for leaders",
+        description="Create a cluster in --dir (unless it has one), start every node not running, wait until every "
+                    "shard has a leader.  --shards, --replicas, --embedding and --token shape a NEW cluster; on an "
+                    "existing one they must match its cluster file (or be left out).",
+    ))
+    # Shape options default to None so that "not given" differs from "given the default" (see _file_differences).
+    up.add_argument("--shards", type=int, default=None, help=f"number of shards (default {DEFAULT_SHARDS})")
+    up.add_argument("--replicas", type=int, default=None,
+                    help=f"replicas per shard (default {DEFAULT_REPLICAS}: survives one replica down; "
+                         "5 survives two)")
+    up.add_argument("--embedding", default=None,
+                    help=f'embedding model the shards are stamped with (default {DEFAULT_MODEL}; "hash:DIM" for tests)')
+    up.add_argument("--token", default=None, help="require this RPC token from clients (default: none)")
+    up.add_argument("--timeout", type=float, default=DEFAULT_UP_TIMEOUT,
+                    help=f"seconds to wait for leaders (default {DEFAULT_UP_TIMEOUT:.0f})")
     up.set_defaults(func=cmd_up)
 
     status = with_dir(commands.add_parser("status", help="leader, term, commit index, entries, lag per replica"))
@@ -71,16 +82,27 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.dir)
-    fresh = not cluster.exists()
-    if fresh:
-        cluster.create(args.shards, args.replicas, embedding=args.embedding, token=args.token)
-        print(f"created {cluster.config_path}")
-    else:
+    if cluster.exists():
+        differences = _file_differences(cluster.config(), args)
+        if differences:
+            raise ConfigurationError(
+                f"options differ from the existing cluster file {cluster.config_path}: {'; '.join(differences)}. "
+                "A cluster's shape, model and token are fixed when it is created: leave these options out to "
+                "start it as it is, or use another --dir for a new cluster"
+            )
         print(f"using the existing cluster file {cluster.config_path}")
+    else:
+        shards = DEFAULT_SHARDS if args.shards is None else args.shards
+        replicas = DEFAULT_REPLICAS if args.replicas is None else args.replicas
+        cluster.create(shards, replicas, embedding=args.embedding or DEFAULT_MODEL, token=args.token or "")
+        warning = fault_tolerance_warning(replicas)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"created {cluster.config_path} ({shards} shard(s) x {replicas} replica(s))")
     started = cluster.start_all()
     print(f"started {len(started)} node(s); waiting for every shard to elect a leader...", flush=True)
     try:
-        leaders = cluster.wait_for_leaders(args.timeout)
+        leaders = cluster.wait_for_leaders(args.timeout, watch=started)
     except SemcacheError:
         print(f"cluster up failed; stopping the nodes it started. Logs: {cluster.directory / 'logs'}", file=sys.stderr)
         for replica_id in started:
@@ -97,6 +119,46 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_differences(config: ClusterConfig, args: argparse.Namespace) -> list[str]:
+    """How the shape options given to ``cluster up`` differ from an existing cluster file (an option not
+    given is no difference)."""
+    differences = []
+    if args.shards is not None and args.shards != len(config.shards):
+        differences.append(f"--shards {args.shards} (the file has {len(config.shards)} shard(s))")
+    if args.replicas is not None and {len(shard.replicas) for shard in config.shards} != {args.replicas}:
+        per_shard = ", ".join(f"{shard.id} has {len(shard.replicas)}" for shard in config.shards)
+        differences.append(f"--replicas {args.replicas} (in the file {per_shard}; add-replica/remove-replica "
+                           "change them while it runs)")
+    if args.embedding is not None and args.embedding != config.embedding:
+        differences.append(f"--embedding {args.embedding} (the file has {config.embedding})")
+    if args.token is not None and args.token != config.token:
+        differences.append("--token (the file has another token)")
+    return differences
+
+
+def fault_tolerance_warning(replicas: int) -> str | None:
+    """What to know about ``replicas`` per shard when it buys no fault tolerance (None: nothing to say).
+
+    A shard takes writes while a majority of its replicas (``replicas // 2 + 1``) is up.
+
+    >>> fault_tolerance_warning(3) is None
+    True
+    >>> print(fault_tolerance_warning(4))
+    4 replicas per shard survive as many replicas down as 3 would (1: a majority of 4 is 3)
+    """
+    majority = replicas // 2 + 1
+    if replicas == 1:
+        return ("1 replica per shard has no fault tolerance: when its node stops, so does the shard "
+                "(fine for development; 3 replicas survive one down)")
+    if replicas == 2:
+        return ("2 replicas per shard have no fault tolerance: a majority of 2 is 2, so a shard stops taking "
+                "writes when either replica is down; use 3 (survives one down) or 5 (two)")
+    if replicas % 2 == 0:
+        return (f"{replicas} replicas per shard survive as many replicas down as {replicas - 1} would "
+                f"({replicas - majority}: a majority of {replicas} is {majority})")
+    return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.dir)
     shards = cluster.status()
@@ -107,7 +169,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.dir)
     cluster.config()  # a clear error when there is no cluster here
-    stopped = cluster.down()
+    stopped = cluster.down()  # returns once the processes are gone
     print(f"stopped {len(stopped)} node(s): {', '.join(stopped) or 'none were running'}")
     return 0
 

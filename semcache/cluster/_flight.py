@@ -1,7 +1,8 @@
 """Client RPC over Arrow Flight: the node's server (:class:`FlightNodeServer`) and :class:`NodeClient`.
 
 Every call is one Flight ``do_action`` whose body and reply are frames of
-:mod:`semcache.cluster._wire`.  Token auth: when the node has a token, a server
+:mod:`semcache.cluster._wire`; the server refuses a request of another wire
+version before it reaches the handler.  Token auth: when the node has a token, a server
 middleware refuses every call whose ``authorization`` header is not
 ``Bearer <token>`` (compared in constant time) before it reaches a handler.
 TLS: ``grpc+tls://`` addresses with the node's certificate and key; clients
@@ -22,16 +23,36 @@ except ImportError as exc:  # pragma: no cover - exercised by the packaging test
 
     raise missing_extra("pyarrow", "cluster", "the cluster's RPC transport (Arrow Flight)") from exc
 
+from semcache.cluster._config import Replica
 from semcache.cluster._wire import (
+    ACTIONS,
+    COUNT,
+    ERROR,
+    ERRORS,
+    FOUND,
+    KEYS,
+    READ_FROM,
+    REMOVED,
+    REPLICA_ID,
+    SCOPE_PREFIX,
     Handler,
+    Header,
     Hits,
+    KeyRequest,
     PutItem,
+    ScanRequest,
     SearchQuery,
     decode_frame,
+    decode_hits,
+    decode_request,
+    decode_search_results,
     encode_frame,
-    encode_put_items,
+    encode_put_many,
+    encode_request,
+    encode_search_many,
     error_from_reply,
     error_to_header,
+    replica_header,
 )
 from semcache.errors import (
     AuthenticationError,
@@ -72,8 +93,10 @@ class _TokenMiddlewareFactory(flight.ServerMiddlewareFactory):
 class FlightNodeServer(flight.FlightServerBase):
     """A Flight server that hands every action to ``handler(action, header, blobs)``.
 
-    It starts listening when constructed.  A handler's exception never escapes:
-    it becomes an error reply, so a bad request cannot take the node down.
+    It starts listening when constructed.  A request of another wire version is
+    refused before the handler (:func:`~semcache.cluster._wire.decode_request`).
+    A handler's exception never escapes: it becomes an error reply, so a bad
+    request cannot take the node down.
     """
 
     def __init__(
@@ -95,20 +118,14 @@ class FlightNodeServer(flight.FlightServerBase):
 
     def do_action(self, context: Any, action: flight.Action) -> list[flight.Result]:
         try:
-            header, blobs = decode_frame(action.body.to_pybytes())
+            header, blobs = decode_request(action.body.to_pybytes())
             reply, out = self._handler(action.type, header, blobs)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             reply, out = error_to_header(exc), []
         return [flight.Result(encode_frame(reply, out))]
 
     def list_actions(self, context: Any) -> list[tuple[str, str]]:
-        return [(name, "semcache node action") for name in ACTIONS]
-
-
-ACTIONS = (
-    "put", "put_many", "search_many", "get", "delete", "exists", "scan", "search", "clear", "stats", "health",
-    "topology", "add_replica", "remove_replica", "digest", "compact",
-)
+        return list(ACTIONS.items())
 
 
 # ------------------------------------------------------------------ client
@@ -144,16 +161,17 @@ class NodeClient:
         self._options = flight.FlightCallOptions(timeout=timeout, headers=headers)
         self._closed = False
 
-    def call(self, action: str, header: dict[str, Any], blobs: list[bytes] | tuple[bytes, ...] = (),
-             *, timeout: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
-        """Send one action; return the reply header and blobs, or raise the node's error."""
+    def call(self, action: str, header: Header, blobs: list[bytes] | tuple[bytes, ...] = (),
+             *, timeout: float | None = None) -> tuple[Header, list[bytes]]:
+        """Send one action (with this client's wire version); return the reply header and blobs, or raise the
+        node's error."""
         if self._closed:
             raise ClosedError(f"NodeClient({self.address}) is closed")
         options = self._options
         if timeout is not None:
             options = flight.FlightCallOptions(timeout=timeout, headers=self._options.headers)
         try:
-            results = list(self._client.do_action(flight.Action(action, encode_frame(header, blobs)), options))
+            results = list(self._client.do_action(flight.Action(action, encode_request(header, blobs)), options))
         except flight.FlightError as exc:
             raise map_flight_error(exc, self.address) from exc
         except OSError as exc:
@@ -161,7 +179,7 @@ class NodeClient:
         if not results:
             raise ClusterError(f"{self.address} sent an empty reply to {action}")
         reply, out = decode_frame(results[0].body.to_pybytes())
-        if "error" in reply:
+        if ERROR in reply:
             raise error_from_reply(reply)
         return reply, out
 
@@ -169,64 +187,54 @@ class NodeClient:
     def put(self, key: str, value: bytes, *, scope: str, vector: bytes | None, ttl_ms: int,
             text: str | None = None) -> None:
         """Store ``value``; returns once the write committed on a majority and applied on the node."""
-        header: dict[str, Any] = {"k": key, "s": scope, "t": ttl_ms, "v": vector is not None}
-        if text is not None:
-            header["x"] = text
-        self.call("put", header, [value] if vector is None else [value, vector])
+        item = PutItem(key, value, scope, vector, ttl_ms, text)
+        self.call("put", item.header(), item.blobs())
 
     def put_many(self, items: Sequence[PutItem]) -> list[SemcacheError | None]:
         """Store several puts in one call (they share Raft entries); each one's error, or None once committed.
 
         Errors that concern the whole call (not the leader, no quorum, unreachable) raise instead.
         """
-        header, blobs = encode_put_items(items)
+        header, blobs = encode_put_many(items)
         reply, _ = self.call("put_many", header, blobs)
-        errors = reply.get("r")
+        errors = reply.get(ERRORS)
         if not isinstance(errors, list) or len(errors) != len(items):
             raise ClusterError(f"{self.address} answered put_many with {errors!r}")
         return [None if error is None else error_from_reply(error) for error in errors]
 
     def get(self, key: str, *, read_from: str = "leader") -> bytes | None:
-        reply, blobs = self.call("get", {"k": key, "r": read_from})
-        return blobs[0] if reply.get("f") else None
+        reply, blobs = self.call("get", KeyRequest(key, read_from).header())
+        return blobs[0] if reply.get(FOUND) else None
 
     def delete(self, key: str) -> bool:
-        return bool(self.call("delete", {"k": key})[0]["n"])
+        return bool(self.call("delete", KeyRequest(key).header())[0][REMOVED])
 
     def exists(self, key: str, *, read_from: str = "leader") -> bool:
-        return bool(self.call("exists", {"k": key, "r": read_from})[0]["f"])
+        return bool(self.call("exists", KeyRequest(key, read_from).header())[0][FOUND])
 
     def scan(self, prefix: str, limit: int, *, read_from: str = "leader") -> list[str]:
-        return list(self.call("scan", {"p": prefix, "l": limit, "r": read_from})[0]["keys"])
+        return list(self.call("scan", ScanRequest(prefix, limit, read_from).header())[0][KEYS])
 
     def search(self, vector: bytes, *, scope: str, top_k: int, threshold: float | None,
                read_from: str = "leader") -> list[tuple[str, bytes, float]]:
         """The ``top_k`` nearest entries of ``scope`` on this node's shard: ``(key, value, similarity)``."""
-        reply, blobs = self.call("search", {"s": scope, "k": top_k, "th": threshold, "r": read_from}, [vector])
-        return [(key, blob, float(sim)) for key, blob, sim in zip(reply["keys"], blobs, reply["sims"], strict=True)]
+        query = SearchQuery(vector, scope, top_k, threshold)
+        reply, blobs = self.call("search", {**query.header(), READ_FROM: read_from}, [vector])
+        return decode_hits(reply, iter(blobs))
 
     def search_many(self, queries: Sequence[SearchQuery], *, read_from: str = "leader") -> list[Hits | SemcacheError]:
         """Several searches in one call: each one's hits, or its own error (a bad argument).
 
         Errors that concern the whole call (not the leader, unreachable) raise instead.
         """
-        header = {"r": read_from, "queries": [{"s": q.scope, "k": q.top_k, "th": q.threshold} for q in queries]}
-        reply, blobs = self.call("search_many", header, [q.vector for q in queries])
-        answers = reply.get("results")
-        if not isinstance(answers, list) or len(answers) != len(queries):
-            raise ClusterError(f"{self.address} answered search_many with {answers!r}")
-        values = iter(blobs)
-        out: list[Hits | SemcacheError] = []
-        for answer in answers:
-            if "error" in answer:
-                out.append(error_from_reply(answer))
-            else:
-                out.append([(key, next(values), float(sim)) for key, sim in zip(answer["keys"], answer["sims"],
-                                                                                  strict=True)])
-        return out
+        reply, blobs = self.call("search_many", *encode_search_many(queries, read_from))
+        answers = decode_search_results(reply, blobs)
+        if answers is None or len(answers) != len(queries):
+            raise ClusterError(f"{self.address} answered search_many with {reply!r}")
+        return answers
 
     def clear(self, scope_prefix: str) -> int:
-        return int(self.call("clear", {"p": scope_prefix})[0]["n"])
+        return int(self.call("clear", {SCOPE_PREFIX: scope_prefix})[0][COUNT])
 
     # -------------------------------------------------------------- admin
     def stats(self) -> dict[str, Any]:
@@ -236,6 +244,8 @@ class NodeClient:
         return self.call("health", {})[0]
 
     def topology(self) -> dict[str, Any]:
+        """The node's :class:`~semcache.cluster._wire.Topology` reply, as a header (read it with
+        ``Topology.from_header``)."""
         return self.call("topology", {})[0]
 
     def digest(self) -> dict[str, Any]:
@@ -243,10 +253,10 @@ class NodeClient:
         return self.call("digest", {})[0]
 
     def add_replica(self, replica_id: str, raft: str, rpc: str) -> None:
-        self.call("add_replica", {"id": replica_id, "raft": raft, "rpc": rpc}, timeout=max(self.timeout, 10.0))
+        self.call("add_replica", replica_header(Replica(replica_id, raft, rpc)), timeout=max(self.timeout, 10.0))
 
     def remove_replica(self, replica_id: str) -> None:
-        self.call("remove_replica", {"id": replica_id}, timeout=max(self.timeout, 10.0))
+        self.call("remove_replica", {REPLICA_ID: replica_id}, timeout=max(self.timeout, 10.0))
 
     def close(self) -> None:
         if not self._closed:

@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,14 +40,39 @@ from semcache._engine.state import ShardState
 from semcache.cluster._config import ClusterConfig
 from semcache.cluster._flight import FlightNodeServer
 from semcache.cluster._raft.replica import ReplicatedShard
-from semcache.cluster._wire import decode_put_items, error_to_header
+from semcache.cluster._wire import (
+    ACTIONS,
+    COUNT,
+    ERRORS,
+    FOUND,
+    KEYS,
+    REMOVED,
+    REPLICA_ID,
+    SCOPE_PREFIX,
+    Header,
+    Hits,
+    KeyRequest,
+    PutItem,
+    ScanRequest,
+    SearchQuery,
+    Topology,
+    decode_put,
+    decode_put_many,
+    decode_search,
+    decode_search_many,
+    encode_hits,
+    encode_search_results,
+    error_to_header,
+    read_from_of,
+    replica_from_header,
+)
 from semcache.embeddings import BaseEmbedding, unit_vector
 from semcache.errors import InvalidInputError, SemcacheError, ShardUnavailableError
 
 logger = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0005  # seconds; see run_node
 
-Reply = tuple[dict[str, Any], list[bytes]]
+Reply = tuple[Header, list[bytes]]
 # A request item of a batch action, its checked form, and its result.
 A = TypeVar("A")
 C = TypeVar("C")
@@ -86,23 +111,9 @@ class SemanticKVNode:
         replica = config.replica(replica_id)
         cert = Path(config.tls_cert).read_bytes() if config.tls_cert else None
         key = Path(config.tls_key).read_bytes() if config.tls_key else None
-        self._handlers = {
-            "put": self._put,
-            "put_many": self._put_many,
-            "search_many": self._search_many,
-            "get": self._get,
-            "delete": self._delete,
-            "exists": self._exists,
-            "scan": self._scan,
-            "search": self._search,
-            "clear": self._clear,
-            "stats": self._stats,
-            "health": self._health,
-            "topology": self._topology,
-            "add_replica": self._add_replica,
-            "remove_replica": self._remove_replica,
-            "digest": self._digest,
-            "compact": self._compact,
+        # One handler per action of the wire format, named after it (_put for "put"...).
+        self._handlers: dict[str, Callable[[Header, list[bytes]], Reply]] = {
+            action: getattr(self, f"_{action}") for action in ACTIONS
         }
         try:
             self.server = FlightNodeServer(replica.rpc, self.handle, token=config.token, tls_cert=cert, tls_key=key)
@@ -134,7 +145,7 @@ class SemanticKVNode:
         self.stop()
 
     # ------------------------------------------------------------- dispatch
-    def handle(self, action: str, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+    def handle(self, action: str, header: Header, blobs: list[bytes]) -> Reply:
         """Run one RPC action; exceptions become error replies in the transport."""
         if self._stopped.is_set():  # retryable for the client: another replica may answer
             raise ShardUnavailableError(f"node {self.replica_id} is stopping", shard_id=self.shard.shard_id)
@@ -147,41 +158,40 @@ class SemanticKVNode:
             self._counters["errors"] += 1
             raise
 
-    def _read_guard(self, header: dict[str, Any]) -> None:
-        read_from = header.get("r", "leader")
+    def _read_guard(self, read_from: str) -> None:
+        """Refuse a bad ``read_from``; on a follower, refuse a read that must come from the leader."""
         if read_from not in ("leader", "any"):
             raise InvalidInputError(f"read_from must be 'leader' or 'any', got {read_from!r}")
         if read_from == "leader":
             self.shard.require_leader(for_read=True)
 
     # ---------------------------------------------------------------- writes
-    def _put(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
-        if len(blobs) != (2 if header.get("v") else 1):
-            raise InvalidInputError("put needs a value blob, plus a vector blob when v is set")
+    def _put(self, header: Header, blobs: list[bytes]) -> Reply:
+        item = decode_put(header, blobs)
         self.shard.require_leader()  # before embedding: a follower must not spend a model call
-        command = self._put_command(header, blobs[0], blobs[1] if header.get("v") else None, self.shard.now_ms())
-        self.shard.submit(command)
+        self.shard.submit(self._put_command(item, self.shard.now_ms()))
         self._counters["puts"] += 1
         return {}, []
 
-    def _put_many(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+    def _put_many(self, header: Header, blobs: list[bytes]) -> Reply:
         """Several puts in one call (a client coalescing concurrent writers): one answer each, shared Raft entries."""
-        items = decode_put_items(header, blobs)
+        items = decode_put_many(header, blobs)
         self.shard.require_leader()
         now = self.shard.now_ms()
-        outcomes = each_checked(items, lambda item: self._put_command(*item, now), self.shard.submit_many)
+        outcomes = each_checked(items, lambda item: self._put_command(PutItem.from_header(*item), now),
+                                self.shard.submit_many)
         errors = [error_to_header(outcome) if isinstance(outcome, SemcacheError) else None for outcome in outcomes]
         self._counters["puts"] += errors.count(None)
-        return {"r": errors}, []
+        return {ERRORS: errors}, []
 
-    def _put_command(self, header: dict[str, Any], value: bytes, vector: bytes | None, now: int) -> Put:
+    def _put_command(self, item: PutItem, now: int) -> Put:
         """The Put a request asks for, checked; the leader's clock ``now`` stamps it."""
-        key = _str(header, "k")
-        scope = check_scope(header.get("s"))
-        ttl_ms = check_ttl_ms(header.get("t", 0))
-        return Put(key, value, scope, self._vector(vector, header.get("x")), now, now + ttl_ms if ttl_ms else 0)
+        key = check_key(item.key, Limits())
+        scope = check_scope(item.scope)
+        ttl_ms = check_ttl_ms(item.ttl_ms)
+        return Put(key, item.value, scope, self._vector(item.vector, item.text), now, now + ttl_ms if ttl_ms else 0)
 
-    def _vector(self, raw: bytes | None, text: object) -> bytes | None:
+    def _vector(self, raw: bytes | None, text: str | None) -> bytes | None:
         dim = self.shard.dim
         if raw is not None:
             if len(raw) != dim * 4:
@@ -191,8 +201,6 @@ class SemanticKVNode:
             return raw if checked is vector else checked.tobytes()
         if text is None:
             return None
-        if not isinstance(text, str):
-            raise InvalidInputError(f"text must be str, got {type(text).__name__}")
         return self.embedder().embed_one(text).tobytes()
 
     def embedder(self) -> BaseEmbedding:
@@ -202,76 +210,64 @@ class SemanticKVNode:
                 self._embedder = self.config.make_embedder()
             return self._embedder
 
-    def _delete(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
-        removed = self.shard.submit(Delete(_str(header, "k")))
+    def _delete(self, header: Header, blobs: list[bytes]) -> Reply:
+        key = check_key(KeyRequest.from_header(header).key, Limits())
+        removed = self.shard.submit(Delete(key))
         self._counters["deletes"] += 1
-        return {"n": removed}, []
+        return {REMOVED: removed}, []
 
-    def _clear(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
-        prefix = header.get("p", "")
+    def _clear(self, header: Header, blobs: list[bytes]) -> Reply:
+        prefix = header.get(SCOPE_PREFIX, "")
         if not isinstance(prefix, str):
-            raise InvalidInputError("scope_prefix must be str")
-        return {"n": self.shard.submit(Clear(prefix))}, []
+            raise InvalidInputError(f"{SCOPE_PREFIX} must be str")
+        return {COUNT: self.shard.submit(Clear(prefix))}, []
 
     # ----------------------------------------------------------------- reads
-    def _get(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
-        key = _str(header, "k")
-        self._read_guard(header)
+    def _get(self, header: Header, blobs: list[bytes]) -> Reply:
+        request = KeyRequest.from_header(header)
+        key = check_key(request.key, Limits())
+        self._read_guard(request.read_from or "leader")
         entry = self.shard.read(lambda state, now: state.get(key, now), touch=key)
         self._counters["gets"] += 1
         if entry is None:
-            return {"f": False}, []
+            return {FOUND: False}, []
         self._counters["get_hits"] += 1
-        return {"f": True}, [entry.value]
+        return {FOUND: True}, [entry.value]
 
-    def _exists(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
-        key = _str(header, "k")
-        self._read_guard(header)
-        return {"f": self.shard.read(lambda state, now: state.get(key, now) is not None)}, []
+    def _exists(self, header: Header, blobs: list[bytes]) -> Reply:
+        request = KeyRequest.from_header(header)
+        key = check_key(request.key, Limits())
+        self._read_guard(request.read_from or "leader")
+        return {FOUND: self.shard.read(lambda state, now: state.get(key, now) is not None)}, []
 
-    def _scan(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
-        prefix, limit = header.get("p", ""), header.get("l", 100)
-        prefix, limit = check_scan_args(prefix, limit)
-        self._read_guard(header)
-        return {"keys": self.shard.read(lambda state, now: state.scan(prefix, limit, now))}, []
+    def _scan(self, header: Header, blobs: list[bytes]) -> Reply:
+        request = ScanRequest.from_header(header)
+        prefix, limit = check_scan_args(request.prefix, request.limit)
+        self._read_guard(request.read_from)
+        return {KEYS: self.shard.read(lambda state, now: state.scan(prefix, limit, now))}, []
 
-    def _search(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
-        if len(blobs) != 1:
-            raise InvalidInputError("search needs exactly one vector blob")
-        self._read_guard(header)
-        (matches,) = self._run_searches([self._search_args(header, blobs[0])])
-        return _hits_reply(matches)
+    def _search(self, header: Header, blobs: list[bytes]) -> Reply:
+        query = decode_search(header, blobs)
+        self._read_guard(read_from_of(header))
+        (hits,) = self._run_searches([self._search_args(query)])
+        return encode_hits(hits)
 
-    def _search_many(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+    def _search_many(self, header: Header, blobs: list[bytes]) -> Reply:
         """Several searches in one call (a client coalescing concurrent searches): one answer each."""
-        queries = header.get("queries")
-        if not isinstance(queries, list) or not all(isinstance(q, dict) for q in queries):
-            raise InvalidInputError("search_many needs 'queries', a list of objects")
-        if len(blobs) != len(queries):
-            raise InvalidInputError(f"search_many has {len(queries)} queries but {len(blobs)} vector blobs")
-        self._read_guard(header)
-        outcomes = each_checked(list(zip(queries, blobs, strict=True)), lambda query: self._search_args(*query),
+        queries = decode_search_many(header, blobs)
+        self._read_guard(read_from_of(header))
+        outcomes = each_checked(queries, lambda query: self._search_args(SearchQuery.from_header(*query)),
                                 self._run_searches)
-        results: list[dict[str, Any]] = []
-        values: list[bytes] = []
-        for outcome in outcomes:
-            if isinstance(outcome, SemcacheError):
-                results.append(error_to_header(outcome))
-                continue
-            hits, hit_values = _hits_reply(outcome)
-            results.append(hits)
-            values += hit_values
-        return {"results": results}, values
+        return encode_search_results(outcomes)
 
-    def _search_args(self, header: dict[str, Any], vector: bytes) -> SearchArgs:
+    def _search_args(self, query: SearchQuery) -> SearchArgs:
         """One search's arguments, checked (the query vector validated and normalised)."""
-        top_k, threshold = header.get("k", 5), header.get("th")
-        check_search_args(top_k, threshold)
-        scope = check_scope(header.get("s"))
-        query = np.frombuffer(self._vector(vector, None) or b"", dtype=np.float32)
-        return SearchArgs(query, scope, top_k, threshold)
+        check_search_args(query.top_k, query.threshold)
+        scope = check_scope(query.scope)
+        vector = np.frombuffer(self._vector(query.vector, None) or b"", dtype=np.float32)
+        return SearchArgs(vector, scope, query.top_k, query.threshold)
 
-    def _run_searches(self, searches: list[SearchArgs]) -> list[list[Any]]:
+    def _run_searches(self, searches: list[SearchArgs]) -> list[Hits]:
         """Run checked searches (the state lock held for one at a time, so writes wait for one search at most);
         count them and record the reads for eviction."""
         def run(search: SearchArgs) -> Callable[[ShardState, int], list[Any]]:
@@ -282,10 +278,10 @@ class SemanticKVNode:
         for matches in found:
             for match in matches:
                 self.shard.touch(match.key)
-        return found
+        return [[(m.key, m.entry.value, m.similarity) for m in matches] for matches in found]
 
     # ----------------------------------------------------------------- admin
-    def _stats(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+    def _stats(self, header: Header, blobs: list[bytes]) -> Reply:
         stats = self.shard.read(lambda state, now: state.stats())
         return {
             "node": self.replica_id,
@@ -298,37 +294,38 @@ class SemanticKVNode:
             "embedder_loaded": self._embedder is not None,
         }, []
 
-    def _health(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+    def _health(self, header: Header, blobs: list[bytes]) -> Reply:
         return self.shard.status(), []
 
-    def _topology(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
-        members = self.shard.members
-        shards = []
-        for shard in self.config.shards:
-            if shard.id == self.shard.shard_id:
-                replicas = [{"id": m.id, "rpc": m.rpc, "raft": m.raft} for m in members.values()]
-            else:
-                replicas = [{"id": r.id, "rpc": r.rpc, "raft": r.raft} for r in shard.replicas]
-            shards.append({"id": shard.id, "replicas": replicas})
+    def _topology(self, header: Header, blobs: list[bytes]) -> Reply:
+        """The handshake: every shard's replicas (this node's own shard: its live members), model and version."""
+        members = tuple(self.shard.members.values())
+        shards = tuple(replace(shard, replicas=members) if shard.id == self.shard.shard_id else shard
+                       for shard in self.config.shards)
         model_id, dim = self.config.embedding_identity()
-        # Only this node's own shard lists live members; the others come from the cluster file.
-        return {"shards": shards, "model_id": model_id, "dim": dim, "answered_for": self.shard.shard_id}, []
+        topology = Topology(shards, model_id, dim, answered_for=self.shard.shard_id,
+                            max_value_bytes=self.config.max_value_bytes)
+        return topology.header(), []
 
-    def _digest(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+    def _digest(self, header: Header, blobs: list[bytes]) -> Reply:
         applied, digest = self.shard.digest()
         return {"applied": applied, "digest": digest}, []
 
-    def _compact(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
+    def _compact(self, header: Header, blobs: list[bytes]) -> Reply:
         """Ask pysyncobj for a snapshot + log compaction at its next tick (operators, tests)."""
         self.shard.forceLogCompaction()
         return {}, []
 
-    def _add_replica(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
-        self.shard.add_replica(_str(header, "id"), _str(header, "raft"), _str(header, "rpc"))
+    def _add_replica(self, header: Header, blobs: list[bytes]) -> Reply:
+        replica = replica_from_header(header)
+        self.shard.add_replica(replica.id, replica.raft, replica.rpc)
         return {}, []
 
-    def _remove_replica(self, header: dict[str, Any], blobs: list[bytes]) -> Reply:
-        self.shard.remove_replica(_str(header, "id"))
+    def _remove_replica(self, header: Header, blobs: list[bytes]) -> Reply:
+        replica_id = header.get(REPLICA_ID)
+        if not isinstance(replica_id, str):
+            raise InvalidInputError(f"field {REPLICA_ID!r} must be str, got {type(replica_id).__name__}")
+        self.shard.remove_replica(replica_id)
         return {}, []
 
 
@@ -345,20 +342,6 @@ def each_checked(
             checked.append(exc)
     results = iter(run([c for c in checked if not isinstance(c, SemcacheError)]))
     return [c if isinstance(c, SemcacheError) else next(results) for c in checked]
-
-
-def _hits_reply(matches: list[Any]) -> Reply:
-    """A search's answer: keys and similarities in the header, the values as blobs, best first."""
-    return {"keys": [m.key for m in matches], "sims": [m.similarity for m in matches]}, [m.entry.value for m in matches]
-
-
-def _str(header: dict[str, Any], name: str) -> str:
-    value = header.get(name)
-    if not isinstance(value, str):
-        raise InvalidInputError(f"field {name!r} must be str, got {type(value).__name__}")
-    if name == "k":
-        check_key(value, Limits())
-    return value
 
 
 def run_node(config_path: str | Path, replica_id: str) -> None:

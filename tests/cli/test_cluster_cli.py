@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from semcache._cli.cluster import add_cluster_commands
+from semcache._cli.cluster import add_cluster_commands, fault_tolerance_warning
 from semcache.cluster._client import DistributedSemanticKV
-from semcache.cluster._local import LocalCluster
+from semcache.cluster._local import LocalCluster, supervisor
+from semcache.cluster._local.supervisor import alive
+from semcache.errors import ClusterError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -127,6 +129,103 @@ def test_add_and_remove_replica_from_the_command_line(cluster_dir: Path) -> None
         assert kv.get("after") == b"still serving"
     finally:
         kv.close()
+
+
+def test_up_on_an_existing_cluster_with_other_options_names_each_difference_and_starts_nothing(
+    cluster_dir: Path,
+) -> None:
+    LocalCluster(cluster_dir).create(1, 3, embedding="hash:32", token="file-token")
+    result = semcache("cluster", "up", "--shards", "2", "--replicas", "5", "--embedding", "hash:64",
+                      "--token", "other", "--dir", str(cluster_dir), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    for difference in ("--shards 2 (the file has 1 shard(s))", "--replicas 5 (in the file shard-0 has 3",
+                       "--embedding hash:64 (the file has hash:32)", "--token (the file has another token)"):
+        assert difference in result.stderr
+    assert "file-token" not in result.stderr and "other" not in result.stderr.split("--token")[1][:20]
+    assert "using the existing cluster file" not in result.stdout
+    assert not list((cluster_dir / "run").glob("*.pid"))  # nothing started
+
+
+def test_up_help_shows_the_default_shape() -> None:
+    out = " ".join(semcache("cluster", "up", "--help").stdout.split())  # argparse wraps to the terminal width
+    assert "number of shards (default 2)" in out and "replicas per shard (default 3" in out
+    assert "default all-MiniLM-L6-v2" in out and "(default 60)" in out
+
+
+def test_up_with_two_replicas_warns_that_they_have_no_fault_tolerance(cluster_dir: Path) -> None:
+    result = semcache("cluster", "up", "--shards", "1", "--replicas", "2", "--embedding", "hash:16",
+                      "--dir", str(cluster_dir))
+    assert "warning: 2 replicas per shard have no fault tolerance: a majority of 2 is 2" in result.stderr
+    assert "shard-0: leader grpc://" in result.stdout
+
+
+def test_one_replica_is_fine_for_development_but_has_no_fault_tolerance() -> None:
+    one = fault_tolerance_warning(1)
+    assert one is not None and "no fault tolerance" in one and "development" in one
+    assert fault_tolerance_warning(4) is not None  # tolerates no more than 3
+    assert fault_tolerance_warning(3) is None and fault_tolerance_warning(5) is None
+
+
+def test_up_fails_fast_quoting_the_log_when_a_node_cannot_load_its_model(cluster_dir: Path) -> None:
+    # With --timeout 600 a wait for leaders would outlast semcache()'s own 120 s limit: only failing fast passes.
+    result = semcache("cluster", "up", "--shards", "1", "--replicas", "1", "--embedding", "no-such-model-for-tests",
+                      "--timeout", "600", "--dir", str(cluster_dir), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "node shard-0-r0 exited; its log ends with: " in result.stderr
+    assert "cannot load sentence-transformers model 'no-such-model-for-tests'" in result.stderr
+    assert "no leader after" not in result.stderr
+
+
+FAKE_NODE = """#!/bin/sh
+# Stands in for `python -m semcache node ... --replica ID`: {behaviour}
+{body}
+"""
+
+
+def fake_nodes(tmp_path: Path, behaviour: str, body: str) -> LocalCluster:
+    """A LocalCluster whose "python" runs a shell script instead of a node (its argv still names the replica)."""
+    script = tmp_path / "fake-node.sh"
+    script.write_text(FAKE_NODE.format(behaviour=behaviour, body=body))
+    script.chmod(0o755)
+    local = LocalCluster(tmp_path / "cluster", python=str(script))
+    local.create(1, 2, embedding="hash:16")
+    return local
+
+
+def test_a_node_that_exits_ends_the_wait_for_leaders_with_its_log(tmp_path: Path) -> None:
+    local = fake_nodes(tmp_path, "exits at once", 'echo "loading"; echo "OSError: the model cannot load" >&2; exit 1')
+    started = local.start_all()
+    with pytest.raises(ClusterError, match="node shard-0-r0 exited; its log ends with: loading / OSError: the model"):
+        local.wait_for_leaders(timeout=600, watch=started)  # not 600 s: the first exit ends it
+
+
+@pytest.mark.parametrize(("behaviour", "body"), [
+    ("takes a while to stop", "trap 'sleep 1; exit 0' TERM\nwhile true; do sleep 0.1; done"),
+    ("ignores SIGTERM", "trap '' TERM\nwhile true; do sleep 0.1; done"),
+])
+def test_down_returns_only_once_every_node_process_is_gone(tmp_path: Path, behaviour: str, body: str) -> None:
+    local = fake_nodes(tmp_path, behaviour, body)
+    local.start_all()
+    pids = [local.pid(r.id) for r in local.config().replicas()]
+    assert all(pids)
+    try:
+        assert sorted(local.down(timeout=2.0)) == ["shard-0-r0", "shard-0-r1"]
+        assert not any(alive(pid) for pid in pids if pid)
+        assert all(local.pid(r.id) is None for r in local.config().replicas())
+    finally:
+        for pid in pids:
+            if pid and alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_node_whose_arguments_are_unreadable_while_it_execs_or_exits_still_counts_as_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/proc/PID/cmdline reads empty for a moment while a process execs or exits; a stop that took that for
+    "not running" returned before the node was gone."""
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda path: b"" if path.name == "cmdline" else real(path))
+    assert supervisor.is_our_node(os.getpid(), "shard-0-r0")
 
 
 def test_commands_without_a_cluster_fail_with_one_clear_line(tmp_path: Path) -> None:

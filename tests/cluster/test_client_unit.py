@@ -13,7 +13,9 @@ from support.fake_nodes import FakeCluster
 
 from semcache import SemanticCache, SemanticKV
 from semcache._engine.backend import Backend
-from semcache.cluster._client import DistributedSemanticKV, ShardResults, embedding_for_cluster
+from semcache.cluster._client import DistributedSemanticKV, ShardResults
+from semcache.cluster._client.topology import embedding_for_cluster
+from semcache.cluster._wire import WIRE_VERSION
 from semcache.embeddings import HashEmbedding
 from semcache.errors import (
     AuthenticationError,
@@ -537,6 +539,25 @@ def test_topology_comes_from_any_reachable_seed(cluster: FakeCluster) -> None:
         DistributedSemanticKV(["fake://nowhere/0"], connect=lambda a: cluster.connect(a))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("version", "speaks", "advice"), [
+    (None, 1, "upgrade the cluster's nodes"),  # a node from before versions: its topology has none
+    (WIRE_VERSION - 1, WIRE_VERSION - 1, "upgrade the cluster's nodes"),
+    (WIRE_VERSION + 1, WIRE_VERSION + 1, "upgrade the client"),
+])
+def test_a_cluster_of_another_wire_version_is_refused_at_the_handshake(
+    version: int | None, speaks: int, advice: str
+) -> None:
+    fake = FakeCluster(wire_version=version)
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            make_client(fake)
+        assert (f"the client speaks wire version {WIRE_VERSION}, the node at fake://shard-0/0 speaks {speaks}: "
+                f"{advice}") in str(info.value)
+        assert {method for _, method in fake.calls} <= {"topology", "close"}  # nothing else was sent
+    finally:
+        fake.close()
+
+
 def test_a_refused_token_is_not_retried() -> None:
     fake = FakeCluster(token="secret")
     try:
@@ -597,6 +618,15 @@ def test_bad_settings_are_configuration_errors(cluster: FakeCluster, kwargs: dic
 def test_no_nodes_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError):
         DistributedSemanticKV([])
+
+
+@pytest.mark.parametrize("nodes", [["127.0.0.1:1"], "localhost:8815", ["grpc://127.0.0.1:1", "127.0.0.1:2"]])
+def test_a_node_address_without_a_scheme_asks_for_grpc(nodes: list[str] | str) -> None:
+    bare = next(n for n in ([nodes] if isinstance(nodes, str) else nodes) if "://" not in n)
+    connected: list[str] = []
+    with pytest.raises(ConfigurationError, match=f"has no scheme: write 'grpc://{bare}'"):
+        DistributedSemanticKV(nodes, connect=connected.append)  # type: ignore[arg-type]
+    assert connected == []  # refused before any connection
 
 
 def test_use_after_close_is_a_closed_error(cluster: FakeCluster) -> None:

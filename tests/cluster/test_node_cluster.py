@@ -26,7 +26,7 @@ import pytest
 from semcache.cluster._config import ClusterConfig, Replica, ShardConfig
 from semcache.cluster._flight import NodeClient
 from semcache.cluster._local import free_ports
-from semcache.cluster._wire import PutItem, SearchQuery, decode_frame, encode_frame
+from semcache.cluster._wire import WIRE_VERSION, PutItem, SearchQuery, decode_frame, encode_frame, encode_request
 from semcache.embeddings import HashEmbedding
 from semcache.errors import (
     AuthenticationError,
@@ -205,7 +205,8 @@ def test_three_replicas_elect_a_leader_and_all_serve_the_write(make_shard: Calla
     assert health[leader]["healthy"] and health[leader]["entries"] == 1
     assert set(health[leader]["replicas"]) == set(shard.ids)
     topology = shard.client(leader).topology()
-    assert topology["dim"] == DIM and [r["id"] for r in topology["shards"][0]["replicas"]] == shard.ids
+    assert topology["dim"] == DIM and [r["replica_id"] for r in topology["shards"][0]["replicas"]] == shard.ids
+    assert topology["wire_version"] == WIRE_VERSION and topology["max_value_bytes"] == shard.config.max_value_bytes
     shard.wait_converged(min_applied=1)
 
 
@@ -242,6 +243,12 @@ def test_bad_requests_get_clear_errors_and_the_node_stays_up(make_shard: Callabl
         client.call("drop_tables", {})
     reply = _raw_action(shard.config.replica(client_id).rpc, "get", b"\xff\xff\xff")
     assert reply["error"] == "invalid_input" and "frame" in reply["message"]
+    # A client from before wire versions (one-letter fields, no version), and one from the future.
+    for body, speaks in ((encode_frame({"k": "still-here", "r": "leader"}), 1),
+                         (encode_frame({"wire_version": WIRE_VERSION + 1, "key": "still-here"}), WIRE_VERSION + 1)):
+        reply = _raw_action(shard.config.replica(client_id).rpc, "get", body)
+        assert reply["error"] == "configuration"
+        assert f"the client speaks wire version {speaks}, this node speaks {WIRE_VERSION}: upgrade" in reply["message"]
     _put(client, "still-here", value=b"ok")
     assert client.get("still-here") == b"ok"
     assert client.get("big") is None and client.stats()["entries"] == 1
@@ -465,7 +472,7 @@ def test_put_many_answers_each_put_and_stores_only_the_valid_ones(make_shard: Ca
     with pytest.raises(NotLeaderError):
         shard.client(follower).put_many([PutItem("c", b"vc", "", _vector(3), 0)])
     bad_framing = _raw_action(shard.config.replica(shard.leader()).rpc, "put_many",
-                              encode_frame({"items": [{"k": "d", "v": True}]}, [b"value only"]))
+                              encode_request({"items": [{"key": "d", "has_vector": True}]}, [b"value only"]))
     assert bad_framing["error"] == "invalid_input" and "blobs" in bad_framing["message"]
     assert leader.get("c") is None and leader.get("d") is None
     shard.wait_converged(min_applied=1)
@@ -494,7 +501,7 @@ def test_search_many_answers_each_search_and_refuses_bad_ones_alone(make_shard: 
     wait_for(lambda: shard.client(follower).search_many([SearchQuery(_vector(1), "docs", 1, None)],
                                                         read_from="any")[0][:1] != [], what="a follower to apply")
     bad = _raw_action(shard.config.replica(shard.leader()).rpc, "search_many",
-                      encode_frame({"queries": [{"k": 1}, {"k": 1}]}, [_vector(1)]))
+                      encode_request({"queries": [{"top_k": 1}, {"top_k": 1}]}, [_vector(1)]))
     assert bad["error"] == "invalid_input" and "vector blobs" in bad["message"]
 
 

@@ -13,11 +13,22 @@ import pytest
 import semcache.errors as errors_module
 from semcache.cluster._flight import FlightNodeServer, NodeClient, map_flight_error
 from semcache.cluster._local import free_ports
-from semcache.cluster._wire import ERROR_CODES, decode_frame, encode_frame, error_from_reply, error_to_header
+from semcache.cluster._wire import (
+    ERROR_CODES,
+    WIRE_VERSION,
+    WIRE_VERSION_FIELD,
+    decode_frame,
+    decode_request,
+    encode_frame,
+    encode_request,
+    error_from_reply,
+    error_to_header,
+)
 from semcache.errors import (
     AuthenticationError,
     ClosedError,
     ClusterError,
+    ConfigurationError,
     InvalidInputError,
     LimitExceededError,
     NotLeaderError,
@@ -28,7 +39,25 @@ from semcache.errors import (
 
 def test_frames_round_trip_binary_blobs() -> None:
     blobs = [b"", b"\x00\xff" * 1000, "ünïcode".encode()]
-    assert decode_frame(encode_frame({"k": "key", "n": [1, 2]}, blobs)) == ({"k": "key", "n": [1, 2]}, blobs)
+    header = {"key": "key", "keys": ["a", "b"]}
+    assert decode_frame(encode_frame(header, blobs)) == (header, blobs)
+    assert decode_request(encode_request(header, blobs)) == (header, blobs)  # the version travels, then goes
+    assert decode_frame(encode_request(header))[0] == {WIRE_VERSION_FIELD: WIRE_VERSION, **header}
+
+
+@pytest.mark.parametrize(("sent", "speaks", "advice"), [
+    (None, 1, "upgrade the client"),  # an unversioned request: the format before versions
+    (WIRE_VERSION - 1, WIRE_VERSION - 1, "upgrade the client"),
+    (WIRE_VERSION + 1, WIRE_VERSION + 1, "upgrade the cluster's nodes"),
+])
+def test_a_request_of_another_wire_version_is_refused_naming_both_versions(
+    sent: int | None, speaks: int, advice: str
+) -> None:
+    header = {"key": "k"} if sent is None else {WIRE_VERSION_FIELD: sent, "key": "k"}
+    with pytest.raises(ConfigurationError) as info:
+        decode_request(encode_frame(header))
+    message = str(info.value)
+    assert f"the client speaks wire version {speaks}, this node speaks {WIRE_VERSION}: {advice}" in message
 
 
 @pytest.mark.parametrize("garbage", [b"", b"\x01", b"\x02\x00\x00\x00{}", b"\x02\x00\x00\x00{}\x01\x00\x00\x00\x09"])
@@ -120,6 +149,21 @@ def test_token_is_required_on_every_call_and_errors_come_back_typed(echo_server:
     for token in (None, "wrong-token"):
         with NodeClient(echo_server, token=token) as anonymous, pytest.raises(AuthenticationError):
             anonymous.call("ping", {})
+
+
+def test_the_server_refuses_a_client_of_another_wire_version_before_the_handler(echo_server: str) -> None:
+    raw = flight.FlightClient(echo_server)
+    options = flight.FlightCallOptions(timeout=5.0, headers=[(b"authorization", b"Bearer secret-token")])
+    try:
+        body = encode_frame({WIRE_VERSION_FIELD: WIRE_VERSION + 1, "a": 1})
+        (result,) = raw.do_action(flight.Action("ping", body), options)
+    finally:
+        raw.close()
+    reply = decode_frame(result.body.to_pybytes())[0]
+    assert reply["error"] == "configuration" and "action" not in reply  # the echo handler never ran
+    error = error_from_reply(reply)
+    assert type(error) is ConfigurationError
+    assert f"the client speaks wire version {WIRE_VERSION + 1}, this node speaks {WIRE_VERSION}" in str(error)
 
 
 def test_unreachable_node_and_closed_client_errors() -> None:

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from semcache._engine.kv import SemanticKV
+from semcache.cluster._config import Replica, ShardConfig
+from semcache.cluster._wire import WIRE_VERSION, WIRE_VERSION_FIELD, Topology
 from semcache.embeddings import HashEmbedding
 from semcache.errors import AuthenticationError, NoQuorumError, NotLeaderError, ShardUnavailableError
 
@@ -56,10 +58,12 @@ class FakeShard:
 class FakeCluster:
     """Shards of fake replicas at addresses ``fake://<shard>/<i>``."""
 
-    def __init__(self, shards: int = 2, replicas: int = 3, *, dim: int = 32, token: str | None = None) -> None:
+    def __init__(self, shards: int = 2, replicas: int = 3, *, dim: int = 32, token: str | None = None,
+                 wire_version: int | None = WIRE_VERSION) -> None:
         self.embedding = HashEmbedding(dim)
         self.clock = FakeClock()
         self.token = token
+        self.wire_version = wire_version  # what the topology says the nodes speak (None: no version field)
         self.calls: Counter[tuple[str, str]] = Counter()  # (address, method) -> count
         self.shards: dict[str, FakeShard] = {}
         for s in range(shards):
@@ -90,19 +94,17 @@ class FakeCluster:
 
     def topology(self, answered_for: str | None = None) -> dict[str, Any]:
         """As a node of ``answered_for`` answers: its own shard's live members, the others' from the file."""
-        def replicas(shard: FakeShard) -> list[str]:
-            return shard.replicas if answered_for in (None, shard.id) else self.file_replicas[shard.id]
+        def replicas(shard: FakeShard) -> tuple[Replica, ...]:
+            addresses = shard.replicas if answered_for in (None, shard.id) else self.file_replicas[shard.id]
+            return tuple(Replica(a.replace("fake://", "").replace("/", "-r"), "", a) for a in addresses)
 
-        return {
-            "shards": [
-                {"id": s.id, "replicas": [{"id": a.replace("fake://", "").replace("/", "-r"), "rpc": a}
-                                          for a in replicas(s)]}
-                for s in self.shards.values()
-            ],
-            "model_id": self.embedding.model_id,
-            "dim": self.embedding.dim,
-            **({} if answered_for is None else {"answered_for": answered_for}),
-        }
+        shards = tuple(ShardConfig(s.id, replicas(s)) for s in self.shards.values())
+        header = Topology(shards, self.embedding.model_id, self.embedding.dim, answered_for=answered_for).header()
+        if self.wire_version is None:
+            del header[WIRE_VERSION_FIELD]
+        else:
+            header[WIRE_VERSION_FIELD] = self.wire_version
+        return header
 
     def close(self) -> None:
         for shard in self.shards.values():

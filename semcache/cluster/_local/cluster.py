@@ -1,0 +1,275 @@
+"""``LocalCluster``: one directory holding a cluster file, node processes, their pids and logs.
+
+:class:`LocalCluster` is what ``semcache cluster up/status/down/add-replica/
+remove-replica`` run, and what the fault tests build on.  It puts together the
+directory's files (:mod:`~semcache.cluster._local.files`), the node processes
+(:mod:`~semcache.cluster._local.supervisor`) and what the nodes report
+(:mod:`~semcache.cluster._local.status`).  A node killed in any way and started
+again with the same command line rejoins its shard with its data.
+
+>>> import tempfile
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     cluster = LocalCluster(tmp)
+...     config = cluster.create(shards=2, replicas=3, embedding="hash:64")
+...     [s.id for s in config.shards], len(config.replicas())
+(['shard-0', 'shard-1'], 6)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from semcache.cluster._client.connections import ConnectionPool
+from semcache.cluster._config import ClusterConfig, Replica
+from semcache.cluster._local.files import DEFAULT_REPLICAS, DEFAULT_SHARDS, ClusterDirectory, free_ports
+from semcache.cluster._local.status import ShardStatus, agreed_leader, shard_status
+from semcache.cluster._local.supervisor import DEFAULT_STOP_TIMEOUT, NodeSupervisor
+from semcache.errors import ClusterError, ConfigurationError, InvalidInputError
+
+if TYPE_CHECKING:
+    from semcache.cluster._flight import NodeClient
+
+DEFAULT_UP_TIMEOUT = 60.0
+POLL = 0.1
+
+
+class LocalCluster:
+    """Create, start, inspect and stop a cluster of node processes in one directory.
+
+    Args:
+        directory: where the cluster file, data, pids and logs live.
+        python: the interpreter that runs the nodes (default: this one).
+        env: extra environment for the node processes.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, python: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.files = ClusterDirectory(directory)
+        self.nodes = NodeSupervisor(self.files, python=python or sys.executable, env=dict(env or {}))
+
+    # ----------------------------------------------------------- the file
+    @property
+    def directory(self) -> Path:
+        return self.files.path
+
+    @property
+    def config_path(self) -> Path:
+        return self.files.config_path
+
+    def exists(self) -> bool:
+        return self.files.exists()
+
+    def config(self) -> ClusterConfig:
+        """The cluster file as it is now.
+
+        Raises:
+            ConfigurationError: there is no cluster in this directory, or the file is invalid.
+        """
+        return self.files.config()
+
+    def create(self, shards: int = DEFAULT_SHARDS, replicas: int = DEFAULT_REPLICAS, **settings: Any) -> ClusterConfig:
+        """Write a new cluster file (refuses to overwrite one).
+
+        Raises:
+            ConfigurationError: a cluster file already exists here, or bad settings.
+        """
+        return self.files.create(shards, replicas, **settings)
+
+    def addresses(self) -> list[str]:
+        """Every replica's client address, ``grpc://127.0.0.1:PORT``."""
+        return [replica.rpc for replica in self.config().replicas()]
+
+    def client_line(self) -> str:
+        """The Python line that connects a client to this cluster."""
+        config = self.config()
+        token = f", token={config.token!r}" if config.token else ""
+        return f"DistributedSemanticKV(nodes={self.addresses()!r}{token})"
+
+    # ---------------------------------------------------------- processes
+    def command(self, replica_id: str) -> list[str]:
+        """The command line that runs ``replica_id`` (the same every time it starts)."""
+        return self.nodes.command(replica_id)
+
+    def pid(self, replica_id: str) -> int | None:
+        """The pid of the running node serving ``replica_id``, or None if none runs."""
+        return self.nodes.pid(replica_id)
+
+    def start(self, replica_id: str) -> subprocess.Popen[bytes]:
+        """Start the node of ``replica_id`` in the background (see :meth:`NodeSupervisor.start`)."""
+        return self.nodes.start(replica_id)
+
+    def start_all(self) -> list[str]:
+        """Start every replica not already running; the ids started."""
+        return self.nodes.start_all()
+
+    def signal(self, replica_id: str, signum: int) -> int:
+        """Send ``signum`` to the node of ``replica_id``; its pid (ClusterError if it is not running)."""
+        return self.nodes.signal(replica_id, signum)
+
+    def stop(self, replica_id: str, *, timeout: float = DEFAULT_STOP_TIMEOUT, kill: bool = False) -> bool:
+        """Stop the node of ``replica_id``; True if it was running (see :meth:`NodeSupervisor.stop`)."""
+        return self.nodes.stop(replica_id, timeout=timeout, kill=kill)
+
+    def stop_all(self, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> list[str]:
+        """Stop every node this directory started; the ids that were running."""
+        return self.nodes.stop_all(timeout=timeout)
+
+    # ------------------------------------------------------------- health
+    def connect(self, address: str, timeout: float = 2.0) -> NodeClient:
+        """A NodeClient for ``address`` with this cluster's token (the caller closes it)."""
+        from semcache.cluster._flight import NodeClient
+
+        token = self.config().token or None
+        return NodeClient(address, token=token, timeout=timeout)
+
+    def _pool(self, timeout: float) -> ConnectionPool:
+        """Connections with this cluster's token, closed when the pool is."""
+        return ConnectionPool(lambda address: self.connect(address, timeout), owner="this LocalCluster's pool")
+
+    def health(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+        """``{replica id: health dict}`` of every replica; ``{"error": ...}`` for those that did not answer."""
+        with self._pool(timeout) as pool:
+            return {replica.id: pool.health_of(replica.rpc) for replica in self.config().replicas()}
+
+    def leaders(self, timeout: float = 2.0) -> dict[str, str | None]:
+        """``{shard id: leader rpc address or None}``, as the replicas report it."""
+        health = self.health(timeout)
+        return {shard.id: agreed_leader([health[r.id] for r in shard.replicas], shard.replicas)
+                for shard in self.config().shards}
+
+    def wait_for_leaders(self, timeout: float = DEFAULT_UP_TIMEOUT,
+                         on_wait: Callable[[dict[str, str | None]], None] | None = None, *,
+                         watch: Sequence[str] = ()) -> dict[str, str]:
+        """Block until every shard has a leader; ``{shard: leader rpc}``.
+
+        Args:
+            watch: replicas whose node was just started: if one exits while a shard
+                still has no leader, give up at once (a node that cannot start
+                would make the wait last the whole ``timeout``).
+
+        Raises:
+            ClusterError: a watched node exited (its last log line is quoted), or
+                some shard had no leader after ``timeout`` seconds (the logs say why).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            leaders = self.leaders(timeout=1.0)
+            if all(leaders.values()):
+                return {shard: leader for shard, leader in leaders.items() if leader}
+            missing = [shard for shard, leader in leaders.items() if not leader]
+            exited = self.nodes.exited(watch)
+            if exited:
+                raise ClusterError(f"no leader for {missing}: {self._exit_report(exited)}")
+            if on_wait is not None:
+                on_wait(leaders)
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"no leader after {timeout:.0f}s for {missing}; see the logs in {self.files.logs}")
+            time.sleep(POLL * 3)
+
+    def _exit_report(self, exited: Sequence[str]) -> str:
+        """Which nodes exited and, for each, the last line of its log (the reason, usually)."""
+        reports = []
+        for replica_id in exited:
+            tail = " / ".join(self.files.log_tail(replica_id))
+            said = f"its log ends with: {tail}" if tail else "its log is empty"
+            reports.append(f"node {replica_id} exited; {said} (log: {self.files.log_file(replica_id)})")
+        return "; ".join(reports)
+
+    def status(self, timeout: float = 2.0) -> list[ShardStatus]:
+        """Per shard: leader, term, commit index, entries, and each replica's lag behind the leader."""
+        health = self.health(timeout)
+        return [shard_status(shard, health, self.pid) for shard in self.config().shards]
+
+    def wait_caught_up(self, replica_id: str, timeout: float = DEFAULT_UP_TIMEOUT) -> int:
+        """Block until ``replica_id`` has applied everything its leader had committed when asked; the lag seen.
+
+        Raises:
+            ClusterError: it did not catch up within ``timeout``.
+        """
+        shard = self.config().shard_of(replica_id)
+        deadline = time.monotonic() + timeout
+        target: int | None = None
+        while time.monotonic() < deadline:
+            with self._pool(1.0) as pool:
+                health = {r.id: pool.health_of(r.rpc) for r in shard.replicas}
+            lead = next((h for h in health.values() if h.get("role") == "leader"), None)
+            if lead is not None and target is None:
+                target = int(lead.get("commit_index", 0))
+            mine = health.get(replica_id, {})
+            if target is not None and "error" not in mine and int(mine.get("applied", -1)) >= target:
+                return 0
+            time.sleep(POLL * 2)
+        raise ClusterError(f"{replica_id} did not catch up to index {target} within {timeout:.0f}s")
+
+    # -------------------------------------------------------- membership
+    def add_replica(self, shard_id: str, *, timeout: float = DEFAULT_UP_TIMEOUT) -> Replica:
+        """Add a replica to ``shard_id`` while it serves: new ports, start it, join it, wait until it caught up.
+
+        Raises:
+            ConfigurationError: no such shard.
+            ClusterError: the shard has no leader, or the new replica did not catch up.
+        """
+        config = self.config()
+        shard = next((s for s in config.shards if s.id == shard_id), None)
+        if shard is None:
+            raise ConfigurationError(f"no shard {shard_id!r} in {self.config_path}")
+        taken = {r.id for r in config.replicas()}
+        number = next(n for n in range(len(taken) + 1) if f"{shard_id}-r{n}" not in taken)
+        raft_port, rpc_port = free_ports(2)
+        host = shard.replicas[0].raft.rpartition(":")[0]
+        new = Replica(f"{shard_id}-r{number}", f"{host}:{raft_port}", f"grpc://{host}:{rpc_port}")
+        leader = self.wait_for_leaders(timeout)[shard_id]
+        with self.connect(leader, timeout=max(5.0, config.commit_timeout + 1)) as node:
+            node.add_replica(new.id, new.raft, new.rpc)
+        self.files.save(config.with_shard(replace(shard, replicas=(*shard.replicas, new))))
+        self.start(new.id)
+        self.wait_caught_up(new.id, timeout)
+        return new
+
+    def remove_replica(self, replica_id: str, *, timeout: float = DEFAULT_UP_TIMEOUT) -> None:
+        """Remove ``replica_id`` from its shard while it serves, stop its node and drop it from the file.
+
+        Raises:
+            InvalidInputError: it leads its shard (stop it first so another leads), or is the last one.
+            ClusterError: the shard has no leader.
+        """
+        config = self.config()
+        shard = config.shard_of(replica_id)
+        if len(shard.replicas) == 1:
+            raise InvalidInputError(f"{replica_id} is the last replica of {shard.id}")
+        leader = self.wait_for_leaders(timeout)[shard.id]
+        if leader == config.replica(replica_id).rpc:
+            raise InvalidInputError(
+                f"{replica_id} leads {shard.id}; a leader cannot remove itself: "
+                "stop it (semcache cluster will elect another), start it again, then remove it"
+            )
+        with self.connect(leader, timeout=max(5.0, config.commit_timeout + 1)) as node:
+            node.remove_replica(replica_id)
+        self.stop(replica_id)
+        self.files.save(config.with_shard(replace(shard, replicas=tuple(r for r in shard.replicas
+                                                                         if r.id != replica_id))))
+
+    # ------------------------------------------------------------ up/down
+    def up(self, shards: int = DEFAULT_SHARDS, replicas: int = DEFAULT_REPLICAS, *, timeout: float = DEFAULT_UP_TIMEOUT,
+           **settings: Any) -> dict[str, str]:
+        """Create the cluster (unless this directory has one), start every node, wait for leaders.
+
+        Returns:
+            ``{shard: leader rpc}``.
+        """
+        if not self.exists():
+            self.create(shards, replicas, **settings)
+        started = self.start_all()
+        return self.wait_for_leaders(timeout, watch=started)
+
+    def down(self, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> list[str]:
+        """Stop every node and wait until the processes are gone; the ids that were running.  The data stays
+        (``up`` again brings it back)."""
+        return self.stop_all(timeout=timeout)
