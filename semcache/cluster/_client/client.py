@@ -105,7 +105,8 @@ class DistributedSemanticKV(Conveniences):
         vnodes: virtual nodes per shard on the hash ring.
         limits: key and value limits checked before anything is sent (default: the
             cluster's value limit, 48 KiB unless its cluster file sets ``max_value_bytes``).
-        clock, sleep: monotonic seconds and the sleep used by retries (injectable).
+        clock: monotonic seconds, used by retries (injectable).
+        sleep: the sleep used by retries (injectable).
 
     Raises:
         ShardUnavailableError: no node in ``nodes`` answered.
