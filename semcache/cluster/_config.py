@@ -90,7 +90,9 @@ class ClusterConfig:
     Args:
         secret: pysyncobj password; encrypts and authenticates Raft traffic (required).
         shards: the shards and their replicas.
-        token: RPC token clients must present; "" means none required.
+        token: the data-plane RPC token: reads and writes need it; "" means none required (a dev setup).
+        admin_token: the admin RPC token: admin actions (clear, compact, membership) need it, and it
+            admits data calls too; "" means admin actions take the data token (or nothing, without one).
         data_dir: parent of the replicas' data directories (relative paths are
             relative to the cluster file's directory when loaded from a file).
         embedding: embedder name: ``"all-MiniLM-L6-v2"``, ``"hash:DIM"`` (tests) or
@@ -118,6 +120,7 @@ class ClusterConfig:
     secret: str
     shards: tuple[ShardConfig, ...]
     token: str = ""
+    admin_token: str = ""
     data_dir: str = DEFAULT_DATA_DIR
     embedding: str = DEFAULT_MODEL
     dim: int | None = None
@@ -199,6 +202,8 @@ class ClusterConfig:
             raise ConfigurationError(
                 "the cluster file must set a non-empty secret (it encrypts and authenticates Raft traffic)"
             )
+        if self.admin_token and self.admin_token == self.token:
+            raise ConfigurationError("admin_token must differ from token (the admin token is the stronger one)")
         if not self.shards:
             raise ConfigurationError("the cluster file names no shards")
         _unique("shard id", [shard.id for shard in self.shards])

@@ -1,22 +1,21 @@
-"""Client RPC over Arrow Flight: the node's server (:class:`FlightNodeServer`) and :class:`NodeClient`.
+"""Client RPC over Arrow Flight: :class:`NodeClient`, one connection to one node.
 
 Every call is one Flight ``do_action`` whose body and reply are frames of
-:mod:`semcache.cluster._wire`; the server refuses a request of another wire
-version before it reaches the handler.  Token auth: when the node has a token, a server
-middleware refuses every call whose ``authorization`` header is not
-``Bearer <token>`` (compared in constant time) before it reaches a handler.
-TLS: ``grpc+tls://`` addresses with the node's certificate and key; clients
-pass ``tls_root_certs``.  Transport failures (Flight/gRPC errors) are mapped by
-:func:`map_flight_error`.
+:mod:`semcache.cluster._wire`; the node's side is :mod:`semcache.cluster._server`.
+The client sends ``authorization: Bearer <token>`` on every call when it has a
+token.  TLS: ``grpc+tls://`` addresses; clients pass ``tls_root_certs``.
+Transport failures (Flight/gRPC errors) are mapped by :func:`map_flight_error`;
+a request over :data:`~semcache.cluster._sizes.MAX_REQUEST_BYTES` is refused
+before it is sent.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Sequence
 from typing import Any
 
 try:
+    import pyarrow
     import pyarrow.flight as flight
 except ImportError as exc:  # pragma: no cover - exercised by the packaging test without the extra
     from semcache.errors import missing_extra
@@ -24,8 +23,8 @@ except ImportError as exc:  # pragma: no cover - exercised by the packaging test
     raise missing_extra("pyarrow", "cluster", "the cluster's RPC transport (Arrow Flight)") from exc
 
 from semcache.cluster._config import Replica
+from semcache.cluster._sizes import MAX_REQUEST_BYTES
 from semcache.cluster._wire import (
-    ACTIONS,
     COUNT,
     ERROR,
     ERRORS,
@@ -35,7 +34,6 @@ from semcache.cluster._wire import (
     REMOVED,
     REPLICA_ID,
     SCOPE_PREFIX,
-    Handler,
     Header,
     Hits,
     KeyRequest,
@@ -44,20 +42,18 @@ from semcache.cluster._wire import (
     SearchQuery,
     decode_frame,
     decode_hits,
-    decode_request,
     decode_search_results,
-    encode_frame,
     encode_put_many,
     encode_request,
     encode_search_many,
     error_from_reply,
-    error_to_header,
     replica_header,
 )
 from semcache.errors import (
     AuthenticationError,
     ClosedError,
     ClusterError,
+    LimitExceededError,
     SemcacheError,
     ShardUnavailableError,
 )
@@ -74,58 +70,14 @@ def map_flight_error(exc: flight.FlightError, address: str) -> SemcacheError:
     return ClusterError(f"{address} failed the call: {exc}")
 
 
-# ------------------------------------------------------------------ server
-class _TokenMiddlewareFactory(flight.ServerMiddlewareFactory):
-    """Refuse every call without ``authorization: Bearer <token>``."""
+def map_transport_refusal(exc: Exception, address: str) -> SemcacheError:
+    """A gRPC status pyarrow reports as a plain Arrow error (``ArrowInvalid``...), mapped like a Flight error.
 
-    def __init__(self, token: str) -> None:
-        super().__init__()
-        self._expected = f"Bearer {token}".encode()
-
-    def start_call(self, info: Any, headers: dict[str, list[Any]]) -> None:
-        for value in headers.get("authorization", []):
-            offered = value.encode() if isinstance(value, str) else bytes(value)
-            if hmac.compare_digest(offered, self._expected):
-                return None
-        raise flight.FlightUnauthenticatedError("missing or wrong token")
-
-
-class FlightNodeServer(flight.FlightServerBase):
-    """A Flight server that hands every action to ``handler(action, header, blobs)``.
-
-    It starts listening when constructed.  A request of another wire version is
-    refused before the handler (:func:`~semcache.cluster._wire.decode_request`).
-    A handler's exception never escapes: it becomes an error reply, so a bad
-    request cannot take the node down.
+    ``RESOURCE_EXHAUSTED`` (the node is at its concurrent-call limit) is retryable: the call never ran.
     """
-
-    def __init__(
-        self,
-        location: str,
-        handler: Handler,
-        *,
-        token: str = "",
-        tls_cert: bytes | None = None,
-        tls_key: bytes | None = None,
-    ) -> None:
-        kwargs: dict[str, Any] = {}
-        if token:
-            kwargs["middleware"] = {"auth": _TokenMiddlewareFactory(token)}
-        if tls_cert is not None and tls_key is not None:
-            kwargs["tls_certificates"] = [(tls_cert, tls_key)]
-        super().__init__(location, **kwargs)
-        self._handler = handler
-
-    def do_action(self, context: Any, action: flight.Action) -> list[flight.Result]:
-        try:
-            header, blobs = decode_request(action.body.to_pybytes())
-            reply, out = self._handler(action.type, header, blobs)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
-            reply, out = error_to_header(exc), []
-        return [flight.Result(encode_frame(reply, out))]
-
-    def list_actions(self, context: Any) -> list[tuple[str, str]]:
-        return list(ACTIONS.items())
+    if "resource exhausted" in str(exc).lower():
+        return ShardUnavailableError(f"{address} is busy (at its concurrent-call limit): {exc}")
+    return ClusterError(f"{address} failed the call: {exc}")
 
 
 # ------------------------------------------------------------------ client
@@ -170,12 +122,17 @@ class NodeClient:
         options = self._options
         if timeout is not None:
             options = flight.FlightCallOptions(timeout=timeout, headers=self._options.headers)
+        body = encode_request(header, blobs)
+        if len(body) > MAX_REQUEST_BYTES:  # the node would refuse it as it arrives
+            raise LimitExceededError(f"{action} request", len(body), MAX_REQUEST_BYTES)
         try:
-            results = list(self._client.do_action(flight.Action(action, encode_request(header, blobs)), options))
+            results = list(self._client.do_action(flight.Action(action, body), options))
         except flight.FlightError as exc:
             raise map_flight_error(exc, self.address) from exc
         except OSError as exc:
             raise ShardUnavailableError(f"cannot reach {self.address}: {exc}") from exc
+        except pyarrow.ArrowException as exc:  # gRPC statuses Flight has no class for (RESOURCE_EXHAUSTED...)
+            raise map_transport_refusal(exc, self.address) from exc
         if not results:
             raise ClusterError(f"{self.address} sent an empty reply to {action}")
         reply, out = decode_frame(results[0].body.to_pybytes())

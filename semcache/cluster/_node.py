@@ -38,8 +38,8 @@ from semcache._engine.commands import Clear, Delete, Put
 from semcache._engine.inputs import Limits, check_key, check_scan_args, check_scope, check_search_args, check_ttl_ms
 from semcache._engine.state import ShardState
 from semcache.cluster._config import ClusterConfig
-from semcache.cluster._flight import FlightNodeServer
 from semcache.cluster._raft.replica import ReplicatedShard
+from semcache.cluster._server import FlightNodeServer
 from semcache.cluster._wire import (
     ACTIONS,
     COUNT,
@@ -115,8 +115,10 @@ class SemanticKVNode:
         self._handlers: dict[str, Callable[[Header, list[bytes]], Reply]] = {
             action: getattr(self, f"_{action}") for action in ACTIONS
         }
+        warn_open_port(config, replica.rpc)
         try:
-            self.server = FlightNodeServer(replica.rpc, self.handle, token=config.token, tls_cert=cert, tls_key=key)
+            self.server = FlightNodeServer(replica.rpc, self.handle, token=config.token,
+                                           admin_token=config.admin_token, tls_cert=cert, tls_key=key)
         except Exception:
             self.shard.close()
             raise
@@ -327,6 +329,18 @@ class SemanticKVNode:
             raise InvalidInputError(f"field {REPLICA_ID!r} must be str, got {type(replica_id).__name__}")
         self.shard.remove_replica(replica_id)
         return {}, []
+
+
+def warn_open_port(config: ClusterConfig, rpc: str) -> None:
+    """Log a WARNING when the cluster file leaves the RPC port open (no token), or admin actions on the data token."""
+    if not config.token and not config.admin_token:
+        logger.warning("the cluster file sets no token: anyone who can reach %s can read, write and administer "
+                       "this shard (a dev setup; `semcache cluster up` generates tokens)", rpc)
+    elif not config.token:
+        logger.warning("the cluster file sets no data token: anyone who can reach %s can read and write", rpc)
+    elif not config.admin_token:
+        logger.warning("the cluster file sets no admin_token: the data token on %s also clears, compacts and "
+                       "changes membership", rpc)
 
 
 def each_checked(

@@ -21,3 +21,12 @@ MAX_VALUE_BYTES_CEILING = MAX_ENTRY_BYTES - 4 * KIB
 # a batch of small puts, or one put of the largest default value, fits an entry with room to spare.
 DEFAULT_MAX_VALUE_BYTES = MAX_ENTRY_BYTES - 12 * KIB
 BATCH_MAX_BYTES = DEFAULT_MAX_VALUE_BYTES
+
+# ------------------------------------------------------------ RPC transport
+# The largest legitimate request is a put_many (or search_many) batch: the client's batches stop at
+# BATCH_MAX_BYTES, plus one item that may be as large as a whole entry, plus a JSON header. Everything
+# that becomes a write fits one entry, so a request far over an entry is never legitimate.
+MIB = 1024 * KIB
+MAX_REQUEST_BYTES = 1 * MIB  # one RPC's body (the wire frame); gRPC refuses more while it arrives
+MAX_HEADER_BYTES = 256 * KIB  # a frame's JSON header (a 64-item put_many of 1 KiB keys needs ~100 KiB)
+MAX_METADATA_BYTES = 8 * KIB  # gRPC metadata (headers) of one call; the token needs ~60 bytes

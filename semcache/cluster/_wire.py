@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from semcache.cluster._config import Replica, ShardConfig
-from semcache.cluster._sizes import DEFAULT_MAX_VALUE_BYTES
+from semcache.cluster._sizes import DEFAULT_MAX_VALUE_BYTES, MAX_HEADER_BYTES
 from semcache.errors import (
     AuthenticationError,
     ClosedError,
@@ -127,6 +127,9 @@ ACTIONS: dict[str, str] = {
     "add_replica": "add a replica to the shard (leader only)",
     "remove_replica": "remove a replica from the shard (leader only)",
 }
+# Actions that change what the cluster is rather than what it holds, or remove data wholesale: a node runs them
+# only for a caller holding the admin token (docs/operations/security.md).
+ADMIN_ACTIONS = frozenset({"clear", "compact", "add_replica", "remove_replica"})
 
 # Error code on the wire <-> exception class.  Order matters when encoding:
 # the most specific class that matches wins (subclasses before their parents).
@@ -162,15 +165,21 @@ def encode_frame(header: Mapping[str, Any], blobs: Sequence[bytes] = ()) -> byte
     return b"".join(parts)
 
 
-def decode_frame(data: bytes) -> tuple[Header, list[bytes]]:
+def decode_frame(data: bytes, *, max_header_bytes: int | None = None) -> tuple[Header, list[bytes]]:
     """Unpack a frame made by :func:`encode_frame`.
 
+    Args:
+        max_header_bytes: refuse a larger JSON header (requests; replies are not bounded).
+
     Raises:
-        InvalidInputError: a truncated or malformed frame.
+        LimitExceededError: the header is over ``max_header_bytes``.
+        InvalidInputError: a truncated or malformed frame, or a header nested too deep for the JSON parser.
     """
     view = memoryview(data)
     try:
         (size,) = _U32.unpack_from(view, 0)
+        if max_header_bytes is not None and size > max_header_bytes:
+            raise LimitExceededError("request header", size, max_header_bytes)
         pos = 4 + size
         header = json.loads(bytes(view[4:pos]))
         (count,) = _U32.unpack_from(view, pos)
@@ -183,6 +192,10 @@ def decode_frame(data: bytes) -> tuple[Header, list[bytes]]:
                 raise InvalidInputError("truncated frame")
             blobs.append(bytes(view[pos : pos + size]))
             pos += size
+    except LimitExceededError:
+        raise
+    except RecursionError as exc:  # json's parser recurses once per nesting level
+        raise InvalidInputError("malformed request frame: the header is nested too deep") from exc
     except (struct.error, ValueError) as exc:
         raise InvalidInputError(f"malformed request frame: {exc}") from exc
     if not isinstance(header, dict) or pos != len(view):
@@ -199,10 +212,11 @@ def decode_request(data: bytes) -> tuple[Header, list[bytes]]:
     """A request frame's header (without its version) and blobs.
 
     Raises:
-        InvalidInputError: a malformed frame.
+        InvalidInputError: a malformed frame, or a header over :data:`~semcache.cluster._sizes.MAX_HEADER_BYTES`
+            (LimitExceededError) or nested too deep.
         ConfigurationError: the request is of another wire version.
     """
-    header, blobs = decode_frame(data)
+    header, blobs = decode_frame(data, max_header_bytes=MAX_HEADER_BYTES)
     client_version = header.pop(WIRE_VERSION_FIELD, UNVERSIONED)
     if client_version != WIRE_VERSION:
         raise version_mismatch(client=client_version, node=WIRE_VERSION, node_name="this node")

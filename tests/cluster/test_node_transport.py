@@ -1,4 +1,4 @@
-"""The Flight transport in-process: frames, error mapping at the boundary, token auth, TLS."""
+"""The RPC transport in-process: frames, error mapping at the boundary, token auth, TLS, transport limits."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pyarrow.flight as flight
 import pytest
 
 import semcache.errors as errors_module
-from semcache.cluster._flight import FlightNodeServer, NodeClient, map_flight_error
+from semcache.cluster._flight import NodeClient, map_flight_error
 from semcache.cluster._local import free_ports
+from semcache.cluster._server import FlightNodeServer
 from semcache.cluster._wire import (
     ERROR_CODES,
     WIRE_VERSION,
