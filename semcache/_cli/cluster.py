@@ -50,7 +50,9 @@ def add_cluster_commands(subparsers: Any) -> None:
                          "5 survives two)")
     up.add_argument("--embedding", default=None,
                     help=f'embedding model the shards are stamped with (default {DEFAULT_MODEL}; "hash:DIM" for tests)')
-    up.add_argument("--token", default=None, help="require this RPC token from clients (default: none)")
+    up.add_argument("--token", default=None,
+                    help="the data-plane RPC token clients must present (default: a fresh random one; the admin "
+                         "token is always generated and kept in the cluster file only)")
     up.add_argument("--timeout", type=float, default=DEFAULT_UP_TIMEOUT,
                     help=f"seconds to wait for leaders (default {DEFAULT_UP_TIMEOUT:.0f})")
     up.set_defaults(func=cmd_up)
@@ -94,7 +96,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         shards = DEFAULT_SHARDS if args.shards is None else args.shards
         replicas = DEFAULT_REPLICAS if args.replicas is None else args.replicas
-        cluster.create(shards, replicas, embedding=args.embedding or DEFAULT_MODEL, token=args.token or "")
+        cluster.create(shards, replicas, embedding=args.embedding or DEFAULT_MODEL, token=args.token)
         warning = fault_tolerance_warning(replicas)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
@@ -115,6 +117,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     print("\nconnect with:\n")
     print("    from semcache import DistributedSemanticKV")
     print(f"    kv = {cluster.client_line()}")
+    if cluster.config().admin_token:
+        print(f"\nadmin calls (clear_scope, clear_all, replica changes) also need admin_token=..., which is in "
+              f"{cluster.config_path} only")
     print(f"\nstop with: semcache cluster down --dir {cluster.directory}")
     return 0
 

@@ -21,7 +21,7 @@ from semcache._cli.cluster import add_cluster_commands, fault_tolerance_warning
 from semcache.cluster._client import DistributedSemanticKV
 from semcache.cluster._local import LocalCluster, supervisor
 from semcache.cluster._local.supervisor import alive
-from semcache.errors import ClusterError
+from semcache.errors import AuthenticationError, ClusterError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -77,10 +77,34 @@ def test_up_prints_addresses_and_a_client_line_that_works(cluster_dir: Path) -> 
     assert "entries" in status and "lag" in status and "to index" in status
 
 
+def test_up_generates_a_data_and_an_admin_token_and_prints_only_the_data_token(cluster_dir: Path) -> None:
+    out = semcache("cluster", "up", "--shards", "1", "--replicas", "1", "--dir", str(cluster_dir),
+                   "--embedding", "hash:32").stdout
+    config = LocalCluster(cluster_dir).config()
+    assert config.token and config.admin_token and config.token != config.admin_token
+    assert f"token={config.token!r}" in out and config.admin_token not in out
+    assert "admin_token" in out and str(cluster_dir / "cluster.toml") in out  # where the admin token is
+    assert (cluster_dir / "cluster.toml").stat().st_mode & 0o077 == 0
+    addresses = LocalCluster(cluster_dir).addresses()
+    with pytest.raises(AuthenticationError):  # no token: nothing, not even a read
+        DistributedSemanticKV(addresses)
+    data = DistributedSemanticKV(addresses, token=config.token)
+    admin = DistributedSemanticKV(addresses, admin_token=config.admin_token)
+    try:
+        data.put("k", "v")
+        with pytest.raises(AuthenticationError, match="admin"):
+            data.clear_all()  # clear is an admin action
+        assert data.get("k") == b"v"
+        assert admin.clear_all() == 1 and admin.get("k") is None
+    finally:
+        data.close()
+        admin.close()
+
+
 def test_a_killed_node_rejoins_with_its_data_and_down_stops_everything(cluster_dir: Path) -> None:
     semcache("cluster", "up", "--shards", "1", "--replicas", "3", "--dir", str(cluster_dir), "--embedding", "hash:32")
     local = LocalCluster(cluster_dir)
-    kv = DistributedSemanticKV(local.addresses())
+    kv = DistributedSemanticKV(local.addresses(), token=local.config().token)
     try:
         for i in range(30):
             kv.put(f"k{i}", f"value {i}")
@@ -97,7 +121,7 @@ def test_a_killed_node_rejoins_with_its_data_and_down_stops_everything(cluster_d
         local.wait_caught_up(victim, timeout=60)
         from semcache.cluster._flight import NodeClient
 
-        with NodeClient(local.config().replica(victim).rpc) as node:
+        with NodeClient(local.config().replica(victim).rpc, token=local.config().token) as node:
             assert node.get("k35", read_from="any") == b"value 35"
             assert node.get("k3", read_from="any") == b"value 3"
     finally:
@@ -112,7 +136,7 @@ def test_a_killed_node_rejoins_with_its_data_and_down_stops_everything(cluster_d
 def test_add_and_remove_replica_from_the_command_line(cluster_dir: Path) -> None:
     semcache("cluster", "up", "--shards", "1", "--replicas", "3", "--dir", str(cluster_dir), "--embedding", "hash:32")
     local = LocalCluster(cluster_dir)
-    kv = DistributedSemanticKV(local.addresses())
+    kv = DistributedSemanticKV(local.addresses(), token=local.config().token)
     try:
         for i in range(50):
             kv.put(f"k{i}", f"value {i}")

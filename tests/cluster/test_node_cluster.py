@@ -266,6 +266,41 @@ def test_every_rpc_needs_the_token(make_shard: Callable[..., LocalShard]) -> Non
     assert shard.client(rid).get("k") is None  # nothing got through
 
 
+def test_admin_actions_need_the_admin_token_and_data_actions_the_data_token(
+    make_shard: Callable[..., LocalShard]
+) -> None:
+    shard = make_shard(replicas=1, admin_token="node-admin-token")
+    rid = shard.leader()
+    data = shard.client(rid)
+    admin = shard.client(rid, token="node-admin-token", timeout=10.0)
+    try:
+        _put(data, "k")
+        admin_calls = (lambda c: c.clear(""), lambda c: c.call("compact", {}), lambda c: c.remove_replica("nobody"),
+                       lambda c: c.add_replica("r9", "127.0.0.1:1", "grpc://127.0.0.1:2"))
+        for call in admin_calls:
+            with pytest.raises(AuthenticationError, match="admin token"):
+                call(data)
+        assert data.get("k") == b"k"  # the refused clear removed nothing
+        assert admin.get("k") == b"k"  # the admin token admits data calls too
+        assert admin.clear("") == 1 and data.get("k") is None
+        with shard.client(rid, timeout=5.0) as anonymous, pytest.raises(AuthenticationError):
+            anonymous.clear("")
+    finally:
+        admin.close()
+
+
+def test_a_cluster_file_without_tokens_still_loads_and_the_node_warns_that_its_port_is_open(
+    make_shard: Callable[..., LocalShard]
+) -> None:
+    shard = make_shard(replicas=1, token="")
+    rid = shard.leader()
+    with shard.client(rid, timeout=5.0) as anonymous:
+        _put(anonymous, "k")
+        assert anonymous.clear("") == 1  # a dev setup: open to anyone who can reach the port
+    log = (shard.directory / f"{rid}.log").read_text()
+    assert "WARNING" in log and "sets no token" in log
+
+
 def test_a_node_with_the_wrong_secret_cannot_join_vote_or_inject(
     make_shard: Callable[..., LocalShard], tmp_path: Path
 ) -> None:

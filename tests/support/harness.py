@@ -109,15 +109,18 @@ class ClusterHarness:
         return self.local.addresses()
 
     def client(self, **kwargs: Any) -> DistributedSemanticKV:
-        """A DistributedSemanticKV on this cluster (closed by :meth:`stop_all`)."""
+        """A DistributedSemanticKV on this cluster (closed by :meth:`stop_all`), holding the admin token too
+        (tests clear between cases) unless ``admin_token`` is given."""
         kwargs.setdefault("token", self.config.token or None)
+        kwargs.setdefault("admin_token", self.config.admin_token or None)
         kv = DistributedSemanticKV(self.addresses, **kwargs)
         self.clients.append(kv)
         return kv
 
     def node(self, replica_id: str, timeout: float = 2.0) -> NodeClient:
-        """A raw NodeClient to one replica (the caller closes it)."""
-        return NodeClient(self.rpc(replica_id), token=self.config.token or None, timeout=timeout)
+        """A raw NodeClient to one replica with the operator's (admin) token (the caller closes it)."""
+        token = self.config.admin_token or self.config.token or None
+        return NodeClient(self.rpc(replica_id), token=token, timeout=timeout)
 
     def rpc(self, replica_id: str) -> str:
         return self.local.config().replica(replica_id).rpc

@@ -96,7 +96,9 @@ class DistributedSemanticKV(Conveniences):
         max_workers: threads used to fan a search out over the shards.
         read_from: ``"leader"`` (reads see every acknowledged write) or ``"any"``
             (follower reads: lower load on leaders, may lag by about a heartbeat).
-        token: the cluster's RPC token, if it has one.
+        token: the cluster's data-plane RPC token, if it has one (reads and writes).
+        admin_token: the cluster's admin token, for a client that must run admin calls
+            (:meth:`clear_scope`, :meth:`clear_all`); sent instead of ``token`` on every call.
         embedding: the embedder; default: the cluster's model (checked either way).
         request_timeout: seconds a key operation keeps retrying through leader
             changes and unreachable replicas before it fails.
@@ -110,7 +112,7 @@ class DistributedSemanticKV(Conveniences):
 
     Raises:
         ShardUnavailableError: no node in ``nodes`` answered.
-        AuthenticationError: the token was refused.
+        AuthenticationError: the token was refused (later calls: an admin call without ``admin_token``).
         EmbeddingMismatchError: ``embedding`` is not the cluster's model.
         ConfigurationError: bad settings.
     """
@@ -124,6 +126,7 @@ class DistributedSemanticKV(Conveniences):
         max_workers: int = DEFAULT_MAX_WORKERS,
         read_from: str = "leader",
         token: str | None = None,
+        admin_token: str | None = None,
         embedding: Any = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         connect: Connect | None = None,
@@ -147,7 +150,7 @@ class DistributedSemanticKV(Conveniences):
         self.search_timeout = float(search_timeout)
         self.request_timeout = float(request_timeout)
         self.read_from = read_from
-        self._pool = ConnectionPool(connect or default_connect(token, self.connection_timeout, tls_root_certs),
+        self._pool = ConnectionPool(connect or default_connect(admin_token or token, self.connection_timeout, tls_root_certs),
                                     owner="this DistributedSemanticKV")
         self._fan_out = FanOut(max_workers, grace=self.connection_timeout)
         self.last_missing_shards: tuple[str, ...] = ()
@@ -349,12 +352,19 @@ class DistributedSemanticKV(Conveniences):
         return answers, missing
 
     def clear_scope(self, scope_prefix: str) -> int:
-        """Remove every entry in scopes starting with ``scope_prefix`` on every shard; how many."""
+        """Remove every entry in scopes starting with ``scope_prefix`` on every shard; how many.
+
+        An admin call: it needs the client's ``admin_token`` when the cluster has one.
+
+        Raises:
+            AuthenticationError: this client has no (or the wrong) admin token.
+        """
         scope_prefix = check_scope_prefix(scope_prefix)
         return self._clear(scope_prefix)
 
     def clear_all(self) -> int:
-        """Remove everything on every shard; returns how many entries were removed."""
+        """Remove everything on every shard; returns how many entries were removed (an admin call, as
+        :meth:`clear_scope`)."""
         return self._clear("")
 
     def _clear(self, scope_prefix: str) -> int:

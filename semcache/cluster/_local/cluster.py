@@ -123,14 +123,15 @@ class LocalCluster:
 
     # ------------------------------------------------------------- health
     def connect(self, address: str, timeout: float = 2.0) -> NodeClient:
-        """A NodeClient for ``address`` with this cluster's token (the caller closes it)."""
+        """A NodeClient for ``address`` with this cluster's admin token (the operator's credential: it admits
+        every call), or its data token when the file has no admin token; the caller closes it."""
         from semcache.cluster._flight import NodeClient
 
-        token = self.config().token or None
-        return NodeClient(address, token=token, timeout=timeout)
+        config = self.config()
+        return NodeClient(address, token=config.admin_token or config.token or None, timeout=timeout)
 
     def _pool(self, timeout: float) -> ConnectionPool:
-        """Connections with this cluster's token, closed when the pool is."""
+        """Connections with this cluster's admin token, closed when the pool is."""
         return ConnectionPool(lambda address: self.connect(address, timeout), owner="this LocalCluster's pool")
 
     def health(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:

@@ -50,13 +50,17 @@ def make_config(
     *,
     host: str = "127.0.0.1",
     secret: str | None = None,
+    token: str | None = None,
+    admin_token: str | None = None,
     **settings: Any,
 ) -> ClusterConfig:
     """A cluster of ``shards`` × ``replicas`` on free local ports, data under ``data/``.
 
     Args:
         secret: the Raft secret; a fresh random one when omitted.
-        settings: any other :class:`~semcache.cluster._config.ClusterConfig` field (token, embedding...).
+        token, admin_token: the data-plane and admin RPC tokens; fresh random ones when omitted, none
+            when ``""`` (an open RPC port: a dev setup, which nodes warn about).
+        settings: any other :class:`~semcache.cluster._config.ClusterConfig` field (embedding...).
 
     Raises:
         ConfigurationError: fewer than one shard or replica, or bad settings.
@@ -75,7 +79,12 @@ def make_config(
         for s in range(shards)
     )
     settings.setdefault("data_dir", "data")
-    return ClusterConfig(secret=secret or secrets.token_urlsafe(24), shards=shard_configs, **settings)
+    return ClusterConfig(
+        secret=secret or secrets.token_urlsafe(24), shards=shard_configs,
+        token=secrets.token_urlsafe(24) if token is None else token,
+        admin_token=secrets.token_urlsafe(24) if admin_token is None else admin_token,
+        **settings,
+    )
 
 
 class ClusterDirectory:
