@@ -150,7 +150,8 @@ class DistributedSemanticKV(Conveniences):
         self.search_timeout = float(search_timeout)
         self.request_timeout = float(request_timeout)
         self.read_from = read_from
-        self._pool = ConnectionPool(connect or default_connect(admin_token or token, self.connection_timeout, tls_root_certs),
+        credential = admin_token or token  # the admin token admits data calls too
+        self._pool = ConnectionPool(connect or default_connect(credential, self.connection_timeout, tls_root_certs),
                                     owner="this DistributedSemanticKV")
         self._fan_out = FanOut(max_workers, grace=self.connection_timeout)
         self.last_missing_shards: tuple[str, ...] = ()
