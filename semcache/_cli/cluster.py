@@ -28,6 +28,9 @@ def add_cluster_commands(subparsers: Any) -> None:
     node.add_argument("--config", required=True, help="the cluster file (TOML)")
     node.add_argument("--replica", required=True, help="this node's replica id in the cluster file")
     node.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    node.add_argument("--force-membership", action="store_true",
+                      help="recovery only: the shard's members are the cluster file's, whatever this replica's "
+                           "journal says (semcache cluster recover uses it; see docs/operations/nodes.md)")
     node.set_defaults(func=cmd_node)
 
     cluster = subparsers.add_parser("cluster", help="run a local cluster of node processes")
@@ -67,6 +70,19 @@ def add_cluster_commands(subparsers: Any) -> None:
     add.add_argument("--shard", required=True)
     add.set_defaults(func=cmd_add_replica)
 
+    recover = with_dir(commands.add_parser(
+        "recover", help="bring back a shard that lost its quorum for good (forced membership)",
+        description="Restart the shard from one surviving replica (the most advanced, or --seed) with a forced "
+                    "membership, then add the other survivors back with fresh data (their old data directories "
+                    "are renamed, not deleted).  Writes only the lost replicas held are lost.",
+    ))
+    recover.add_argument("--shard", required=True)
+    recover.add_argument("--replicas", default=None,
+                         help="comma-separated surviving replicas (default: every replica the file lists)")
+    recover.add_argument("--seed", default=None, help="the survivor to restart from (default: the most advanced)")
+    recover.add_argument("--timeout", type=float, default=DEFAULT_UP_TIMEOUT)
+    recover.set_defaults(func=cmd_recover)
+
     remove = with_dir(commands.add_parser("remove-replica", help="remove a replica from its shard while it serves"))
     remove.add_argument("--replica", required=True)
     remove.set_defaults(func=cmd_remove_replica)
@@ -78,7 +94,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     from semcache.cluster._node import run_node
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_node(args.config, args.replica)
+    run_node(args.config, args.replica, force_membership=args.force_membership)
     return 0
 
 
@@ -182,6 +198,16 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_add_replica(args: argparse.Namespace) -> int:
     replica = LocalCluster(args.dir).add_replica(args.shard)
     print(f"added {replica.id} to {args.shard} at {replica.rpc} (caught up)")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    survivors = [name.strip() for name in args.replicas.split(",") if name.strip()] if args.replicas else None
+    recovery = LocalCluster(args.dir).recover(args.shard, survivors=survivors, seed=args.seed, timeout=args.timeout)
+    print(f"{args.shard} recovered from {recovery.seed}; forgot {', '.join(recovery.forgotten) or 'no member'}; "
+          f"rejoined {', '.join(recovery.rejoined) or 'no replica'}")
+    for directory in recovery.set_aside:
+        print(f"  old data kept in {directory}")
     return 0
 
 

@@ -95,15 +95,21 @@ class SemanticKVNode:
     Args:
         config: the cluster file (:meth:`ClusterConfig.load`).
         replica_id: which replica of the file this process is.
+        force_membership: take the shard's members from the cluster file, ignoring those the journal and
+            snapshot recorded (recovering a shard that lost its quorum; docs/operations/nodes.md).
 
     The Raft endpoint and the Flight server start listening in the constructor;
     :meth:`serve` blocks until :meth:`stop`.
     """
 
-    def __init__(self, config: ClusterConfig, replica_id: str) -> None:
+    def __init__(self, config: ClusterConfig, replica_id: str, *, force_membership: bool = False) -> None:
         self.config = config
         self.replica_id = replica_id
-        self.shard = ReplicatedShard(config, replica_id)
+        if force_membership:
+            members = ", ".join(r.id for r in config.shard_of(replica_id).replicas)
+            logger.warning("replica %s starts with a forced membership: %s (the cluster file's), whatever its "
+                           "journal says", replica_id, members)
+        self.shard = ReplicatedShard(config, replica_id, force_membership=force_membership)
         self._embedder: BaseEmbedding | None = None
         self._embedder_lock = threading.Lock()
         self._stopped = threading.Event()
@@ -358,14 +364,14 @@ def each_checked(
     return [c if isinstance(c, SemcacheError) else next(results) for c in checked]
 
 
-def run_node(config_path: str | Path, replica_id: str) -> None:
+def run_node(config_path: str | Path, replica_id: str, *, force_membership: bool = False) -> None:
     """Run one node until SIGTERM or SIGINT, then stop it cleanly (the ``semcache node`` command)."""
     config = ClusterConfig.load(config_path)
     # The applier and RPC threads run Python code between HNSW inserts; with the
     # default 5 ms switch interval the Raft tick thread (heartbeats,
     # acknowledgements) could wait up to 5 ms for the GIL.  This process is only a node.
     sys.setswitchinterval(SWITCH_INTERVAL)
-    node = SemanticKVNode(config, replica_id)
+    node = SemanticKVNode(config, replica_id, force_membership=force_membership)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

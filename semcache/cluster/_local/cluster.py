@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semcache.cluster._client.connections import ConnectionPool
-from semcache.cluster._config import ClusterConfig, Replica
+from semcache.cluster._config import ClusterConfig, Replica, ShardConfig
 from semcache.cluster._local.files import DEFAULT_REPLICAS, DEFAULT_SHARDS, ClusterDirectory, free_ports
+from semcache.cluster._local.recovery import Recovery, recover_shard
 from semcache.cluster._local.status import ShardStatus, agreed_leader, shard_status
 from semcache.cluster._local.supervisor import DEFAULT_STOP_TIMEOUT, NodeSupervisor
 from semcache.errors import ClusterError, ConfigurationError, InvalidInputError
@@ -101,9 +102,9 @@ class LocalCluster:
         """The pid of the running node serving ``replica_id``, or None if none runs."""
         return self.nodes.pid(replica_id)
 
-    def start(self, replica_id: str) -> subprocess.Popen[bytes]:
+    def start(self, replica_id: str, *, extra_args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         """Start the node of ``replica_id`` in the background (see :meth:`NodeSupervisor.start`)."""
-        return self.nodes.start(replica_id)
+        return self.nodes.start(replica_id, extra_args=extra_args)
 
     def start_all(self) -> list[str]:
         """Start every replica not already running; the ids started."""
@@ -215,24 +216,65 @@ class LocalCluster:
 
         Raises:
             ConfigurationError: no such shard.
-            ClusterError: the shard has no leader, or the new replica did not catch up.
+            ClusterError: the shard has no leader, or the new replica did not start or catch up.
         """
         config = self.config()
-        shard = next((s for s in config.shards if s.id == shard_id), None)
-        if shard is None:
-            raise ConfigurationError(f"no shard {shard_id!r} in {self.config_path}")
+        shard = self.shard(shard_id)
         taken = {r.id for r in config.replicas()}
         number = next(n for n in range(len(taken) + 1) if f"{shard_id}-r{n}" not in taken)
         raft_port, rpc_port = free_ports(2)
         host = shard.replicas[0].raft.rpartition(":")[0]
         new = Replica(f"{shard_id}-r{number}", f"{host}:{raft_port}", f"grpc://{host}:{rpc_port}")
-        leader = self.wait_for_leaders(timeout)[shard_id]
-        with self.connect(leader, timeout=max(5.0, config.commit_timeout + 1)) as node:
-            node.add_replica(new.id, new.raft, new.rpc)
-        self.files.save(config.with_shard(replace(shard, replicas=(*shard.replicas, new))))
-        self.start(new.id)
-        self.wait_caught_up(new.id, timeout)
+        self.join(shard_id, new, timeout=timeout)
         return new
+
+    def join(self, shard_id: str, new: Replica, *, timeout: float = DEFAULT_UP_TIMEOUT) -> None:
+        """Start ``new``'s node, add it through the shard's leader once it listens, wait until it caught up.
+
+        The node runs before it is added: the leader refuses to add a replica whose node is not
+        listening (a dead address must never become a voter).  If the add fails, the node is stopped and
+        the cluster file left as it was.
+
+        Raises:
+            ClusterError: the shard has no leader, or the new replica did not start, join or catch up.
+        """
+        config = self.config()
+        shard = self.shard(shard_id)
+        leader = self.wait_for_leaders(timeout)[shard_id]
+        self.files.save(config.with_shard(replace(shard, replicas=(*shard.replicas, new))))
+        try:
+            self.start(new.id)
+            self._wait_answering(new, timeout)
+            with self.connect(leader, timeout=max(5.0, config.commit_timeout + 1)) as node:
+                node.add_replica(new.id, new.raft, new.rpc)
+        except BaseException:
+            self.stop(new.id)
+            self.files.save(config)
+            raise
+        self.wait_caught_up(new.id, timeout)
+
+    def shard(self, shard_id: str) -> ShardConfig:
+        """The shard ``shard_id`` as the cluster file has it (ConfigurationError if there is none)."""
+        shard = next((s for s in self.config().shards if s.id == shard_id), None)
+        if shard is None:
+            raise ConfigurationError(f"no shard {shard_id!r} in {self.config_path}")
+        return shard
+
+    def _wait_answering(self, replica: Replica, timeout: float) -> None:
+        """Wait until ``replica``'s node answers on its RPC address (so its Raft port listens too)."""
+        deadline = time.monotonic() + timeout
+        with self._pool(1.0) as pool:
+            while "error" in pool.health_of(replica.rpc):
+                if self.nodes.exited([replica.id]):
+                    raise ClusterError(f"node {replica.id} did not start: {self._exit_report([replica.id])}")
+                if time.monotonic() >= deadline:
+                    raise ClusterError(f"node {replica.id} did not answer within {timeout:.0f}s")
+                time.sleep(POLL)
+
+    def recover(self, shard_id: str, *, survivors: Sequence[str] | None = None, seed: str | None = None,
+                timeout: float = DEFAULT_UP_TIMEOUT) -> Recovery:
+        """Bring back a shard that lost its quorum for good (see :mod:`~semcache.cluster._local.recovery`)."""
+        return recover_shard(self, shard_id, survivors=survivors, seed=seed, timeout=timeout)
 
     def remove_replica(self, replica_id: str, *, timeout: float = DEFAULT_UP_TIMEOUT) -> None:
         """Remove ``replica_id`` from its shard while it serves, stop its node and drop it from the file.

@@ -51,8 +51,10 @@ class NodeSupervisor:
             return None
         return pid if is_our_node(pid, replica_id) else None
 
-    def start(self, replica_id: str) -> subprocess.Popen[bytes]:
+    def start(self, replica_id: str, *, extra_args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         """Start the node of ``replica_id`` in the background (it must not be running).
+
+        ``extra_args`` are added to this start only (the recorded command line stays the usual one).
 
         Raises:
             ConfigurationError: no such replica.
@@ -67,7 +69,7 @@ class NodeSupervisor:
                "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **self.extra_env}
         with open(self.files.log_file(replica_id), "ab") as log:
             process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                command + list(extra_args), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.files.path, env=env, start_new_session=True,  # outlives `cluster up`, no terminal signals
             )
         self.files.pid_file(replica_id).write_text(f"{process.pid}\n")

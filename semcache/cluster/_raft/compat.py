@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 try:
@@ -81,6 +82,7 @@ __all__ = [
     "TCPNode",
     "current_log_index",
     "election_noop_index",
+    "ignore_membership_history",
     "is_leader",
     "journal",
     "leader_node",
@@ -169,3 +171,27 @@ def raw_status(syncobj: SyncObj) -> dict[str, Any]:
         except RuntimeError:
             time.sleep(0.001)
     return {}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Forced membership (``semcache node --force-membership``, :class:`.membership.ForcedMembership`).
+# ``SyncObj._SyncObj__doChangeCluster`` and ``SyncObj._SyncObj__updateClusterConfiguration``
+#     pysyncobj applies membership entries again when it replays its journal, and takes the member set stored in
+#     a snapshot; a shard that lost its quorum to members that are gone would get them back at every restart.
+#     Wrapping both on the instance lets a forced restart ignore them while it replays what it held at start.
+def ignore_membership_history(syncobj: SyncObj, replaying_entry: Callable[[], bool],
+                              replaying_snapshot: Callable[[], bool]) -> None:
+    """Make ``syncobj`` ignore membership changes while ``replaying_entry()`` (a journal entry's) or
+    ``replaying_snapshot()`` (a snapshot's member set) is True.  Call before ``SyncObj.__init__``."""
+    change_cluster = syncobj._SyncObj__doChangeCluster
+    update_configuration = syncobj._SyncObj__updateClusterConfiguration
+
+    def do_change_cluster(request: Any, reverse: bool = False) -> bool:
+        return False if replaying_entry() else bool(change_cluster(request, reverse))
+
+    def update_cluster_configuration(nodes: Any) -> None:
+        if not replaying_snapshot():
+            update_configuration(nodes)
+
+    syncobj._SyncObj__doChangeCluster = do_change_cluster
+    syncobj._SyncObj__updateClusterConfiguration = update_cluster_configuration

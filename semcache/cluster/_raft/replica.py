@@ -51,13 +51,15 @@ from semcache.cluster._raft.compat import (
     SyncObj,
     SyncObjConf,
     SyncObjException,
+    current_log_index,
+    ignore_membership_history,
     raw_status,
     replicated,
     send_raft_messages_uncompressed,
 )
 from semcache.cluster._raft.group_commit import GroupCommit, encode_for_entry
 from semcache.cluster._raft.leadership import Leadership
-from semcache.cluster._raft.membership import Membership, MemberTable
+from semcache.cluster._raft.membership import ForcedMembership, Membership, MemberTable
 from semcache.cluster._raft.snapshots import SNAPSHOT_FILE, Snapshots
 from semcache.cluster._raft.status import StateCounts, replica_status
 from semcache.cluster._sizes import MAX_ENTRY_BYTES
@@ -74,6 +76,8 @@ class ReplicatedShard(SyncObj):
         replica_id: which replica of ``config`` this is.
         clock: milliseconds since the epoch, used only by the leader when it
             issues commands (timestamps, expiry).
+        force_membership: the members are the cluster file's, whatever the journal and
+            snapshot say (:class:`.membership.ForcedMembership`; recovery only).
 
     Example (one-replica shard, so it is its own majority)::
 
@@ -82,7 +86,8 @@ class ReplicatedShard(SyncObj):
         shard.submit(Put("k", b"v", "", None, 0, 0))
     """
 
-    def __init__(self, config: ClusterConfig, replica_id: str, *, clock: Callable[[], int] = wall_clock_ms) -> None:
+    def __init__(self, config: ClusterConfig, replica_id: str, *, clock: Callable[[], int] = wall_clock_ms,
+                 force_membership: bool = False) -> None:
         # Everything pysyncobj may call from its tick thread while SyncObj.__init__ runs
         # (apply_batch replaying the journal, the snapshot hooks, onStateChanged) exists
         # before it; so do the properties, which SyncObj.__init__ reads through dir(self).
@@ -113,11 +118,16 @@ class ReplicatedShard(SyncObj):
             policy=config.eviction, capacity=config.capacity, evict_budget=MAX_ENTRY_BYTES // 2,
         )
         send_raft_messages_uncompressed()
+        self._forced = ForcedMembership(self) if force_membership else None
+        if self._forced is not None:
+            ignore_membership_history(self, self._forced.replaying_entry, self._forced.replaying_snapshot)
         members = self._members.copy()
         partners = [m.raft for m in members.values() if m.id != replica_id]
         address = members[replica_id].raft
         super().__init__(address, partners, raft_conf(config, address, data_dir, self._snapshots,
                                                       on_state_changed=self._leadership.on_state_changed))
+        if self._forced is not None:
+            self._forced.startup_index = current_log_index(self)
         self._commits = GroupCommit(self, commit_timeout=config.commit_timeout, leader_rpc=self.leader_rpc)
         self.addOnTickCallback(self._on_tick)
         self._maintenance = MaintenanceLoop("semcache-maint", config.maintenance_interval, self._maintenance_round)
@@ -282,11 +292,14 @@ class ReplicatedShard(SyncObj):
         with self._guarded.lock:
             state = self._guarded.state
             counts = StateCounts(len(state.entries), state.applied, state.queued_index_ops)
-        return replica_status(
+        report = replica_status(
             raw, members=self.members, replica_id=self.replica_id, shard_id=self.shard_id,
             leader_rpc=self.leader_rpc(), counts=counts, role_changes=self.role_changes,
             snapshots=self._snapshots.stats,
         )
+        if self._forced is not None:  # recovery: where the forced membership's history ends
+            report["membership_forced_at"] = self._forced.startup_index
+        return report
 
     # ----------------------------------------------- expiry and eviction
     def _maintenance_round(self) -> None:
