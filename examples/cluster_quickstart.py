@@ -30,7 +30,7 @@ def main() -> None:
             print("leaders:", leaders)
 
             # Any one node address is enough: the client fetches the topology from it.
-            kv = DistributedSemanticKV(nodes=cluster.addresses()[:1])
+            kv = DistributedSemanticKV(nodes=cluster.addresses()[:1], token=cluster.config().token)
             kv.put("doc:password", "How do I reset my password?")
             kv.put("doc:refund", "What is your refund policy?")
             kv.put("doc:csv", "How do I read a CSV file in Python?")

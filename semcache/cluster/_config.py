@@ -46,6 +46,9 @@ ALLOW_READABLE_ENV = "SEMCACHE_ALLOW_READABLE_CONFIG"
 DEFAULT_HEARTBEAT = 0.1
 DEFAULT_ELECTION_MIN = 1.0
 DEFAULT_ELECTION_MAX = 2.0
+# A follower whose connection to its leader drops (the leader's process died) campaigns this soon, the others
+# 0.3 s apart (semcache.cluster._raft.leadership); 0 waits out the election timeout instead.
+DEFAULT_LEADER_LOSS_ELECTION = 0.1
 DEFAULT_COMMIT_TIMEOUT = 5.0
 DEFAULT_COMPACTION_ENTRIES = 5000
 # hnswlib inserts a replica may defer to idle moments (see semcache._engine.index); ~1.5 KB each at 384 dims.
@@ -104,6 +107,9 @@ class ClusterConfig:
         heartbeat: Raft heartbeat, seconds.
         election_timeout_min: shortest Raft election timeout, seconds.
         election_timeout_max: longest Raft election timeout, seconds.
+        leader_loss_election: seconds after its connection to the leader drops that a follower
+            campaigns (the next follower 0.3 s later...); 0 turns this off.  Must be under
+            ``election_timeout_min``.
         commit_timeout: how long a node waits for a write to commit before NoQuorumError.
         compaction_entries: take a snapshot after this many log entries...
         compaction_seconds: ...or after this many seconds.
@@ -137,6 +143,7 @@ class ClusterConfig:
     heartbeat: float = DEFAULT_HEARTBEAT
     election_timeout_min: float = DEFAULT_ELECTION_MIN
     election_timeout_max: float = DEFAULT_ELECTION_MAX
+    leader_loss_election: float = DEFAULT_LEADER_LOSS_ELECTION
     commit_timeout: float = DEFAULT_COMMIT_TIMEOUT
     compaction_entries: int = DEFAULT_COMPACTION_ENTRIES
     compaction_seconds: float = DEFAULT_COMPACTION_SECONDS
@@ -233,6 +240,9 @@ class ClusterConfig:
                 f"heartbeat={self.heartbeat}, election_timeout=({self.election_timeout_min}, "
                 f"{self.election_timeout_max})"
             )
+        if not 0 <= self.leader_loss_election < self.election_timeout_min:
+            raise ConfigurationError(f"leader_loss_election must be in [0, election_timeout_min), got "
+                                     f"{self.leader_loss_election}")
         if self.commit_timeout <= 0 or self.maintenance_interval <= 0 or self.compaction_seconds <= 0:
             raise ConfigurationError("commit_timeout, maintenance_interval and compaction_seconds must be > 0")
         if self.compaction_entries < 2:

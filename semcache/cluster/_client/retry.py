@@ -53,7 +53,7 @@ from semcache.errors import ClusterError, NoQuorumError, NotLeaderError, ShardUn
 T = TypeVar("T")
 
 FIRST_BACKOFF = 0.02  # seconds before the first retry; doubles each time
-MAX_BACKOFF = 0.5
+MAX_BACKOFF = 0.1  # while a shard elects, ask its replicas again this often (a refused connection: at once)
 MAX_REDIRECTS = 3  # fresh leader hints followed at once before backing off
 
 

@@ -82,10 +82,12 @@ __all__ = [
     "TCPNode",
     "current_log_index",
     "election_noop_index",
+    "hasten_election",
     "ignore_membership_history",
     "is_leader",
     "journal",
     "leader_node",
+    "on_peer_disconnected",
     "raw_status",
     "replicated",
     "restart_election_timer",
@@ -195,3 +197,27 @@ def ignore_membership_history(syncobj: SyncObj, replaying_entry: Callable[[], bo
 
     syncobj._SyncObj__doChangeCluster = do_change_cluster
     syncobj._SyncObj__updateClusterConfiguration = update_cluster_configuration
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fast failover (:meth:`.leadership.Leadership.on_peer_disconnected`).
+# ``SyncObj._SyncObj__onNodeDisconnected`` and ``SyncObj._SyncObj__raftElectionDeadline``
+#     pysyncobj notices a peer's connection dropping but only waits out its election timeout; a killed leader's
+#     connections drop at once, so a follower that sees its leader's connection drop may campaign early.
+def on_peer_disconnected(syncobj: SyncObj, hook: Callable[[Any, bool], None]) -> None:
+    """Call ``hook(node, was_connected)`` (on the tick thread) whenever pysyncobj drops a peer's connection or a
+    connection attempt fails.  Call before ``SyncObj.__init__``."""
+    disconnected = syncobj._SyncObj__onNodeDisconnected
+
+    def on_node_disconnected(node: Any) -> None:
+        was_connected = bool(syncobj.isNodeConnected(node))
+        disconnected(node)
+        hook(node, was_connected)
+
+    syncobj._SyncObj__onNodeDisconnected = on_node_disconnected
+
+
+def hasten_election(syncobj: SyncObj, seconds: float) -> None:
+    """Make this follower campaign within ``seconds`` unless it was due sooner."""
+    deadline = time.monotonic() + seconds
+    syncobj._SyncObj__raftElectionDeadline = min(syncobj._SyncObj__raftElectionDeadline, deadline)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from typing import TYPE_CHECKING
 
 from semcache.cluster._raft.applier import Applier
-from semcache.cluster._raft.compat import election_noop_index, is_leader, leader_node
+from semcache.cluster._raft.compat import election_noop_index, hasten_election, is_leader, leader_node
 from semcache.cluster._raft.membership import MemberTable
 from semcache.errors import NotLeaderError
 
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 READ_BARRIER_TIMEOUT = 2.0  # seconds a new leader may take to apply its log before refusing leader reads
+LEADER_LOSS_STAGGER = 0.3  # seconds between the followers' early elections (longer than a vote's round trip)
+HURRY_WINDOW = 3.0  # seconds after a leader's connection dropped during which a failed election is retried soon
+RETRY_AFTER = 0.3  # seconds a candidate waits for votes before it retries, within the hurry window
+RETRY_JITTER = (0.05, 0.35)  # its random extra wait (seconds), so two candidates stop colliding
 ROLES = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj's raft states
 
 
@@ -31,22 +36,74 @@ class Leadership:
     """
 
     def __init__(self, syncobj: SyncObj, *, members: MemberTable, applier: Applier, shard_id: str,
-                 replica_id: str) -> None:
+                 replica_id: str, leader_loss_election: float = 0.0) -> None:
         self._syncobj = syncobj
         self._members = members
         self._applier = applier
         self._shard_id = shard_id
         self._replica_id = replica_id
         self._read_ready_noop: int | None = None  # the election no-op index a leader read barrier passed
+        self._leader_loss_election = leader_loss_election
         self.role_changes = 0
+        self.early_elections = 0
+        self._role = 0  # pysyncobj's raft state, as on_state_changed last said
+        self._hurry_until = 0.0  # monotonic: until then, a candidate that gets no majority retries soon
+        self._retry_at = 0.0  # monotonic: when this candidate retries its election
 
     def on_state_changed(self, old: int, new: int) -> None:
         """pysyncobj's ``onStateChanged`` hook: count and log the change of role."""
         self.role_changes += 1
+        self._role = new
+        if new == 1:  # candidate
+            self._retry_at = time.monotonic() + RETRY_AFTER
         logger.info("replica %s: %s -> %s", self._replica_id, ROLES.get(old), ROLES.get(new))
 
     def is_leader(self) -> bool:
         return is_leader(self._syncobj)
+
+    def on_peer_disconnected(self, node: object, was_connected: bool) -> None:
+        """pysyncobj dropped ``node``'s connection: if it was this follower's leader, campaign soon.
+
+        A leader whose process died (kill -9, a crash) resets its connections at
+        once, long before a follower's election timeout (1-2 s) would fire.  The
+        followers do not all campaign at once, which would split the vote: each
+        waits ``leader_loss_election`` plus ``LEADER_LOSS_STAGGER`` per follower
+        ranked before it (by replica id), so the first wins before the next
+        starts.  Only an established connection counts (not a failed reconnect),
+        and the election is only ever brought forward.  A paused or partitioned
+        leader keeps its connections: the usual timeout applies.
+        """
+        leader = leader_node(self._syncobj)
+        if (not was_connected or self._leader_loss_election <= 0 or leader is None
+                or leader.id != getattr(node, "id", None) or self.is_leader()):
+            return
+        others = sorted(m.id for m in self._members.copy().values() if m.raft != leader.id)
+        rank = others.index(self._replica_id) if self._replica_id in others else len(others)
+        delay = self._leader_loss_election + rank * LEADER_LOSS_STAGGER
+        logger.info("replica %s: the connection to leader %s dropped; campaigning within %.2fs",
+                    self._replica_id, leader.id, delay)
+        self.early_elections += 1
+        self._hurry_until = time.monotonic() + HURRY_WINDOW
+        hasten_election(self._syncobj, delay)
+
+    def on_tick(self) -> None:
+        """pysyncobj tick: soon after a leader was lost, a candidate that got no majority retries soon.
+
+        Two followers may still campaign together (the first one's log may be
+        behind, so the next one campaigns as well); pysyncobj would then wait a
+        whole election timeout (1-2 s) before trying again.  Within
+        ``HURRY_WINDOW`` of the leader's loss, a candidate that has not won after
+        ``RETRY_AFTER`` retries after a random ``RETRY_JITTER`` instead.
+        """
+        if self._role != 1 or not self._hurry_until:
+            return
+        now = time.monotonic()
+        if now >= self._hurry_until:
+            self._hurry_until = 0.0
+        elif now >= self._retry_at:
+            delay = random.uniform(*RETRY_JITTER)
+            self._retry_at = now + delay + RETRY_AFTER
+            hasten_election(self._syncobj, delay)
 
     def leader_rpc(self) -> str | None:
         """RPC address of the replica this one believes leads, or None."""

@@ -53,6 +53,7 @@ from semcache.cluster._raft.compat import (
     SyncObjException,
     current_log_index,
     ignore_membership_history,
+    on_peer_disconnected,
     raw_status,
     replicated,
     send_raft_messages_uncompressed,
@@ -104,7 +105,7 @@ class ReplicatedShard(SyncObj):
         self._applier = Applier(self._guarded, index_backlog=config.index_backlog, replica_id=replica_id,
                                 stopping=self._stopping)
         self._leadership = Leadership(self, members=self._members, applier=self._applier, shard_id=self.shard_id,
-                                      replica_id=replica_id)
+                                      replica_id=replica_id, leader_loss_election=config.leader_loss_election)
         data_dir = config.data_dir_of(replica_id)
         data_dir.mkdir(parents=True, exist_ok=True)
         self._snapshots = Snapshots(
@@ -118,6 +119,7 @@ class ReplicatedShard(SyncObj):
             policy=config.eviction, capacity=config.capacity, evict_budget=MAX_ENTRY_BYTES // 2,
         )
         send_raft_messages_uncompressed()
+        on_peer_disconnected(self, self._leadership.on_peer_disconnected)
         self._forced = ForcedMembership(self) if force_membership else None
         if self._forced is not None:
             ignore_membership_history(self, self._forced.replaying_entry, self._forced.replaying_snapshot)
@@ -166,6 +168,7 @@ class ReplicatedShard(SyncObj):
         """pysyncobj tick callback (it runs after the tick appended queued writes to the log)."""
         self._applier.new_tick()
         self._commits.on_tick()
+        self._leadership.on_tick()
 
     # ---------------------------------------------------------------- writes
     def submit(self, command: Command, timeout: float | None = None) -> int:
@@ -297,6 +300,7 @@ class ReplicatedShard(SyncObj):
             leader_rpc=self.leader_rpc(), counts=counts, role_changes=self.role_changes,
             snapshots=self._snapshots.stats,
         )
+        report["early_elections"] = self._leadership.early_elections  # leader connection drops acted on
         if self._forced is not None:  # recovery: where the forced membership's history ends
             report["membership_forced_at"] = self._forced.startup_index
         return report
