@@ -486,7 +486,8 @@ def run(sizes: Sequence[int] = DEFAULT_SIZES, *, ops: int = 500, directory: str 
         cluster = LocalCluster(directory or tmp)
         try:
             cluster.up(SHARDS, 3, embedding=f"hash:{DIM}", **cluster_settings)
-            kv = DistributedSemanticKV(cluster.addresses(), embedding=HashEmbedding(DIM), max_workers=16)
+            kv = DistributedSemanticKV(cluster.addresses(), embedding=HashEmbedding(DIM), max_workers=16,
+                                       token=cluster.config().token)
             rng = np.random.default_rng(5)
             vectors = unit_vectors(rng, max(sizes), DIM)
             loaded = 0
