@@ -431,6 +431,7 @@ def test_membership_add_and_remove_a_replica(make_shard: Callable[..., LocalShar
         _put(shard.client(leader), f"k{i}", seed=i)
     r3 = shard.config.replica("r3")
     shard.start("r3")
+    wait_for(lambda: shard.client("r3").health(), what="r3 to listen (a leader adds only a running node)")
     shard.client(leader).add_replica("r3", r3.raft, r3.rpc)
     shard.wait_converged(min_applied=40)
     assert shard.client("r3").get("k39", read_from="any") == b"k39"
