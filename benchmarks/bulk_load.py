@@ -87,7 +87,8 @@ def main() -> int:
         cluster = LocalCluster(tmp)
         try:
             cluster.up(2, 3, embedding=embedding.model_id)
-            with DistributedSemanticKV(cluster.addresses(), embedding=embedding, token=cluster.config().token) as remote:
+            token = cluster.config().token
+            with DistributedSemanticKV(cluster.addresses(), embedding=embedding, token=token) as remote:
                 rows.append(("DistributedSemanticKV, 2 x 3", "put each / put_many", *race(
                     lambda batch: [remote.put(key, value, text=text) for key, value, text in keyed(batch)],
                     lambda batch: remote.put_many(keyed(batch)), texts, args.rounds, args.per_round)))
