@@ -76,7 +76,8 @@ def map_transport_refusal(exc: Exception, address: str) -> SemcacheError:
     ``RESOURCE_EXHAUSTED`` (the node is at its concurrent-call limit) is retryable: the call never ran.
     """
     if "resource exhausted" in str(exc).lower():
-        return ShardUnavailableError(f"{address} is busy (at its concurrent-call limit): {exc}")
+        return ShardUnavailableError(f"{address} refused the call for lack of resources (busy: at its "
+                                     f"concurrent-call limit): {exc}")
     return ClusterError(f"{address} failed the call: {exc}")
 
 
