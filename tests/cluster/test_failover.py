@@ -179,10 +179,12 @@ def test_a_killed_leader_is_replaced_by_an_early_election_and_the_other_shard_ke
         cluster.local.signal(victim, signal.SIGKILL)
 
         def acked_after(shard: str, since: float) -> list[float]:
+            """When the writes to ``shard`` started after ``since`` were acknowledged (a write in flight at the
+            kill may have committed before it)."""
             return sorted(op.end for op in list(history.ops) if op.kind == "write" and op.outcome == "ok"
-                          and kv.shard_for(op.key) == shard and op.end > since)
+                          and kv.shard_for(op.key) == shard and op.start > since)
 
-        resumed = wait_until(lambda: (acked_after("shard-0", killed_at + 0.01) or [None])[0], 60,
+        resumed = wait_until(lambda: (acked_after("shard-0", killed_at) or [None])[0], 60,
                              what="shard-0 to take writes again")
     finally:
         stop.set()
@@ -196,7 +198,7 @@ def test_a_killed_leader_is_replaced_by_an_early_election_and_the_other_shard_ke
     other = [t for t in acked_after("shard-1", killed_at) if t < resumed]
     print(f"\n[failover] shard-0 resumed {resumed - killed_at:.2f}s after the kill; shard-1 acknowledged "
           f"{len(other)} writes meanwhile")
-    if resumed - killed_at > 0.5:  # long enough for the other shard's writers to have gone on
+    if resumed - killed_at > 5.0:  # so long that only waiting on shard-0 explains a silent shard-1
         assert other, "shard-1's writers waited for shard-0's election"
     for shard in kv.shard_ids:  # nothing acknowledged was lost
         for key in keys[shard]:
