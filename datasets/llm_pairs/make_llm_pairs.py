@@ -1,0 +1,134 @@
+"""Build data/llm_pairs.jsonl (and the counts in data/README.md) from the hand-written data/src/*.txt.
+
+Source format (see data/src/README.txt): ``#domain NAME``, ``@ base prompt`` starts a group,
+``+KIND text`` is a paraphrase of the base (label 1), ``-KIND text`` a hard negative (label 0).
+Every +/- line becomes one pair whose ``first`` is the group's base prompt.
+
+Splits are assigned by group, stratified by domain: the groups of each domain are
+shuffled with ``random.Random(SEED)`` and cut 60/20/20 (train/dev/test).
+
+    python make_llm_pairs.py        # rewrites data/llm_pairs.jsonl deterministically
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from encoder import normalize_prompt
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE / "src"
+OUT = HERE / "llm_pairs.jsonl"
+SEED = 20240601
+KINDS_POS = {"casual", "typo", "reorder", "abbrev", "polite", "qform", "context", "synonym", "terse", "formal"}
+KINDS_NEG = {"entity", "product", "version", "number", "unit", "date", "quantity", "negation", "direction",
+             "scope", "comparative", "ask", "antonym"}
+
+
+def parse() -> list[dict]:
+    """Groups in file order: {"domain", "base", "variants": [(label, kind, text)], "source"}."""
+    groups: list[dict] = []
+    for path in sorted(SRC.glob("*.txt")):
+        if path.name == "README.txt":
+            continue
+        domain = None
+        for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            line = raw.strip()
+            if not line:
+                continue
+            where = f"{path.name}:{n}"
+            if line.startswith("#domain "):
+                domain = line.split(None, 1)[1]
+            elif line.startswith("@ "):
+                groups.append({"domain": domain, "base": line[2:].strip(), "variants": [], "source": where})
+            elif line[0] in "+-":
+                kind, text = line[1:].split(None, 1)
+                allowed = KINDS_POS if line[0] == "+" else KINDS_NEG
+                if kind not in allowed:
+                    sys.exit(f"{where}: unknown kind {kind!r}")
+                groups[-1]["variants"].append((int(line[0] == "+"), kind, text.strip()))
+            else:
+                sys.exit(f"{where}: cannot parse {line!r}")
+    return groups
+
+
+def assign_splits(groups: list[dict]) -> list[str]:
+    by_domain: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        by_domain[g["domain"]].append(i)
+    split = [""] * len(groups)
+    rng = random.Random(SEED)
+    for domain in sorted(by_domain):
+        idx = by_domain[domain][:]
+        rng.shuffle(idx)
+        n = len(idx)
+        n_train, n_dev = round(n * 0.6), round(n * 0.2)
+        for k, i in enumerate(idx):
+            split[i] = "train" if k < n_train else "dev" if k < n_train + n_dev else "test"
+    return split
+
+
+def build() -> list[dict]:
+    groups = parse()
+    splits = assign_splits(groups)
+    rows = []
+    seen_bases: dict[str, str] = {}
+    for gi, (g, split) in enumerate(zip(groups, splits, strict=True)):
+        gid = f"g{gi:04d}"
+        key = normalize_prompt(g["base"]).lower()
+        if key in seen_bases:
+            sys.exit(f"{g['source']}: base prompt repeats {seen_bases[key]}")
+        seen_bases[key] = g["source"]
+        for vi, (label, kind, text) in enumerate(g["variants"]):
+            rows.append({
+                "id": f"{gid}-{vi}", "first": g["base"], "second": text, "label": label,
+                "kind": ("paraphrase/" if label else "negative/") + kind, "domain": g["domain"],
+                "group": gid, "split": split,
+            })
+    # A query equal (normalised, case-folded) to another group's cached base would be an exact hit on
+    # a different request's answer: the source must not contain such pairs.
+    for r in rows:
+        other = seen_bases.get(normalize_prompt(r["second"]).lower())
+        if other is not None:
+            sys.exit(f"pair {r['id']}: second text equals the base prompt at {other}")
+    return rows
+
+
+def readme_counts(rows: list[dict]) -> str:
+    def table(key: str) -> str:
+        cnt: dict[str, Counter] = defaultdict(Counter)
+        for r in rows:
+            cnt[r[key]][r["split"]] += 1
+        lines = [f"| {key} | train | dev | test | all |", "|---|---|---|---|---|"]
+        for k in sorted(cnt):
+            c = cnt[k]
+            lines.append(f"| {k} | {c['train']} | {c['dev']} | {c['test']} | {sum(c.values())} |")
+        return "\n".join(lines)
+
+    splits = Counter(r["split"] for r in rows)
+    pos = Counter(r["split"] for r in rows if r["label"])
+    groups = {s: len({r["group"] for r in rows if r["split"] == s}) for s in ("train", "dev", "test")}
+    head = ["| split | groups | pairs | positives | negatives |", "|---|---|---|---|---|"]
+    for s in ("train", "dev", "test"):
+        head.append(f"| {s} | {groups[s]} | {splits[s]} | {pos[s]} | {splits[s] - pos[s]} |")
+    head.append(f"| all | {sum(groups.values())} | {len(rows)} | {sum(pos.values())} | {len(rows) - sum(pos.values())} |")
+    return "\n".join(head) + "\n\n### By kind\n\n" + table("kind") + "\n\n### By domain\n\n" + table("domain") + "\n"
+
+
+if __name__ == "__main__":
+    rows = build()
+    with open(OUT, "w", encoding="utf-8") as handle:
+        for r in rows:
+            handle.write(json.dumps(r, ensure_ascii=False) + "\n")
+    readme = HERE / "README.md"
+    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
+    marker = "<!-- counts -->"
+    counts = readme_counts(rows)
+    text = text.split(marker)[0] + marker + "\n\n" + counts if marker in text else text + "\n" + marker + "\n\n" + counts
+    readme.write_text(text, encoding="utf-8")
+    print(f"{len(rows)} pairs, {len({r['group'] for r in rows})} groups, "
+          f"{sum(r['label'] for r in rows) / len(rows):.1%} positive -> {OUT}")
