@@ -56,7 +56,8 @@ class DemoQuery:
 DEMO_CACHED = (
     "How do I enable dark mode?",
     "How do I read a file in Python?",
-    "What is the capital of France?",
+    "What is the capital of Japan?",
+    "How many legs does a spider have?",
     "How do I reset my password?",
     "What are the health benefits of green tea?",
     "Is it safe to eat raw eggs?",
@@ -65,14 +66,14 @@ DEMO_CACHED = (
 )
 DEMO_QUERIES = (
     DemoQuery("How can I enable dark mode?", "paraphrase"),
-    DemoQuery("In Python, how do I read a file?", "paraphrase"),
-    DemoQuery("What's the capital of France?", "paraphrase"),
+    DemoQuery("what's the capital of japan", "paraphrase"),
+    DemoQuery("how many legs do spiders have", "paraphrase"),
     DemoQuery("What health benefits does green tea have?", "paraphrase"),
     DemoQuery("How do I reset my password?", "exact"),
     DemoQuery("How do I disable dark mode?", "hard negative"),
     DemoQuery("How do I read a file in Rust?", "hard negative"),
-    DemoQuery("What is the capital of Germany?", "hard negative"),
-    # Hard negatives that embeddings place above the threshold: only the guard stops them.
+    DemoQuery("What is the capital of China?", "hard negative"),
+    # Hard negatives the embedding places at 0.95 or more, above any useful cosine threshold.
     DemoQuery("Is it not safe to eat raw eggs?", "hard negative"),
     DemoQuery("How do I sort a list in Python in descending order?", "hard negative"),
     DemoQuery("What was the GDP of France in 2020?", "hard negative"),
@@ -82,33 +83,26 @@ DEMO_QUERIES = (
 
 @dataclass(frozen=True)
 class DemoRow:
+    """One demo lookup: the nearest cached prompt, its similarity, the verifier's verdict, the result."""
+
     query: DemoQuery
     nearest: str
     similarity: float
-    guard: str | None
+    verdict: str
     outcome: str
 
 
 def demo_rows(cache: Any, queries: Sequence[DemoQuery] = DEMO_QUERIES) -> list[DemoRow]:
-    """Look each query up and explain the outcome: nearest prompt, similarity, guard verdict."""
-    from semcache._cache.cache import normalize_prompt
-    from semcache._cache.guard import conflict
-
+    """Look each query up with :meth:`SemanticCache.explain` and say why it hit or missed."""
     rows = []
     for query in queries:
-        hit = cache.lookup(query.text)
-        vector = cache.embedding.embed_one(normalize_prompt(query.text))
-        nearest = cache.backend.search(None, 1, None, scope=cache.scope_id(None), vector=vector)
-        prompt = json.loads(nearest[0].value)["prompt"] if nearest else ""
-        similarity = nearest[0].similarity if nearest else 0.0
-        reason = conflict(prompt, query.text) if prompt else None
-        if hit is not None:
-            outcome = "HIT (exact)" if hit.exact else "HIT"
-        elif similarity < cache.threshold:
-            outcome = f"miss (below {cache.threshold:.2f})"
+        seen = cache.explain(query.text)
+        verdict = "exact" if seen.exact else "-" if seen.score is None else f"{seen.score:.2f}"
+        if seen.hit is not None:
+            outcome = "HIT (exact)" if seen.exact else "HIT"
         else:
-            outcome = f"miss (guard: {reason})"
-        rows.append(DemoRow(query, prompt, 1.0 if hit is not None and hit.exact else similarity, reason, outcome))
+            outcome = f"miss ({seen.reason})" if seen.reason else "miss"
+        rows.append(DemoRow(query, seen.candidate_prompt or "", seen.similarity or 0.0, verdict, outcome))
     return rows
 
 
@@ -117,12 +111,12 @@ def _clip(text: str, width: int) -> str:
 
 
 def format_demo(rows: Sequence[DemoRow]) -> str:
-    head = f"{'query':<44} {'kind':<13} {'nearest cached prompt':<36} {'sim':>5}  {'guard':<9} result"
+    head = f"{'query':<44} {'kind':<13} {'nearest cached prompt':<36} {'sim':>5} {'score':>5}  result"
     lines = [head, "-" * len(head)]
     for row in rows:
         lines.append(
             f"{_clip(row.query.text, 44):<44} {row.query.kind:<13} {_clip(row.nearest, 36):<36} "
-            f"{row.similarity:5.3f}  {row.guard or 'ok':<9} {row.outcome}"
+            f"{row.similarity:5.3f} {row.verdict:>5}  {row.outcome}"
         )
     return "\n".join(lines)
 
@@ -134,19 +128,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     # memo_size=0: every lookup really embeds, so the latency figures are honest.
     embedding = load_model(args.model, memo_size=0)
-    with SemanticCache(SemanticKV(embedding=embedding, purge_interval=3600), threshold=args.threshold) as cache:
+    backend = SemanticKV(embedding=embedding, purge_interval=3600)
+    with SemanticCache(backend, threshold=args.threshold, max_wrong_rate=args.max_wrong_rate) as cache:
         for prompt in DEMO_CACHED:
             cache.store(prompt, f"(cached answer to: {prompt})")
-        print(f"semcache demo: embedded SemanticCache, {embedding.model_id}, threshold {cache.threshold:.2f}")
+        print(f"semcache demo: embedded SemanticCache, {embedding.model_id}, {cache.decision.describe()}")
         print(f"cached {len(DEMO_CACHED)} prompts:")
         for prompt in DEMO_CACHED:
             print(f"  - {prompt}")
         print()
         print(format_demo(demo_rows(cache)))
         print(
-            "\nguard: a lexical check run on each semantic hit above the threshold; it vetoes changed numbers,"
-            "\nnegation, antonyms (enable/disable) and swapped names (Python/Rust), which embeddings place close"
-            "\ntogether. The guard column is its verdict on the nearest prompt, whatever the similarity."
+            "\nsim: the cosine similarity of the nearest cached prompt. score: the verifier's judgement that the"
+            "\ncached prompt asks for the same answer (0 to 1); a hit needs the operating point's score. Embeddings"
+            "\nplace hard negatives (negation, another number, enable/disable) as close as paraphrases; the"
+            "\nverifier tells them apart from the words that differ."
         )
     with SemanticCache(SemanticKV(embedding=embedding, purge_interval=3600)) as timed_cache:
         times = measure_lookups(timed_cache, args.rounds, progress=True)
@@ -154,7 +150,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nlatency, median of {args.rounds} (p90; CPU time median):")
     for name, timing in (
         ("bare embedding (model call)", times.embed),
-        ("semantic hit (embed + search + guard)", times.semantic),
+        ("semantic hit (embed + search + verifier)", times.semantic),
         ("exact hit (no embedding)", times.exact),
     ):
         print(
@@ -245,6 +241,21 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
+def _wrong_rate(text: str) -> float | str:
+    """A verifier operating point: a preset name or a rate in (0, 1) (checked before any model loads)."""
+    from semcache._cache.decision import PRESETS
+
+    if text in PRESETS:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(PRESETS)} or a rate in (0, 1), got {text!r}")
     return value
 
 
@@ -352,7 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="paraphrases hit, hard negatives miss, with latencies (real MiniLM)")
-    demo.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD, help="similarity threshold")
+    decide = demo.add_mutually_exclusive_group()
+    decide.add_argument("--max-wrong-rate", type=_wrong_rate, default=None,
+                        help="the verifier's operating point: a rate such as 0.01, or strict, balanced, loose "
+                             "(default: balanced, <= 1%% wrong hits)")
+    decide.add_argument("--threshold", type=_threshold, default=None,
+                        help=f"decide by a cosine threshold and the hit guard instead (e.g. {DEFAULT_THRESHOLD})")
     demo.add_argument("--rounds", type=_positive_int, default=60, help="timed lookups per latency figure")
     demo.add_argument("--model", help="sentence-transformers model (default: packaged all-MiniLM-L6-v2)")
     demo.set_defaults(handler=cmd_demo)

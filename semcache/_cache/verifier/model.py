@@ -39,6 +39,8 @@ from semcache.embeddings import TokenVectors
 from semcache.errors import ConfigurationError, CorruptDataError
 
 DEFAULT_PATH = Path(__file__).resolve().parent / "verifier.npz"
+# The wrong-hit rate each named operating point of the file was calibrated for (training/verifier/train.py).
+TARGETS = {"strict": 0.003, "default": 0.01, "loose": 0.03}
 
 
 @dataclass
@@ -124,6 +126,33 @@ class Verifier:
         """
         features = np.concatenate([pair_features(similarity, entry, query), context_features(similarities, 0)])
         return float(self.score(features[None])[0])
+
+    @property
+    def cos_floor(self) -> float:
+        """Candidates below this cosine are not scored (never served)."""
+        return float(self.settings["cos_floor"])
+
+    def threshold_for(self, max_wrong_rate: float) -> float:
+        """The lowest score threshold whose wrong-hit rate on the calibration split is at most ``max_wrong_rate``.
+
+        From the calibration sweep recorded in the file (every threshold at and
+        above the one chosen stays within the rate); a file without a sweep
+        answers with the strictest named operating point whose target is within
+        the rate (the strict one when none is).
+        """
+        sweep = self.settings.get("calibration")
+        if sweep:
+            chosen = None
+            for threshold, wrong_rate in sorted(sweep, reverse=True):  # from the strictest down
+                if wrong_rate > max_wrong_rate:
+                    break
+                chosen = float(threshold)
+            if chosen is not None:
+                return chosen
+        targets = {name: TARGETS[name] for name in self.operating_points if name in TARGETS}
+        within = [name for name, target in targets.items() if target <= max_wrong_rate + 1e-12]
+        name = max(within, key=lambda n: targets[n]) if within else min(targets, key=lambda n: targets[n])
+        return self.operating_points[name]
 
     def serving_threshold(self, point: str) -> float:
         """The score an operating point (``"strict"``, ``"default"``, ``"loose"``) serves from.
