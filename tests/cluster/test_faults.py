@@ -470,6 +470,7 @@ def test_an_isolated_leader_commits_nothing_and_the_majority_carries_on(
         history.read(kv, key)
     assert check_history(history.ops) == []
     assert kv.get("isolated") is None and kv.get("minority") is None  # never reached a majority
+    assert net.unidentified == 0  # every Raft connection was told apart by the proxies
 
 
 def test_partitions_under_write_load_lose_no_acknowledged_write(
@@ -481,10 +482,14 @@ def test_partitions_under_write_load_lose_no_acknowledged_write(
     load = WriteLoad(kv, history, threads=3, keys=8)
     with load:
         for victim in (cluster.followers_of("shard-0")[0], cluster.leader_of("shard-0")):
+            was_leader = victim == cluster.leader_of("shard-0")
             net.partition(victim)
             cut_at = time.monotonic()
+            if was_leader:
+                cluster.leader_of("shard-0", other_than=victim)
             wait_until(lambda since=cut_at: acknowledged_since(history, since) >= 20, 60,
                        what="the majority to acknowledge writes during the partition")
+            assert (cluster.health(victim) or {}).get("has_quorum") is False
             net.heal()
             healed_at = time.monotonic()
             wait_until(lambda since=healed_at: acknowledged_since(history, since) >= 10, 60,

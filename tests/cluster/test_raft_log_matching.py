@@ -1,4 +1,4 @@
-"""A follower keeps the entries it holds: Raft's AppendEntries rule on top of pysyncobj 0.3.17.
+"""A follower keeps the entries it holds (Raft's AppendEntries rule on top of pysyncobj 0.3.17), durably.
 
 The plan (:func:`plan_append`) is checked on its own, then on a real pysyncobj
 follower (:class:`RaftNode`, ticked by hand, with a transport that records what
@@ -9,7 +9,9 @@ pysyncobj cut such a follower's log back below what it had applied.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +19,8 @@ from pysyncobj import SyncObjConf
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import Transport
 
-from semcache.cluster._raft.compat import RaftNode
+from semcache.cluster._raft.compat import RaftNode, use_checksummed_journals
+from semcache.cluster._raft.journal import JOURNAL_FILE, JournalFile
 from semcache.cluster._raft.log_matching import plan_append
 
 NOOP = b"\x01"  # pysyncobj's no-op command: applying it changes nothing
@@ -131,3 +134,26 @@ def test_a_follower_commits_only_entries_known_to_match_the_leader(follower: Raf
     answer = deliver(follower, prev=2, prev_term=1, sent=entries(3, 4, 1), commit=8, term=2)
     assert answer == 5 and follower.raftCommitIndex == 4
     assert len(follower._SyncObj__raftLog) == 8  # kept until a message says whether they conflict
+
+
+def test_with_raft_fsync_a_follower_fsyncs_its_journal_before_it_acknowledges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_checksummed_journals()
+    events: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    conf = SyncObjConf(autoTick=False, raftMinTimeout=60, raftMaxTimeout=61, connectionTimeout=61,
+                       journalFile=JournalFile(tmp_path / JOURNAL_FILE, fsync=True))
+    node = RaftNode("127.0.0.1:2", ["127.0.0.1:1"], conf, transportClass=RecordingTransport)
+    try:
+        transport = node._SyncObj__transport
+        monkeypatch.setattr(transport, "send", lambda peer, message: (events.append(message["type"]), True)[1])
+        events.clear()
+        node._SyncObj__onMessageReceived(LEADER, {
+            "type": "append_entries", "term": 1, "commit_index": 1,
+            "entries": entries(2, 4, 1), "prevLogIdx": 1, "prevLogTerm": 0,
+        })
+        assert events[-2:] == ["fsync", "next_node_idx"]
+    finally:
+        node.destroy()

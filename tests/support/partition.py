@@ -109,6 +109,7 @@ class RaftPartitions:
         self.replicas = {r.id: r for r in local.config().replicas()}
         self._cut: set[frozenset[str]] = set()
         self._links: list[_Link] = []
+        self.unidentified = 0  # connections whose dialler was not found among the node processes
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._listeners: list[socket.socket] = []
@@ -199,6 +200,7 @@ class RaftPartitions:
         dialler = socket_owner(dialler_port, _split(self.replicas[target].raft)[1], pids)
         bind = self.replicas[target].raft_bind
         with self._lock:
+            self.unidentified += dialler is None
             refused = self._refused(dialler, target)
         if refused or bind is None:
             _close(outer)
