@@ -278,6 +278,12 @@ class RaftNode(SyncObj):
             sync_journal(self)
         SyncObj._SyncObj__sendNextNodeIdx(self, node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
 
+    # Wraps SyncObj.__onBecomeLeader: the no-op it appends (outside a tick) counts towards a commit at the
+    # next tick, so it is made durable first, like every other entry a leader counts.
+    def _SyncObj__onBecomeLeader(self) -> None:
+        SyncObj._SyncObj__onBecomeLeader(self)
+        sync_journal(self)
+
     def _on_raft_tick(self) -> None:
         sync_journal(self)  # a leader counts its own entries at the next tick
         now = raft_clock()
