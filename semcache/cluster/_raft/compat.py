@@ -24,7 +24,9 @@ Private accesses, and why each is needed:
 ``SyncObj._SyncObj__raftElectionDeadline`` (:func:`restart_election_timer`)
     Restoring a snapshot runs inside the leader's snapshot message; without
     restarting the timer a restore longer than the election timeout makes the
-    follower campaign at its next tick and depose a healthy leader.
+    follower campaign at its next tick and depose a healthy leader.  Set on
+    pysyncobj's own clock (:data:`raft_clock`, ``CLOCK_MONOTONIC_RAW``), which
+    drifts away from ``time.monotonic()`` with uptime.
 ``SyncObj._SyncObj__raftLog`` (:func:`journal`)
     A node stopped between writing a snapshot and trimming its journal restarts
     with a journal that begins before the snapshot, and pysyncobj would then
@@ -48,6 +50,8 @@ pysyncobj code paths semcache replaces (each also says so where it is done):
     index.  Overridden (name-mangled methods resolve through the subclass) to
     process the message :func:`.log_matching.plan_append` makes of it: Raft's
     rule, deleting only from a real conflict.  See :mod:`.log_matching`.
+    ``SyncObj.__onBecomeLeader`` is wrapped too: the no-op it appends is
+    synced (:func:`sync_journal`) before the leader counts it.
 ``pysyncobj.syncobj.createJournal`` (:func:`use_checksummed_journals`)
     pysyncobj's ``FileJournal`` has no checksums; a replica's journal is a
     :class:`.journal.RaftJournal` (CRC32 per record, torn tail told from
@@ -71,7 +75,8 @@ pysyncobj code paths semcache replaces (each also says so where it is done):
 
 Hazards of pysyncobj 0.3.17 handled elsewhere: pickle transport (the replica
 always sets ``password``), entries of 64 KiB or more take a broken chunked path
-(:mod:`semcache.cluster._sizes`, :mod:`.group_commit`), default snapshots stall
+(:mod:`semcache.cluster._sizes`; :mod:`.group_commit` counts an entry as pickled,
+bytes >= 0x80 twice), default snapshots stall
 the tick thread (:mod:`.snapshots`), retried commands may apply twice (every
 command is idempotent), an exception in a ``@replicated`` method wedges the
 apply loop (``apply_batch`` never raises).
