@@ -4,14 +4,26 @@ pysyncobj 0.3.17 sends a message of 64 KiB or more through a chunked path that
 loses replication, so every entry semcache appends stays under that, and the
 limits below follow from it: change :data:`RAFT_MESSAGE_LIMIT` and they all move.
 
+The Raft port refuses a frame declaring more than :data:`MAX_RAFT_FRAME_BYTES`
+before buffering any of it (:mod:`semcache.cluster._raft.compat`).  The largest
+message semcache sends is an ``append_entries`` carrying a batch of entries
+just under :data:`RAFT_MESSAGE_LIMIT` plus the one entry that crosses it
+(pysyncobj's ``__getEntries`` stops after the entry that reaches the batch
+size); pickling at most doubles an entry (its index, term and framing next to
+the smallest command semcache logs), and Fernet adds a third (base64) and a
+header.  Snapshot chunks are one batch of file bytes, smaller still.
+
 >>> MAX_ENTRY_BYTES < RAFT_MESSAGE_LIMIT and DEFAULT_MAX_VALUE_BYTES == BATCH_MAX_BYTES < MAX_VALUE_BYTES_CEILING
+True
+>>> LARGEST_RAFT_MESSAGE < MAX_RAFT_FRAME_BYTES < 4 * LARGEST_RAFT_MESSAGE
 True
 """
 
 from __future__ import annotations
 
 KIB = 1024
-RAFT_MESSAGE_LIMIT = 64 * KIB  # pysyncobj's chunking threshold
+MIB = 1024 * KIB
+RAFT_MESSAGE_LIMIT = 64 * KIB  # pysyncobj's chunking threshold (appendEntriesBatchSizeBytes, logCompactionBatchSize)
 # One entry's command bytes: pysyncobj's pickled wrapper and the message framing add a few dozen bytes.
 MAX_ENTRY_BYTES = RAFT_MESSAGE_LIMIT - 4 * KIB
 # The largest value a cluster file may allow: a Put also carries its key (<= 1 KiB), its scope
@@ -21,3 +33,6 @@ MAX_VALUE_BYTES_CEILING = MAX_ENTRY_BYTES - 4 * KIB
 # a batch of small puts, or one put of the largest default value, fits an entry with room to spare.
 DEFAULT_MAX_VALUE_BYTES = MAX_ENTRY_BYTES - 12 * KIB
 BATCH_MAX_BYTES = DEFAULT_MAX_VALUE_BYTES
+# The largest Raft message semcache sends, encrypted (see the module docstring), and the frame limit above it.
+LARGEST_RAFT_MESSAGE = (RAFT_MESSAGE_LIMIT + MAX_ENTRY_BYTES) * 2 * 4 // 3 + KIB
+MAX_RAFT_FRAME_BYTES = 1 * MIB

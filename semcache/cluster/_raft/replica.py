@@ -19,13 +19,20 @@ How pysyncobj 0.3.17 is configured here, and why:
 
 * ``password`` is always set: pysyncobj unpickles what arrives on the Raft
   port, so only peers holding the secret (Fernet-encrypted traffic) may talk.
-* ``bindAddress`` is always the configured Raft address: pysyncobj would
+* ``bindAddress`` is always the configured Raft address (or the replica's
+  ``raft_bind``, when peers reach it through a proxy): pysyncobj would
   otherwise bind ``0.0.0.0``.
 * ``appendEntriesUseBatch`` is on when new entries can be sent by a tick
   callback (:data:`.compat.EAGER_SEND`, see :mod:`.group_commit`).
 * Messages go out uncompressed (:func:`.compat.send_raft_messages_uncompressed`).
-* Snapshots use the hooks of :mod:`.snapshots`; the journal is on disk, so a
-  restarted replica replays snapshot + journal.
+* Snapshots use the hooks of :mod:`.snapshots`; the journal is on disk
+  (checksummed, :mod:`.journal`; fsynced with ``raft_fsync``), so a restarted
+  replica replays snapshot + journal.
+* Followers follow Raft's AppendEntries rule, not pysyncobj's (:mod:`.log_matching`).
+* The Raft port refuses frames over
+  :data:`~semcache.cluster._sizes.MAX_RAFT_FRAME_BYTES` and closes idle,
+  unidentified connections (:class:`.compat.BoundedTcpConnection`,
+  :meth:`.compat.RaftNode.reap_idle_connections`).
 * A retried command may be applied twice: every command is idempotent.
 * ``apply_batch`` never raises: an exception there would stop pysyncobj's
   tick thread from making progress.  Writes are validated before they are logged.
@@ -48,25 +55,28 @@ from semcache.cluster._config import ClusterConfig, Replica
 from semcache.cluster._raft.applier import AppliedBatch, Applier, GuardedState
 from semcache.cluster._raft.compat import (
     EAGER_SEND,
-    SyncObj,
+    RaftNode,
     SyncObjConf,
     SyncObjException,
+    bound_raft_connections,
     raw_status,
     replicated,
     send_raft_messages_uncompressed,
+    use_checksummed_journals,
 )
 from semcache.cluster._raft.group_commit import GroupCommit, encode_for_entry
+from semcache.cluster._raft.journal import JOURNAL_FILE, JournalFile
 from semcache.cluster._raft.leadership import Leadership
 from semcache.cluster._raft.membership import Membership, MemberTable
 from semcache.cluster._raft.snapshots import SNAPSHOT_FILE, Snapshots
 from semcache.cluster._raft.status import StateCounts, replica_status
-from semcache.cluster._sizes import MAX_ENTRY_BYTES
+from semcache.cluster._sizes import MAX_ENTRY_BYTES, RAFT_MESSAGE_LIMIT
 from semcache.errors import ClusterError, SemcacheError
 
 logger = logging.getLogger(__name__)
 
 
-class ReplicatedShard(SyncObj):
+class ReplicatedShard(RaftNode):
     """One replica of one shard: the pysyncobj node, and the parts that apply, batch, snapshot and housekeep.
 
     Args:
@@ -113,11 +123,18 @@ class ReplicatedShard(SyncObj):
             policy=config.eviction, capacity=config.capacity, evict_budget=MAX_ENTRY_BYTES // 2,
         )
         send_raft_messages_uncompressed()
+        use_checksummed_journals()
+        bound_raft_connections()
         members = self._members.copy()
         partners = [m.raft for m in members.values() if m.id != replica_id]
         address = members[replica_id].raft
-        super().__init__(address, partners, raft_conf(config, address, data_dir, self._snapshots,
-                                                      on_state_changed=self._leadership.on_state_changed))
+        try:
+            super().__init__(address, partners, raft_conf(config, replica_id, data_dir, self._snapshots,
+                                                          on_state_changed=self._leadership.on_state_changed))
+        except BaseException:  # e.g. a damaged journal (CorruptDataError): stop what already runs
+            self._stopping.set()
+            self._applier.close()
+            raise
         self._commits = GroupCommit(self, commit_timeout=config.commit_timeout, leader_rpc=self.leader_rpc)
         self.addOnTickCallback(self._on_tick)
         self._maintenance = MaintenanceLoop("semcache-maint", config.maintenance_interval, self._maintenance_round)
@@ -316,12 +333,15 @@ class ReplicatedShard(SyncObj):
         self._applier.close()
 
 
-def raft_conf(config: ClusterConfig, address: str, data_dir: Path, snapshots: Snapshots, *,
+def raft_conf(config: ClusterConfig, replica_id: str, data_dir: Path, snapshots: Snapshots, *,
               on_state_changed: Callable[[int, int], None]) -> Any:
-    """pysyncobj's settings for the replica at Raft ``address`` (see the module docstring for the choices)."""
+    """pysyncobj's settings for ``replica_id`` (see the module docstring for the choices)."""
+    replica = config.replica(replica_id)
     return SyncObjConf(
         password=config.secret,
-        bindAddress=address,
+        bindAddress=replica.raft_bind or replica.raft,
+        appendEntriesBatchSizeBytes=RAFT_MESSAGE_LIMIT,
+        logCompactionBatchSize=RAFT_MESSAGE_LIMIT,
         appendEntriesUseBatch=EAGER_SEND,
         appendEntriesPeriod=config.heartbeat,
         raftMinTimeout=config.election_timeout_min,
@@ -329,7 +349,7 @@ def raft_conf(config: ClusterConfig, address: str, data_dir: Path, snapshots: Sn
         connectionTimeout=max(3.5, config.election_timeout_max * 1.5),
         connectionRetryTime=0.5,
         leaderFallbackTimeout=config.election_timeout_max * 2,
-        journalFile=str(data_dir / "raft.journal"),
+        journalFile=JournalFile(data_dir / JOURNAL_FILE, fsync=config.raft_fsync),
         fullDumpFile=str(data_dir / SNAPSHOT_FILE),
         serializer=snapshots.serialize,
         serializeChecker=snapshots.check,
