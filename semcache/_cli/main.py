@@ -283,6 +283,8 @@ def _thresholds(text: str) -> tuple[float, ...]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.feedback is not None:
+        return refit_from_feedback(args)
     from semcache._quality.calibrate import calibrate, format_report, load_datasets
 
     datasets = load_datasets(args.data, args.datasets.split(","))
@@ -290,6 +292,74 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     result = calibrate(datasets, embedding, args.thresholds, progress=True)
     print(format_report(result))
     return 0
+
+
+def refit_from_feedback(args: argparse.Namespace) -> int:
+    """``semcache calibrate --feedback DIR``: refit a namespace's operating point from its wrong-hit reports."""
+    from semcache._cache import feedback
+    from semcache._cache.decision import verifier_decision
+    from semcache._engine.kv import SemanticKV
+
+    path = Path(args.feedback)
+    embedding = _stored_embedding(path)
+    with SemanticKV(path, embedding=embedding, purge_interval=3600) as store:
+        reports = feedback.read_reports(store, args.namespace)
+        if not reports:
+            print(f"namespace {args.namespace!r} of {path} has no wrong-hit reports: nothing to refit")
+            return 1
+        base = verifier_decision(args.max_wrong_rate or "balanced").score_threshold
+        point = feedback.refit(reports, base)
+        feedback.write_operating_point(store, args.namespace, point)
+    scored = sum(report.score is not None for report in reports)
+    print(f"namespace {args.namespace!r}: {len(reports)} wrong-hit reports ({scored} scored by the verifier)")
+    print(f"operating point: verifier score {point.previous:.4f} -> {point.score_threshold:.4f} "
+          f"(at most {feedback.REFIT_ALLOWED_SHARE:.0%} of the reported pairs would still be served)")
+    print("every SemanticCache of this namespace opened on this store now serves from it")
+    return 0
+
+
+def _stored_embedding(path: Path) -> BaseEmbedding:
+    """A stand-in carrying a persisted store's stamp (nothing is embedded), or a clear error."""
+    stamp = stored_stamp(path)
+    if stamp is None:
+        from semcache.errors import InvalidInputError
+
+        raise InvalidInputError(f"{path} is not a semcache data directory (no embedding.json)")
+    return StampOnlyEmbedding(*stamp)
+
+
+# --------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    from semcache._cache.cache import SemanticCache
+    from semcache._quality.evaluate import evaluate, format_table, run, write_json, write_plot
+    from semcache._quality.pairs import read_pairs
+
+    pairs = read_pairs(args.pairs, args.format)
+    if args.split:
+        pairs = tuple(pair for pair in pairs if pair.split == args.split)
+    name = args.name or Path(args.pairs).stem
+    backend = _eval_backend(args)
+    with SemanticCache(backend, threshold=args.threshold, max_wrong_rate=args.max_wrong_rate,
+                       namespace="semcache-eval") as cache:
+        result = evaluate(name, run(pairs, cache, progress=True), cache)
+    print(format_table(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(result, args.out / f"{name}.json")
+    write_plot(result, args.out / f"{name}.png")
+    print(f"\nwrote {args.out / (name + '.json')} and {args.out / (name + '.png')}")
+    return 0
+
+
+def _eval_backend(args: argparse.Namespace) -> Any:
+    """The backend ``semcache eval`` runs through: an in-memory store, or a cluster (``--nodes``)."""
+    if args.nodes:
+        from semcache.cluster import DistributedSemanticKV
+
+        return DistributedSemanticKV(args.nodes.split(","), token=args.token,
+                                     embedding=load_model(args.model) if args.model else None)
+    from semcache._engine.kv import SemanticKV
+
+    return SemanticKV(embedding=load_model(args.model), purge_interval=3600)
 
 
 # -------------------------------------------------------------------- bench
@@ -357,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     from semcache import __version__
     from semcache._cache.cache import DEFAULT_THRESHOLD
     from semcache._quality.calibrate import DATA_FILES, DEFAULT_THRESHOLDS
+    from semcache._quality.pairs import FORMATS as PAIR_FORMATS
 
     parser = argparse.ArgumentParser(prog="semcache", description="A semantic cache for LLM calls.")
     parser.add_argument("--version", action="version", version=f"semcache {__version__}")
@@ -392,7 +463,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--thresholds", type=_thresholds, default=DEFAULT_THRESHOLDS, help="start:stop:step or a list (0.7:0.98:0.01)"
     )
     cal.add_argument("--model", help="sentence-transformers model (default: packaged all-MiniLM-L6-v2)")
+    cal.add_argument("--feedback", type=Path, default=None, metavar="DIR",
+                     help="refit a namespace's operating point from the wrong-hit reports in this store")
+    cal.add_argument("--namespace", default="semcache", help="the namespace to refit (with --feedback)")
+    cal.add_argument("--max-wrong-rate", type=_wrong_rate, default=None,
+                     help="the operating point to refit from (with --feedback; default: balanced)")
     cal.set_defaults(handler=cmd_calibrate)
+
+    ev = commands.add_parser("eval", help="run your labelled pairs through the cache: right/wrong hits, JSON, plot")
+    ev.add_argument("--pairs", type=Path, required=True,
+                    help="labelled pairs: GPTCache JSON, QQP-style CSV, PAWS or MRPC TSV, or JSONL")
+    ev.add_argument("--format", default="auto", choices=("auto", *PAIR_FORMATS), help="the file's format")
+    ev.add_argument("--split", default=None, help="only the pairs of this split (a JSONL 'split' field)")
+    ev.add_argument("--name", default=None, help="the name in the table and the output files (default: the file's)")
+    ev.add_argument("--out", type=Path, default=Path("semcache-eval"), help="folder for the JSON and the plot")
+    ev.add_argument("--nodes", default=None, help="run through a cluster: comma-separated grpc:// addresses")
+    ev.add_argument("--token", default=None, help="the cluster's data token (with --nodes)")
+    decide = ev.add_mutually_exclusive_group()
+    decide.add_argument("--max-wrong-rate", type=_wrong_rate, default=None,
+                        help="the verifier's operating point (default: balanced)")
+    decide.add_argument("--threshold", type=_threshold, default=None, help="decide by a cosine threshold instead")
+    ev.add_argument("--model", help="sentence-transformers model (default: packaged all-MiniLM-L6-v2)")
+    ev.set_defaults(handler=cmd_eval)
 
     bench = commands.add_parser("bench", help="latency, throughput and memory figures (tables)")
     target = bench.add_mutually_exclusive_group()

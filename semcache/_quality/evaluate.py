@@ -239,10 +239,10 @@ def write_plot(result: Evaluation, path: Path) -> None:
     if result.verifier:
         axes.plot([c.wrong_rate * 100 for c in result.verifier], [c.right_rate * 100 for c in result.verifier],
                   color="tab:blue", marker=".", label="verifier score threshold")
-    for point in result.points:
+    for number, point in enumerate(result.points):
         axes.scatter([point.wrong_rate * 100], [point.right_rate * 100], s=40, zorder=3)
         axes.annotate(point.point, (point.wrong_rate * 100, point.right_rate * 100), textcoords="offset points",
-                      xytext=(6, -10), fontsize=8)
+                      xytext=(8, -12 - 11 * number), fontsize=8)
     axes.scatter([result.default.wrong_rate * 100], [result.default.right_rate * 100], marker="*", s=180,
                  color="tab:red", zorder=4, label="default")
     axes.set_xlabel("wrong hits, % of lookups")

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from semcache.errors import ConfigurationError
+from semcache.errors import ConfigurationError, InvalidInputError
 
 SPLITS = ("train", "dev", "test")
 DATA_ENV = "SEMCACHE_DATA"  # the folder of the public sets (../shared/data in the source checkout)
@@ -131,3 +131,77 @@ def load(name: str, splits: Iterable[str] | str | None = None) -> tuple[Pair, ..
         return pairs
     wanted = {splits} if isinstance(splits, str) else set(splits)
     return tuple(p for p in pairs if p.split in wanted)
+
+
+FORMATS = ("gptcache", "csv", "paws", "mrpc", "jsonl")
+
+
+def load_jsonl(path: Path) -> tuple[Pair, ...]:
+    """A JSONL file of labelled pairs, one object per line.
+
+    Fields: ``first`` (the cached prompt), ``second`` (the prompt looked up),
+    ``label`` (1 or true: the same request; 0 or false: a different one), and
+    optionally ``id`` (default: the line number) and ``split``, ``kind``,
+    ``domain``, ``group`` (kept as they are).  The LLM-style pairs of
+    ``datasets/llm_pairs`` are such a file.
+
+    Raises:
+        InvalidInputError: a line that is not such an object, named by its number.
+    """
+    pairs = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            first, second, label = row["first"], row["second"], row["label"]
+            if not (isinstance(first, str) and isinstance(second, str)) or label not in (0, 1, True, False):
+                raise ValueError("first and second must be strings, label 0/1")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInputError(f"{path} line {number}: not a labelled pair ({exc})") from exc
+        pairs.append(Pair(str(row.get("id", number)), first, second, bool(label), str(row.get("split", "")),
+                          str(row.get("kind", "")), str(row.get("domain", "")), str(row.get("group", ""))))
+    return tuple(pairs)
+
+
+def detect_format(path: Path) -> str:
+    """The format of a pairs file, from its name and first line.
+
+    ``.json``: GPTCache's mock data; ``.jsonl``: :func:`load_jsonl`; ``.csv``:
+    ``question1,question2,is_duplicate`` (QQP); ``.tsv``/``.txt``: MRPC when the
+    first line is its header (``Quality ...``), else PAWS (``id, sentence1,
+    sentence2, label``, no header).
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".json":
+        return "gptcache"
+    if suffix == ".jsonl":
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    with open(path, encoding="utf-8-sig") as handle:
+        first_line = handle.readline()
+    return "mrpc" if first_line.lower().startswith("quality") else "paws"
+
+
+def read_pairs(path: Path, fmt: str = "auto") -> tuple[Pair, ...]:
+    """Every labelled pair of a user's file, in one of :data:`FORMATS` (``"auto"``: :func:`detect_format`).
+
+    Raises:
+        InvalidInputError: the file is missing, the format unknown, or the file holds no pair.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"{path} is not a file")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    readers = {"gptcache": load_gptcache, "csv": load_qqp, "paws": load_paws, "mrpc": load_mrpc,
+               "jsonl": load_jsonl}
+    if fmt not in readers:
+        raise InvalidInputError(f"unknown pairs format {fmt!r}; choose one of auto, {', '.join(FORMATS)}")
+    try:
+        pairs = readers[fmt](path)
+    except (KeyError, ValueError, csv.Error) as exc:
+        raise InvalidInputError(f"{path} cannot be read as {fmt}: {exc!r}") from exc
+    if not pairs:
+        raise InvalidInputError(f"{path} holds no labelled pair (read as {fmt})")
+    return pairs
