@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -61,6 +60,7 @@ from semcache._cache.keys import (
 )
 from semcache._cache.memo import HitMemo
 from semcache._cache.records import CacheHit, Record, hit_of, read_record, record_bytes
+from semcache._cache.single_flight import Follow, SingleFlight
 from semcache._engine.backend import Backend
 from semcache._engine.bulk import EMBED_BATCH, bulk_entries, entry_at
 from semcache._engine.inputs import similarity
@@ -175,8 +175,7 @@ class SemanticCache:
             self.decision = self._refitted(self.decision)
         self.stats = CacheStats()
         self._stats_lock = threading.Lock()
-        self._inflight: dict[str, Future[Any]] = {}
-        self._inflight_lock = threading.Lock()
+        self._flights: SingleFlight[Any] = SingleFlight()
 
     def _refitted(self, decision: VerifierDecision) -> VerifierDecision:
         """The namespace's refitted operating point, when one was written (stricter than the default only)."""
@@ -196,11 +195,6 @@ class SemanticCache:
         """The cosine threshold when one decides semantic hits; None when the verifier does."""
         return self.decision.threshold if isinstance(self.decision, ThresholdDecision) else None
 
-    @staticmethod
-    def _check_threshold(threshold: object) -> float:
-        """A cosine threshold: a number in [0, 1] (the adapters check theirs with it)."""
-        return similarity(threshold, "threshold", lowest=0.0)
-
     def view(self, namespace: str) -> SemanticCache:
         """A cache over the same backend and settings, in another namespace (an adapter's own entries)."""
         other = SemanticCache.__new__(SemanticCache)
@@ -210,7 +204,7 @@ class SemanticCache:
         other.namespace = namespace
         other.stats = CacheStats()
         other._stats_lock = threading.Lock()
-        other._inflight, other._inflight_lock = {}, threading.Lock()
+        other._flights = SingleFlight()
         return other
 
     def _count(self, name: str, reason: str | None = None) -> None:
@@ -437,39 +431,41 @@ class SemanticCache:
     ) -> Any:
         """The cached answer, or ``fn()`` stored and returned on a miss.
 
-        Concurrent misses on the same prompt and scope call ``fn`` once; the
-        others wait for its result (or its exception, which is not cached).
+        Concurrent misses on the same prompt and scope call ``fn`` once
+        (:mod:`semcache._cache.single_flight`): the others wait and take its
+        result.  If ``fn`` raises, nothing is cached, and each caller that was
+        waiting runs ``fn`` itself, so it gets its own answer or its own exception.
         """
         hit = self.lookup(prompt, scope=scope)
         if hit is not None:
             return hit.response
-        flight = self.key_for(prompt, scope)
-        with self._inflight_lock:
-            future = self._inflight.get(flight)
-            leader = future is None
-            if future is None:
-                future = self._inflight[flight] = Future()
-        if not leader:
+        key = self.key_for(prompt, scope)
+        flight = self._flights.begin(key)
+        if isinstance(flight, Follow):
             self._count("single_flight_waits")
-            return future.result()
-        try:
+            landed = flight.wait()
+            if landed is not None:
+                return landed.value
+            return self._compute(prompt, fn, scope=scope, ttl=ttl, metadata=metadata)  # the leader failed
+        with flight:
             # A previous leader may have stored the answer between our lookup and
             # taking the lead; re-check the exact key so fn still runs only once.
-            record = read_record(flight, self.backend.get(flight))
+            record = read_record(key, self.backend.get(key))
             if record is not None and normalize_prompt(record.prompt) == normalize_prompt(prompt):
-                future.set_result(record.response)
-                return record.response
-            self._count("computes")
-            response = fn()
-            self.store(prompt, response, scope=scope, ttl=ttl, metadata=metadata)
-            future.set_result(response)
+                response = record.response
+            else:
+                response = self._compute(prompt, fn, scope=scope, ttl=ttl, metadata=metadata)
+            flight.land(response)
             return response
-        except BaseException as exc:
-            future.set_exception(exc)
-            raise
-        finally:
-            with self._inflight_lock:
-                del self._inflight[flight]
+
+    def _compute(
+        self, prompt: str, fn: Callable[[], Any], *, scope: Scope, ttl: float | None, metadata: Mapping[str, Any] | None
+    ) -> Any:
+        """``fn()``, stored for ``prompt`` in ``scope`` and returned."""
+        self._count("computes")
+        response = fn()
+        self.store(prompt, response, scope=scope, ttl=ttl, metadata=metadata)
+        return response
 
     # ------------------------------------------------------------ removal
     def delete(self, prompt: str, *, scope: Scope = None) -> bool:

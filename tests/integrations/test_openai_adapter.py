@@ -528,9 +528,9 @@ def test_replayed_stream_has_openai_wire_shape(client, server):
 
 
 def test_bare_decorator_uses_the_default_settings(monkeypatch, hash_embedding):
-    import semcache.integrations.openai as adapter
+    import semcache.integrations._adapter as plumbing
 
-    monkeypatch.setattr(adapter, "SemanticCache", lambda: SemanticCache(SemanticKV(embedding=hash_embedding)))
+    monkeypatch.setattr(plumbing, "default_cache", lambda: SemanticCache(SemanticKV(embedding=hash_embedding)))
 
     @semantic_cache
     def echo(question: str) -> str:
