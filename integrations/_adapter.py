@@ -28,11 +28,13 @@ both and lives here, in :class:`CacheFront`:
 ...     lookup_errors: int = 0
 ...     stores: int = 0
 ...     write_failures: int = 0
->>> front = CacheFront(SemanticCache(SemanticKV(embedding=HashEmbedding())), Stats(), log=logging.getLogger("x"))
->>> _ = front.writes.submit("What is 2+2?", "4", scope="math")
->>> front.find(front.cache.address("What is 2+2?", "math")).response, front.stats.pending_hits
+>>> cache = SemanticCache(SemanticKV(embedding=HashEmbedding()))
+>>> front = CacheFront(cache, Stats(), log=logging.getLogger("example"), write_behind=False)
+>>> _ = front.writes.submit("What is 2+2?", "4", scope="math")  # stored before returning: write_behind=False
+>>> front.find(front.cache.address("What is 2+2?", "math")).response, front.stats.stores
 ('4', 1)
->>> front.close()
+>>> front.find(front.cache.address("What is 3+3?", "math")) is None
+True
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def default_cache() -> SemanticCache:
 
 
 class _Counters(Protocol):
+    """The counters every adapter's stats have (the rest are its own)."""
+
     pending_hits: int
     lookup_errors: int
     stores: int
@@ -109,6 +113,7 @@ class AdapterCounters(Generic[StatsT]):
         self._lock = threading.Lock()
 
     def count(self, name: str) -> None:
+        """Add one to the counter ``name``."""
         with self._lock:
             setattr(self._stats, name, getattr(self._stats, name) + 1)
 
@@ -199,6 +204,7 @@ class CacheFront(Generic[StatsT]):
         return self._counters.snapshot(self._writes)
 
     def count(self, name: str) -> None:
+        """Add one to the counter ``name``."""
         self._counters.count(name)
 
     def find(self, address: Address) -> CacheHit | None:

@@ -243,10 +243,12 @@ class LangChainSemanticCache(BaseCache):
 
     @property
     def ttl(self) -> float | None:
+        """Seconds an answer stays cached (None: the cache's default)."""
         return self._front.ttl
 
     @property
     def write_behind(self) -> bool:
+        """Whether ``update()`` stores in the background (else before it returns)."""
         return self._front.write_behind
 
     @property

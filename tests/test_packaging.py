@@ -40,6 +40,7 @@ def test_the_wheel_holds_semcache_integrations_and_no_top_level_integrations(whe
     names = zipfile.ZipFile(wheel).namelist()
     assert "semcache/__init__.py" in names
     assert "semcache/integrations/__init__.py" in names
+    assert "semcache/integrations/openai/__init__.py" in names  # a subpackage: listed in [tool.setuptools] packages
     assert not [n for n in names if n.startswith("integrations/")]
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "semcache = semcache._cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

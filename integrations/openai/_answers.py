@@ -74,6 +74,7 @@ def answer_for(plan: Plan, hit: CacheHit, front: CacheFront[Any], *, asynchronou
 
 
 def _build(plan: Plan, hit: CacheHit, front: CacheFront[Any], *, asynchronous: bool) -> Any:
+    """The answer for ``hit`` built from its record (see :func:`answer_for`)."""
     payload = hit.response
     marker = {
         "hit": True,
@@ -123,6 +124,7 @@ def _fresh(front: CacheFront[Any], hit: CacheHit, cls: Any, data: Any) -> Any:
 
 
 def _immutable(value: Any) -> Any:
+    """The "parse" of a value that needs no copy: the value itself."""
     return value
 
 
@@ -142,6 +144,7 @@ def _zeroed(usage: Any) -> Any:
 
 
 def _zero_counts(value: Any) -> Any:
+    """``value`` with every number in it 0 (nested details of a usage record)."""
     if isinstance(value, dict):
         return {k: _zero_counts(v) for k, v in value.items()}
     return 0 if isinstance(value, int | float) and not isinstance(value, bool) else value

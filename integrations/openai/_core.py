@@ -105,10 +105,12 @@ class OpenAICache:
 
     @property
     def ttl(self) -> float | None:
+        """Seconds an answer stays cached (None: the cache's default)."""
         return self._front.ttl
 
     @property
     def write_behind(self) -> bool:
+        """Whether answers are stored in the background (else before the call returns)."""
         return self._front.write_behind
 
     @property
@@ -127,6 +129,7 @@ class OpenAICache:
         return self._front.stats
 
     def count(self, name: str) -> None:
+        """Add one to the counter ``name`` of :attr:`stats`."""
         self._front.count(name)
 
     # ------------------------------------------------------------- planning
@@ -216,6 +219,7 @@ class OpenAICache:
         return result
 
     def _stream_done(self, plan: Plan, chunks: list[Any] | None) -> None:
+        """A streamed miss ended: store the completion its chunks add up to, or count it discarded."""
         try:
             dumped = [c.model_dump(mode="json") if hasattr(c, "model_dump") else dict(c) for c in chunks or []]
             completion = chunks_to_completion(dumped)

@@ -100,6 +100,7 @@ class RecordingStream(_Recording):
         self._iterator = self._run()
 
     def _run(self) -> Generator[Any, None, None]:
+        """The upstream's chunks, each noted by the recorder; the recording ends with the generator."""
         try:
             for chunk in self._upstream:
                 yield self._recorder.add(chunk)
@@ -134,6 +135,7 @@ class RecordingAsyncStream(_Recording):
         self._iterator = self._run()
 
     async def _run(self) -> AsyncGenerator[Any, None]:
+        """The upstream's chunks, each noted by the recorder; the recording ends with the generator."""
         try:
             async for chunk in self._upstream:
                 yield self._recorder.add(chunk)

@@ -150,6 +150,7 @@ class _FunctionRequest:
         self._check_prompt_source()
 
     def _check_prompt_source(self) -> None:
+        """Refuse, at decoration, a signature with which no call can carry a prompt."""
         kinds = {name: param.kind for name, param in self._signature.parameters.items()}
         variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
         named = {name for name, kind in kinds.items() if kind not in variadic}  # *args is a list: never the prompt
@@ -189,6 +190,7 @@ class _FunctionRequest:
         return request
 
     def _warn_no_prompt(self) -> None:
+        """Say once that calls without a prompt go upstream uncached, and how to name the prompt."""
         if self._warned:
             return
         self._warned = True  # once: every such call would say the same

@@ -87,9 +87,11 @@ class Lead(Generic[T]):
 
     @property
     def landed(self) -> bool:
+        """Whether the flight has landed (succeeded or failed)."""
         return self._future.done()
 
     def _end(self, outcome: T) -> None:
+        """Land once: out of the flights in the air first, then the followers released."""
         if self._future.done():
             return
         self._flights._remove(self.key, self._future)  # first: a caller arriving from now on starts a new flight
@@ -124,6 +126,7 @@ class Follow(Generic[T]):
 
     @staticmethod
     def _outcome(value: T) -> Landed[T] | None:
+        """What a follower sees of the value the flight landed with."""
         return None if value is _FAILED else Landed(value)
 
 
@@ -144,6 +147,7 @@ class SingleFlight(Generic[T]):
         return Lead(self, key, future)
 
     def _remove(self, key: str, future: Future[T]) -> None:
+        """Take the flight ``future`` for ``key`` out of the air (if it is still the one there)."""
         with self._lock:
             if self._flights.get(key) is future:
                 del self._flights[key]
