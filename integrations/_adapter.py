@@ -163,6 +163,7 @@ class CacheFront(Generic[StatsT]):
         self.hits = HitMemo(memo_size)
         self.answers = AnswerMemo(memo_size)
         self._counters = AdapterCounters(stats)
+        self.count = self._counters.count  # add one to a counter: bound once, it is on every call's path
         self._log = log
         self._place = place
         self._lock = threading.Lock()
@@ -203,9 +204,6 @@ class CacheFront(Generic[StatsT]):
         """A snapshot of the counters."""
         return self._counters.snapshot(self._writes)
 
-    def count(self, name: str) -> None:
-        """Add one to the counter ``name``."""
-        self._counters.count(name)
 
     def find(self, address: Address) -> CacheHit | None:
         """The answer stored at ``address``: a pending write first, then the cache; None on a miss.
@@ -214,11 +212,13 @@ class CacheFront(Generic[StatsT]):
         to embed) is logged at WARNING, counted in ``lookup_errors`` and
         answered as a miss: the cache failing must not fail the model call.
         """
-        pending = self.pending(address)
+        writes = self.writes
+        pending = writes.pending_at(address.key)
         if pending is not None:
+            self.count("pending_hits")
             return pending
         try:
-            return self.cache.lookup_at(address, threshold=self.threshold, memo=self.hits)
+            return writes.cache.lookup_at(address, threshold=self.threshold, memo=self.hits)
         except SemcacheError as exc:
             self.count("lookup_errors")
             self._log.warning("semcache: lookup failed (%s: %s); treating it as a miss", type(exc).__name__, exc)

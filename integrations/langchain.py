@@ -266,9 +266,6 @@ class LangChainSemanticCache(BaseCache):
         """A snapshot of the counters."""
         return self._front.stats
 
-    def _count(self, name: str) -> None:
-        self._front.count(name)
-
     def _plan(self, prompt: str, llm_string: str) -> tuple[str, str, Address] | None:
         """The text to embed, the scope (canonical JSON text) and the cache address of a LangChain prompt.
 
@@ -281,13 +278,13 @@ class LangChainSemanticCache(BaseCache):
             return remembered
         split = conversation_of(prompt)
         if split is None:
-            self._count("bypassed")
+            self._front.count("bypassed")
             return None
         text, context = split
         try:
             scope = canonical_scope({"adapter": "langchain", "llm_string": llm_string, "context": context})
         except InvalidInputError:
-            self._count("bypassed")
+            self._front.count("bypassed")
             return None
         plan = text, scope, self.cache.address(text, scope)
         if len(prompt) + len(llm_string) <= MAX_PLAN_CHARS:
@@ -302,7 +299,7 @@ class LangChainSemanticCache(BaseCache):
             return None
         hit = self._front.find(plan[2])
         generations = None if hit is None else self._generations(hit)
-        self._count("misses" if generations is None else "hits")
+        self._front.count("misses" if generations is None else "hits")
         return generations
 
     def _generations(self, hit: CacheHit) -> list[Generation] | None:

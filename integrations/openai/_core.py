@@ -84,6 +84,7 @@ class OpenAICache:
             write_behind=write_behind,
             memo_size=memo_size,
         )
+        self.count = self._front.count  # add one to a counter of stats
         check_sampling(sampling)
         canonical_scope(scope)  # fail now, not on the first call
         self.sampling = sampling
@@ -128,9 +129,6 @@ class OpenAICache:
         """A snapshot of the counters."""
         return self._front.stats
 
-    def count(self, name: str) -> None:
-        """Add one to the counter ``name`` of :attr:`stats`."""
-        self._front.count(name)
 
     # ------------------------------------------------------------- planning
     def plan(self, endpoint: str, request: Mapping[str, Any], controls: Mapping[str, Any]) -> Plan | None:

@@ -39,21 +39,22 @@ if TYPE_CHECKING:
 __all__ = ["Answer", "Flow", "Upstream", "Wait", "wrap_call"]
 
 
-@dataclass(frozen=True)
+# Steps are made on every call (an exact hit included): slotted, not frozen, as they build faster so.
+@dataclass(slots=True)
 class Answer:
     """The call is answered from the cache with ``value``."""
 
     value: Any
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Wait:
     """An identical call is in flight: wait for it to land, then look again."""
 
     flight: Follow[None]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Upstream:
     """The call goes upstream; when it leads a flight, leaving the ``with`` block lands it (failed on an error)."""
 
@@ -74,15 +75,13 @@ class Upstream:
 class Flow:
     """The decisions of one cacheable call; the shells built by :func:`wrap_call` run them."""
 
+    __slots__ = ("asynchronous", "core", "looks_up", "plan")
+
     def __init__(self, core: OpenAICache, plan: Plan, *, asynchronous: bool) -> None:
         self.core = core
         self.plan = plan
         self.asynchronous = asynchronous
-
-    @property
-    def looks_up(self) -> bool:
-        """Whether the call looks in the cache first (not for ``cache_refresh``)."""
-        return not self.plan.refresh
+        self.looks_up = not plan.refresh  # whether the call looks in the cache first (not for cache_refresh)
 
     def lookup(self) -> Any:
         """The cached answer, ready to return, or None on a miss.  Blocking: it may embed the prompt."""
