@@ -228,13 +228,7 @@ class LangChainSemanticCache(BaseCache):
     @staticmethod
     def _view(base: SemanticCache, suffix: str) -> SemanticCache:
         """A cache over ``base``'s backend and settings, in the namespace ``<base>.<suffix>``."""
-        return SemanticCache(
-            base.backend,
-            threshold=base.threshold,
-            ttl=base.default_ttl_ms / 1000 if base.default_ttl_ms else None,
-            namespace=f"{base.namespace}.{suffix}",
-            guard=base.guard,
-        )
+        return base.view(f"{base.namespace}.{suffix}")
 
     @property
     def threshold(self) -> float | None:

@@ -239,7 +239,7 @@ def test_waiters_of_a_failed_leader_get_answers_of_their_own(cache):
 
 def test_a_path_instead_of_a_backend_is_refused_at_once(tmp_path):
     for path in ("./some-dir", tmp_path / "cache"):
-        with pytest.raises(ConfigurationError, match=r"not a path .*pass SemanticCache\(SemanticKV\('"):
+        with pytest.raises(ConfigurationError, match=r"a path is not a backend; .*pass SemanticCache\(SemanticKV\('"):
             SemanticCache(path)  # type: ignore[arg-type]
     assert not (tmp_path / "cache").exists()
 
