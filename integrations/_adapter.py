@@ -247,6 +247,15 @@ class CacheFront(Generic[StatsT]):
             self.answers.put(hit, serialised, parse)
         return answer
 
+    def report_wrong_hit(self, hit: CacheHit | str) -> bool:
+        """Report that ``hit`` (or the entry at its key) served a wrong answer (see
+        :meth:`~semcache.SemanticCache.report_wrong_hit`): deleted, counted, its pair recorded.
+
+        Pending writes land first, so the entry reported is the one stored.
+        """
+        self.flush()
+        return self.cache.report_wrong_hit(hit)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for pending writes; True when none is left."""
         return self._writes is None or self._writes.flush(timeout)

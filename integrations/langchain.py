@@ -5,6 +5,8 @@
 >>> from semcache.embeddings import HashEmbedding
 >>> lc_cache = LangChainSemanticCache(SemanticCache(SemanticKV(embedding=HashEmbedding())))
 >>> lc_cache.update("What is the capital of France?", "model=a", [Generation(text="Paris")])
+>>> lc_cache.flush()  # the store runs in the background; a paraphrase finds it once it has landed
+True
 >>> lc_cache.lookup("what is the capital of France", "model=a")
 [Generation(text='Paris')]
 >>> lc_cache.lookup("What is the capital of France?", "model=b") is None
@@ -336,6 +338,22 @@ class LangChainSemanticCache(BaseCache):
             log.warning("semcache: generations for %r are not JSON-serialisable (%s); not cached", text[:80], exc)
             return
         self.writes.submit(text, payload, scope=scope, metadata={"adapter": "langchain"})
+
+    def report_wrong_hit(self, prompt: str, llm_string: str) -> bool:
+        """Report that the answer cached for ``prompt`` under ``llm_string`` was wrong for it.
+
+        The entry a lookup of ``prompt`` serves now is deleted, counted and its
+        labelled pair recorded (:meth:`semcache.SemanticCache.report_wrong_hit`).
+
+        Returns:
+            Whether there was such an entry.
+        """
+        plan = self._plan(prompt, llm_string)
+        if plan is None:
+            return False
+        self._front.flush()
+        hit = self._front.find(plan[2])
+        return hit is not None and self._front.report_wrong_hit(hit)
 
     def clear(self, **kwargs: Any) -> None:
         """Drop this adapter's entries, or with ``scope=...`` those of the adapter built with that scope.

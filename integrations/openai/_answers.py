@@ -73,6 +73,15 @@ def answer_for(plan: Plan, hit: CacheHit, front: CacheFront[Any], *, asynchronou
     return answer if answer is not None else _build(plan, hit, front, asynchronous=asynchronous)
 
 
+def hit_of_answer(answer: Any) -> CacheHit | None:
+    """The hit a cached answer (a ``ChatCompletion``, ``Response``, chunk or replayed stream) was built from."""
+    info = cache_info(answer)
+    if info is None or not info.get("key"):
+        return None
+    return CacheHit(None, float(info.get("similarity", 0.0)), str(info.get("cached_prompt", "")), str(info["key"]),
+                    {}, bool(info.get("exact")), str(info.get("prompt", "")), info.get("score"))
+
+
 def _build(plan: Plan, hit: CacheHit, front: CacheFront[Any], *, asynchronous: bool) -> Any:
     """The answer for ``hit`` built from its record (see :func:`answer_for`)."""
     payload = hit.response
@@ -82,6 +91,8 @@ def _build(plan: Plan, hit: CacheHit, front: CacheFront[Any], *, asynchronous: b
         "similarity": round(float(hit.similarity), 6),
         "cached_prompt": hit.cached_prompt,
         "key": hit.key,
+        "prompt": hit.prompt,
+        "score": None if hit.score is None else round(float(hit.score), 6),
     }
     kind = payload.get("type") if isinstance(payload, dict) else None
     if kind == "chat.completion":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from semcache.errors import InvalidInputError
 from .._adapter import CacheFront
 from .._memo import DEFAULT_MEMO_SIZE, MAX_PLAN_CHARS, fingerprint
 from .._writes import WriteBehind
-from ._answers import answer_for, payload_of
+from ._answers import answer_for, hit_of_answer, payload_of
 from ._flow import wrap_call
 from ._plan import Plan, Sampling, check_sampling, given, request_scope, sampling_allows
 from ._shapes import chunks_to_completion
@@ -92,6 +93,7 @@ class OpenAICache:
         self._plans: LRU[bytes, Plan] = LRU(memo_size)
         self.flights: SingleFlight[None] = SingleFlight()  # identical concurrent misses, by cache key
         self._warned = False
+        self._last = threading.local()  # the last hit served to each thread (its attribute "hit")
 
     # ------------------------------------------------------------ settings
     @property
@@ -190,7 +192,31 @@ class OpenAICache:
         answer = answer_for(plan, hit, self._front, asynchronous=asynchronous)
         if answer is not None:
             self.count("hits")
+            self._last.hit = hit  # what report_wrong_hit() reports when given nothing
         return answer
+
+    def report_wrong_hit(self, answer: Any = None) -> bool:
+        """Report that a cached answer was wrong: its entry is deleted, counted, and the pair recorded.
+
+        Args:
+            answer: the cached ``ChatCompletion``, ``Response`` or chunk (their
+                ``semcache`` marker names the entry), a :class:`~semcache.CacheHit`
+                or an entry's key; None (for a decorated function returning plain
+                values): the last hit this thread was served.
+
+        Returns:
+            Whether the entry was still stored.
+
+        Raises:
+            InvalidInputError: ``answer`` was not served from the cache.
+        """
+        if answer is None:
+            hit = getattr(self._last, "hit", None)
+        else:
+            hit = answer if isinstance(answer, CacheHit | str) else hit_of_answer(answer)
+        if hit is None:
+            raise InvalidInputError("report_wrong_hit needs an answer served from the cache (is_cached() is False)")
+        return self._front.report_wrong_hit(hit)
 
     def answer(self, plan: Plan, *, asynchronous: bool) -> Any:
         """The cached answer for ``plan``, ready to return, or None on a miss.  May embed the prompt: blocking."""
