@@ -26,3 +26,10 @@ def hash_embedding() -> HashEmbedding:
 def minilm() -> SentenceTransformerEmbedding:
     """The real all-MiniLM-L6-v2, loaded once per test session."""
     return SentenceTransformerEmbedding()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests that load the real model are slow too: ``pytest -m "not slow"`` is the quick inner loop."""
+    for item in items:
+        if item.get_closest_marker("model") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)

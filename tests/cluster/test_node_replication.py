@@ -28,6 +28,9 @@ from semcache.cluster._raft.replica import ReplicatedShard
 from semcache.cluster._sizes import MAX_ENTRY_BYTES, RAFT_MESSAGE_LIMIT
 from semcache.errors import CorruptDataError, InvalidInputError, LimitExceededError
 
+# Real pysyncobj groups in this process (Raft timers, threads): seconds each.
+pytestmark = pytest.mark.slow
+
 DIM = 16
 
 
