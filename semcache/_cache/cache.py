@@ -41,10 +41,8 @@ from semcache._cache.decision import (
     DEFAULT_THRESHOLD,
     Decision,
     ThresholdDecision,
-    Verdict,
     VerifierDecision,
     choose_decision,
-    verifier_fits,
 )
 from semcache._cache.keys import (
     ALL_SCOPES,
@@ -58,13 +56,14 @@ from semcache._cache.keys import (
     scope_id,
     ttl_ms,
 )
+from semcache._cache.lookup import Explanation, embed, exact_hit, semantic
 from semcache._cache.memo import HitMemo
-from semcache._cache.records import CacheHit, Record, hit_of, read_record, record_bytes
+from semcache._cache.records import CacheHit, read_record, record_bytes
 from semcache._cache.single_flight import Follow, SingleFlight
+from semcache._cache.storing import bulk_items, checked_pairs, keeps_verifier_data, verifier_data
 from semcache._engine.backend import Backend
-from semcache._engine.bulk import EMBED_BATCH, bulk_entries, entry_at
 from semcache._engine.inputs import similarity
-from semcache.embeddings import BaseEmbedding, TokenVectors, as_embedding, check_texts
+from semcache.embeddings import BaseEmbedding, as_embedding
 from semcache.errors import ConfigurationError, InvalidInputError
 
 __all__ = [
@@ -100,33 +99,6 @@ class CacheStats:
     @property
     def hit_rate(self) -> float:
         return self.hits / self.lookups if self.lookups else 0.0
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """What a lookup found and why it decided as it did (:meth:`SemanticCache.explain`).
-
-    Attributes:
-        hit: the answer served, or None for a miss.
-        exact: found by the exact path.
-        decided_by: the decision in force (``"verifier, score >= 0.772 (<= 1.0% wrong hits)"``...).
-        candidate_prompt: the nearest stored prompt (None: the scope holds none).
-        candidate_response: its stored answer.
-        similarity: its cosine similarity to the prompt.
-        score: the verifier's score of it (None when a cosine threshold decided, or an exact hit).
-        reason: why it was not served (None when it was, or when there was no candidate).
-        guard: the hit guard's objection to it (None: none), whatever decided.
-    """
-
-    hit: CacheHit | None
-    exact: bool
-    decided_by: str
-    candidate_prompt: str | None = None
-    candidate_response: Any = None
-    similarity: float | None = None
-    score: float | None = None
-    reason: str | None = None
-    guard: str | None = None
 
 
 class SemanticCache:
@@ -253,7 +225,7 @@ class SemanticCache:
         """
         decision = self._decision_for(threshold)
         self._count("lookups")
-        hit = self._exact(address, memo)
+        hit = exact_hit(self.backend, address, memo)
         if hit is not None:
             self._count("exact_hits")
             return hit
@@ -267,7 +239,7 @@ class SemanticCache:
         decision = self._decision_for(threshold)
         address = self.address(prompt, scope)
         self._count("lookups")
-        hit = self._exact(address, None)
+        hit = exact_hit(self.backend, address, None)
         if hit is not None:
             self._count("exact_hits")
             return Explanation(hit, True, decision.describe(), hit.cached_prompt, hit.response, 1.0)
@@ -278,52 +250,17 @@ class SemanticCache:
             return self.decision
         return ThresholdDecision(similarity(threshold, "threshold", lowest=0.0), self.guard)
 
-    def _exact(self, address: Address, memo: HitMemo | None) -> CacheHit | None:
-        value = self.backend.get(address.key)
-        hit = None if memo is None or value is None else memo.get(address.key, address.normalized, value)
-        if hit is not None:
-            return hit
-        record = read_record(address.key, value)
-        if record is None or normalize_prompt(record.prompt) != address.normalized:
-            return None
-        hit = hit_of(address.key, record, 1.0, exact=True, prompt=address.prompt)
-        if memo is not None and value is not None:
-            memo.put(address.key, address.normalized, value, hit)
-        return hit
-
     def _semantic(self, address: Address, decision: Decision) -> Explanation:
-        vector, tokens = self._embed(address.normalized, decision.uses_tokens)
-        found = self.backend.search(None, decision.search_k, None, scope=address.scope_id, vector=vector)
-        record = read_record(found[0].key, found[0].value) if found else None
-        if record is None:
-            self._count("misses")
-            return Explanation(None, False, decision.describe())
-        verdict = decision.judge(address.prompt, tokens, record, [result.similarity for result in found])
-        explanation = self._explanation(address, decision, record, verdict)
-        if not verdict.serve:
-            self._count_refusal(verdict)
-            self._count("misses")
+        explanation, verdict = semantic(self.backend, self.embedding, address, decision)
+        if explanation.hit is not None:
+            self._count("semantic_hits")
             return explanation
-        self._count("semantic_hits")
-        hit = hit_of(found[0].key, record, verdict.similarity, exact=False, prompt=address.prompt, score=verdict.score)
-        return replace(explanation, hit=hit)
-
-    def _explanation(self, address: Address, decision: Decision, record: Record, verdict: Verdict) -> Explanation:
-        from semcache._cache.guard import conflict
-
-        return Explanation(None, False, decision.describe(), record.prompt, record.response, verdict.similarity,
-                           verdict.score, verdict.reason, conflict(record.prompt, address.prompt))
-
-    def _count_refusal(self, verdict: Verdict) -> None:
-        if verdict.reason and verdict.reason.startswith("guard: "):
+        if verdict is not None and verdict.reason and verdict.reason.startswith("guard: "):
             self._count("guard_vetoes", verdict.reason.removeprefix("guard: "))
-        elif verdict.score is not None:
+        elif verdict is not None and verdict.score is not None:
             self._count("verifier_refusals")
-
-    def _embed(self, normalized: str, with_tokens: bool) -> tuple[Any, TokenVectors | None]:
-        if with_tokens:
-            return self.embedding.embed_one_with_tokens(normalized)
-        return self.embedding.embed_one(normalized), None
+        self._count("misses")
+        return explanation
 
     # ------------------------------------------------------------- storing
     def store(
@@ -343,24 +280,11 @@ class SemanticCache:
         address = self.address(prompt, scope)
         lifetime = self.default_ttl_ms if ttl is None else ttl_ms(ttl)
         record_bytes(prompt, response, metadata, None)  # refuse what cannot be stored before embedding it
-        vector, tokens = self._embed(address.normalized, self._keeps_verifier_data)
-        value = record_bytes(prompt, response, metadata, self._verifier_data(tokens))
+        vector, tokens = embed(self.embedding, address.normalized, keeps_verifier_data(self.embedding))
+        value = record_bytes(prompt, response, metadata, verifier_data(tokens))
         self.backend.put(address.key, value, lifetime, scope=address.scope_id, vector=vector)
         self._count("stores")
         return address.key
-
-    @property
-    def _keeps_verifier_data(self) -> bool:
-        """Entries keep the verifier's data whenever the embedder fits it (so switching to it later works)."""
-        return verifier_fits(self.embedding)
-
-    @staticmethod
-    def _verifier_data(tokens: TokenVectors | None) -> bytes | None:
-        if tokens is None:
-            return None
-        from semcache._cache.verifier.model import shipped_verifier
-
-        return shipped_verifier().entry_data(tokens)
 
     def store_many(
         self,
@@ -389,36 +313,12 @@ class SemanticCache:
         """
         scope_name = self.scope_id(scope)
         lifetime = self.default_ttl_ms if ttl is None else ttl_ms(ttl)
-        checked = []
-        for position, pair in enumerate(bulk_entries(pairs, "store_many")):
-            with entry_at(f"store_many pair {position}"):
-                if not isinstance(pair, tuple | list) or len(pair) != 2:
-                    raise InvalidInputError(f"must be a (prompt, response) pair, got {type(pair).__name__}")
-                prompt, response = pair
-                normalized = normalize_prompt(check_prompt(prompt))
-                check_texts([normalized])
-                record_bytes(prompt, response, None, None)
-                checked.append((prompt, response, normalized))
-        items = self._bulk_items(checked, scope_name)
+        items = bulk_items(self.embedding, checked_pairs(pairs), scope_name)
         # A record over the backend's value limit is refused there, as "put_many item <the same position>".
         self.backend.put_many(items, lifetime, scope=scope_name)
         with self._stats_lock:
             self.stats.stores += len(items)
         return [key for key, _, _ in items]
-
-    def _bulk_items(self, checked: list[tuple[str, Any, str]], scope_name: str) -> list[tuple[str, bytes, Any]]:
-        """``put_many`` items: the key, the record, and the text to embed (or the vector, with the verifier's data)."""
-        if not self._keeps_verifier_data:
-            return [(entry_key(scope_name, normalized), record_bytes(prompt, response, None, None), normalized)
-                    for prompt, response, normalized in checked]
-        items: list[tuple[str, bytes, Any]] = []
-        for start in range(0, len(checked), EMBED_BATCH):
-            chunk = checked[start : start + EMBED_BATCH]
-            vectors, tokens = self.embedding.embed_with_tokens([normalized for _, _, normalized in chunk])
-            for (prompt, response, normalized), vector, pieces in zip(chunk, vectors, tokens, strict=True):
-                value = record_bytes(prompt, response, None, self._verifier_data(pieces))
-                items.append((entry_key(scope_name, normalized), value, vector))
-        return items
 
     def get_or_compute(
         self,
