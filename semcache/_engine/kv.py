@@ -37,6 +37,7 @@ import numpy as np
 
 from semcache._engine.backend import BulkItems, SearchResult
 from semcache._engine.bulk import BulkPut, bulk_puts, load_in_chunks
+from semcache._engine.clock import SteadyClock
 from semcache._engine.commands import Clear, Command, Delete, Put
 from semcache._engine.conveniences import Conveniences
 from semcache._engine.eviction import AccessLog, check_policy
@@ -55,7 +56,6 @@ from semcache._engine.inputs import (
     positive_seconds,
     put_vector,
     search_vector,
-    wall_clock_ms,
     whole_number,
 )
 from semcache._engine.local_store import DEFAULT_CHECKPOINT_BYTES, LocalState
@@ -84,7 +84,7 @@ class SemanticKV(Conveniences):
         fsync: fsync every write (power-loss durability) instead of only flushing.
         checkpoint_bytes: write a snapshot once the log grows past this size.
         purge_interval: seconds between background purges of expired entries.
-        clock: milliseconds since the epoch; injectable for tests.
+        clock: milliseconds since the epoch (default: the wall clock, never in jumps: semcache._engine.clock).
         node_id: the name reported in search results.
     """
 
@@ -103,19 +103,19 @@ class SemanticKV(Conveniences):
         fsync: bool = False,
         checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES,
         purge_interval: float = 1.0,
-        clock: Callable[[], int] = wall_clock_ms,
+        clock: Callable[[], int] | None = None,
         node_id: str = "embedded",
     ) -> None:
         if capacity is not None:
             whole_number(capacity, "capacity", minimum=1, error=ConfigurationError)
         positive_seconds(purge_interval, "purge_interval")
         whole_number(checkpoint_bytes, "checkpoint_bytes", minimum=1, error=ConfigurationError)
-        if not callable(clock):
+        if clock is not None and not callable(clock):
             raise ConfigurationError(f"clock must be a callable returning ms, got {type(clock).__name__}")
         self._embedding = as_embedding(embedding)
         self._eviction = check_policy(eviction)
         self._capacity = capacity
-        self._clock = clock
+        self._clock = clock or SteadyClock()
         self.node_id = node_id
         self._local = LocalState(
             path, self._embedding, IndexSettings(max_entries, hnsw_m, hnsw_ef_construction, ef_search), limits,

@@ -46,10 +46,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from semcache._engine.clock import SteadyClock
 from semcache._engine.commands import Command, Put
 from semcache._engine.eviction import AccessLog
 from semcache._engine.housekeeping import Housekeeping, MaintenanceLoop
-from semcache._engine.inputs import Limits, wall_clock_ms
+from semcache._engine.inputs import Limits
 from semcache._engine.state import ShardState
 from semcache.cluster._config import ClusterConfig, Replica
 from semcache.cluster._raft.applier import AppliedBatch, Applier, GuardedState
@@ -92,14 +93,14 @@ class ReplicatedShard(RaftNode):
         shard.submit(Put("k", b"v", "", None, 0, 0))
     """
 
-    def __init__(self, config: ClusterConfig, replica_id: str, *, clock: Callable[[], int] = wall_clock_ms) -> None:
+    def __init__(self, config: ClusterConfig, replica_id: str, *, clock: Callable[[], int] | None = None) -> None:
         # Everything pysyncobj may call from its tick thread while SyncObj.__init__ runs
         # (apply_batch replaying the journal, the snapshot hooks, onStateChanged) exists
         # before it; so do the properties, which SyncObj.__init__ reads through dir(self).
         self.config = config
         self.replica_id = replica_id
         self.shard_id = config.shard_of(replica_id).id
-        self._clock = clock
+        self._clock = clock or SteadyClock()  # the leader stamps commands with it: see semcache._engine.clock
         self._model_id, self.dim = config.embedding_identity()
         self._limits = Limits(max_value_bytes=config.max_value_bytes)
         self._stopping = threading.Event()
