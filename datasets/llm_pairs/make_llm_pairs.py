@@ -1,13 +1,16 @@
-"""Build data/llm_pairs.jsonl (and the counts in data/README.md) from the hand-written data/src/*.txt.
+"""Build llm_pairs.jsonl (and the counts in README.md) from the hand-written src/*.txt beside this script.
 
-Source format (see data/src/README.txt): ``#domain NAME``, ``@ base prompt`` starts a group,
+Source format (see src/README.txt): ``#domain NAME``, ``@ base prompt`` starts a group,
 ``+KIND text`` is a paraphrase of the base (label 1), ``-KIND text`` a hard negative (label 0).
 Every +/- line becomes one pair whose ``first`` is the group's base prompt.
 
 Splits are assigned by group, stratified by domain: the groups of each domain are
 shuffled with ``random.Random(SEED)`` and cut 60/20/20 (train/dev/test).
 
-    python make_llm_pairs.py        # rewrites data/llm_pairs.jsonl deterministically
+    python datasets/llm_pairs/make_llm_pairs.py    # rewrites llm_pairs.jsonl deterministically
+
+Prompts are compared in the cache's normalised form (``semcache._cache.cache.normalize_prompt``,
+imported from the checkout this script sits in).
 """
 
 from __future__ import annotations
@@ -18,9 +21,8 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from encoder import normalize_prompt
-
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
 SRC = HERE / "src"
 OUT = HERE / "llm_pairs.jsonl"
 SEED = 20240601
@@ -73,6 +75,11 @@ def assign_splits(groups: list[dict]) -> list[str]:
 
 
 def build() -> list[dict]:
+    """Every pair of every group, with its split; exits on a repeated base prompt or a cross-group exact hit."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from semcache._cache.cache import normalize_prompt
+
     groups = parse()
     splits = assign_splits(groups)
     rows = []
@@ -115,7 +122,8 @@ def readme_counts(rows: list[dict]) -> str:
     head = ["| split | groups | pairs | positives | negatives |", "|---|---|---|---|---|"]
     for s in ("train", "dev", "test"):
         head.append(f"| {s} | {groups[s]} | {splits[s]} | {pos[s]} | {splits[s] - pos[s]} |")
-    head.append(f"| all | {sum(groups.values())} | {len(rows)} | {sum(pos.values())} | {len(rows) - sum(pos.values())} |")
+    n_pos = sum(pos.values())
+    head.append(f"| all | {sum(groups.values())} | {len(rows)} | {n_pos} | {len(rows) - n_pos} |")
     return "\n".join(head) + "\n\n### By kind\n\n" + table("kind") + "\n\n### By domain\n\n" + table("domain") + "\n"
 
 
@@ -128,7 +136,8 @@ if __name__ == "__main__":
     text = readme.read_text(encoding="utf-8") if readme.exists() else ""
     marker = "<!-- counts -->"
     counts = readme_counts(rows)
-    text = text.split(marker)[0] + marker + "\n\n" + counts if marker in text else text + "\n" + marker + "\n\n" + counts
+    head = text.split(marker)[0] if marker in text else text + "\n"
+    text = head + marker + "\n\n" + counts
     readme.write_text(text, encoding="utf-8")
     print(f"{len(rows)} pairs, {len({r['group'] for r in rows})} groups, "
           f"{sum(r['label'] for r in rows) / len(rows):.1%} positive -> {OUT}")

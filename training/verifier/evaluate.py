@@ -87,10 +87,12 @@ def evaluate(name: str, split: str, v: Verifier, enc: Encodings, sides: SideCach
         choice = choose(mat, allowed, thr, v.settings["rule"])
         kinds: Counter[str] = Counter()
         totals: Counter[str] = Counter()
+        exact_right = tab.read.exact_right()
         for i, p in enumerate(tab.read.pairs):
             totals[p.kind] += 1
-            served = tab.read.exact[i] >= 0 or choice[i] >= 0
-            right = tab.read.exact_right()[i] if tab.read.exact[i] >= 0 else (choice[i] >= 0 and tab.read.right[i, choice[i]])
+            exact = tab.read.exact[i] >= 0
+            served = exact or choice[i] >= 0
+            right = exact_right[i] if exact else (choice[i] >= 0 and tab.read.right[i, choice[i]])
             if served and not right:
                 kinds[p.kind] += 1
             if p.positive and not served:

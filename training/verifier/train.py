@@ -1,12 +1,13 @@
-"""Train the hit verifier and write ``verifier.npz`` + ``calibration.json`` (reproducible, ~5 min on 2 cores).
+"""Train the hit verifier: writes ``semcache/_cache/verifier/verifier.npz`` and ``calibration.json``, reproducibly.
 
-Data (all read from disk, nothing downloaded):
-  * data/llm_pairs.jsonl (train split fits, dev split calibrates),
-  * /work/shared/data: gptcache_mock_data.json, qqp_val.csv, mrpc_train.txt, paws_wiki_dev.tsv
-    (hash splits of :mod:`pairs`; train fits, dev calibrates/selects; test is never read here).
+Data (all read from disk, nothing downloaded; see :mod:`paths`):
+  * datasets/llm_pairs/llm_pairs.jsonl (train split fits, dev split calibrates),
+  * the public sets in shared/data: gptcache_mock_data.json, qqp_val.csv, mrpc_train.txt, paws_wiki_dev.tsv
+    (hash splits of :mod:`semcache._quality.pairs`; train fits, dev calibrates/selects; test is never read here).
 
 Steps:
-  1. encode every text once with all-MiniLM-L6-v2 (cache/*.npz; sentence + token vectors);
+  1. encode every text once with the package's embedder (:mod:`encoding_cache`: cache/*.npz, sentence +
+     word-piece vectors from one forward pass; ~8 min the first time, then read from disk);
   2. token weights: IDF of word-piece ids over the train-split texts, 0 for stopwords/punctuation;
   3. token codec: PCA (128 dims) of content-token vectors of 6,000 train texts (seeded), int8 storage;
   4. every set's train split read as a cache: features of the 5 nearest candidates of every query
@@ -18,8 +19,8 @@ Steps:
      lookup policy of ``SETTINGS``): the lowest score threshold at and above which the wrong-hit rate
      of *each* of the two stays <= the target (the pooled rate is recorded too).
 
-    python train.py            # writes verifier.npz, calibration.json
-    sha256sum verifier.npz     # identical across runs on this machine
+    python training/verifier/train.py                    # ~45 s once the encodings are on disk
+    sha256sum semcache/_cache/verifier/verifier.npz      # identical across runs on this machine
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import numpy as np
 from build import CACHE, SETS, Encodings, SideCache, table
-from encoder import encode_cached, normalize_prompt
+from encoding_cache import encode_cached
 from paths import CALIBRATION
 from paths import SHIPPED as OUT
 from sim import choose, outcome
 
+from semcache._cache.cache import normalize_prompt
 from semcache._cache.verifier import lexical
 from semcache._cache.verifier.features import ALL_NAMES, TokenCodec, build_token_weights, read_vocab
 from semcache._cache.verifier.model import Verifier
