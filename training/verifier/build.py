@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import paths  # noqa: F401  (first: puts the checkout on sys.path)
 from encoding_cache import EncodedStore, encode_cached
 from paths import CACHE
 from sim import CacheRead, read_as_cache

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import paths  # noqa: F401  (first: puts the checkout on sys.path)
 
 from semcache._cache.cache import normalize_prompt
 from semcache._quality.pairs import Pair
