@@ -9,10 +9,12 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from encoder import EncodedStore, encode_cached, normalize_prompt
+import paths  # noqa: F401  (first: puts the checkout on sys.path)
+from encoding_cache import EncodedStore, encode_cached
 from paths import CACHE
 from sim import CacheRead, read_as_cache
 
+from semcache._cache.cache import normalize_prompt
 from semcache._cache.guard import conflict
 from semcache._cache.verifier.features import Side, TokenCodec, context_features, make_side, pair_features
 from semcache._quality import pairs as pairsets
@@ -105,11 +107,13 @@ def table(name: str, split_pairs, enc: Encodings, sides: SideCache, k: int = 5, 
         qside = sides.query(qt)
         own = slot[normalize_prompt(p.first)]
         seen_own = False
-        for r, (e, c) in enumerate(zip(read.neighbours[i].tolist(), read.sims[i].tolist())):
+        for r, (e, c) in enumerate(zip(read.neighbours[i].tolist(), read.sims[i].tolist(), strict=True)):
             if c < floor:
                 break
             eside = sides.entry(read.entries[e])
-            qs.append(i); ranks.append(r); ys.append(bool(read.right[i, r]))
+            qs.append(i)
+            ranks.append(r)
+            ys.append(bool(read.right[i, r]))
             xs.append(np.concatenate([pair_features(c, eside, qside), context_features(read.sims[i].tolist(), r)]))
             gs.append(conflict(read.entries[e], qt) is not None if r == 0 else False)
             nb.append(eside.stored_bytes)
@@ -117,10 +121,14 @@ def table(name: str, split_pairs, enc: Encodings, sides: SideCache, k: int = 5, 
         if add_pair and not seen_own:
             ft = read.entries[own]
             c = float(enc.sentence(ft) @ enc.sentence(qt))
-            qs.append(i); ranks.append(-1); ys.append(p.positive)
             s0 = float(read.sims[i, 0])
             ctx = [3.0, s0 - c, c, 0.0]  # as if ranked below every searched candidate
-            xs.append(np.concatenate([pair_features(c, sides.entry(ft), qside), ctx])); gs.append(False); nb.append(0)
+            qs.append(i)
+            ranks.append(-1)
+            ys.append(p.positive)
+            xs.append(np.concatenate([pair_features(c, sides.entry(ft), qside), ctx]))
+            gs.append(False)
+            nb.append(0)
     return Table(read, np.array(qs, dtype=np.int64), np.array(ranks, dtype=np.int64), np.array(ys, dtype=bool),
                  np.stack(xs) if xs else np.zeros((0, 1), np.float32), np.array(gs, dtype=bool),
                  np.array(nb, dtype=np.int64))

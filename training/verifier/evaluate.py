@@ -21,6 +21,7 @@ import argparse
 from collections import Counter
 
 import numpy as np
+import paths  # noqa: F401  (first: puts the checkout on sys.path)
 from build import SETS, Encodings, SideCache, Table, table
 from sim import Rates, choose, cosine_choice, outcome
 
@@ -54,6 +55,19 @@ def verifier_rates(tab: Table, scores: np.ndarray, threshold: float, v: Verifier
     return outcome(tab.read, choose(mat, allowed, threshold, v.settings["rule"]))
 
 
+TARGETS = (0.003, 0.01, 0.03)
+
+
+def best_right(tab: Table, scores: np.ndarray, target: float, v: Verifier, candidates: int) -> float:
+    """The highest right rate of any score threshold whose wrong rate stays <= ``target``."""
+    best = 0.0
+    for t in np.unique(scores):
+        r = verifier_rates(tab, scores, float(t), v, candidates)
+        if r.wrong_rate <= target:
+            best = max(best, r.right_rate)
+    return best
+
+
 def fmt(r: Rates) -> str:
     return f"{r.right} / {r.wrong} / {r.misses} | {r.right_rate:.1%} | {r.wrong_rate:.2%}"
 
@@ -80,6 +94,10 @@ def evaluate(name: str, split: str, v: Verifier, enc: Encodings, sides: SideCach
             sem = (r.wrong - ew) / (same[1].wrong - ew) if same[1].wrong > ew else float("nan")
             cmp_ = f"{same[0]:.3f}, {same[1].wrong_rate:.2%} | {ratio:.2f} | {sem:.2f}"
         out.append(f"| verifier {point} ({thr:.3f}) | {fmt(r)} | {cmp_} |")
+    if name in ("llm", "gptcache"):
+        out.append("\nBest right rate at a wrong-hit rate of at most 0.3% / 1% / 3% (any threshold, chosen on this "
+                   "split: a model comparison, not an operating point): "
+                   + " / ".join(f"{best_right(tab, scores, target, v, candidates):.1%}" for target in TARGETS))
     if name == "llm":
         thr = v.operating_points["default"]
         mat = tab.matrix(scores)[:, :candidates]
@@ -87,10 +105,12 @@ def evaluate(name: str, split: str, v: Verifier, enc: Encodings, sides: SideCach
         choice = choose(mat, allowed, thr, v.settings["rule"])
         kinds: Counter[str] = Counter()
         totals: Counter[str] = Counter()
+        exact_right = tab.read.exact_right()
         for i, p in enumerate(tab.read.pairs):
             totals[p.kind] += 1
-            served = tab.read.exact[i] >= 0 or choice[i] >= 0
-            right = tab.read.exact_right()[i] if tab.read.exact[i] >= 0 else (choice[i] >= 0 and tab.read.right[i, choice[i]])
+            exact = tab.read.exact[i] >= 0
+            served = exact or choice[i] >= 0
+            right = exact_right[i] if exact else (choice[i] >= 0 and tab.read.right[i, choice[i]])
             if served and not right:
                 kinds[p.kind] += 1
             if p.positive and not served:

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from encoder import normalize_prompt
+import paths  # noqa: F401  (first: puts the checkout on sys.path)
 
+from semcache._cache.cache import normalize_prompt
 from semcache._quality.pairs import Pair
 
 
@@ -51,8 +52,8 @@ class CacheRead:
 
     def exact_right(self) -> np.ndarray:
         """(q,) bool: the exact hit (if any) is right."""
-        return np.array([e >= 0 and p.positive and p.id in self.answers[e] for p, e in zip(self.pairs, self.exact)],
-                        dtype=bool)
+        pairs = zip(self.pairs, self.exact, strict=True)
+        return np.array([e >= 0 and p.positive and p.id in self.answers[e] for p, e in pairs], dtype=bool)
 
 
 def nearest(entries: np.ndarray, queries: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
@@ -88,8 +89,8 @@ def read_as_cache(name: str, pairs: Sequence[Pair], sentence_of, k: int = 5) -> 
     qm = np.stack([sentence_of(t) for t in queries]).astype(np.float32)
     nb, sims = nearest(em, qm, k)
     exact = np.array([slot.get(t, -1) for t in queries], dtype=np.int64)
-    right = np.array([[p.positive and p.id in answers[e] for e in row] for p, row in zip(pairs, nb.tolist())],
-                     dtype=bool)
+    rows = zip(pairs, nb.tolist(), strict=True)
+    right = np.array([[p.positive and p.id in answers[e] for e in row] for p, row in rows], dtype=bool)
     return CacheRead(name, tuple(pairs), entries, [frozenset(a) for a in answers], exact, nb, sims, right)
 
 
@@ -130,10 +131,7 @@ def choose(scores: np.ndarray, allowed: np.ndarray, threshold: float, rule: str 
     """Per query, the rank served: among ``allowed`` candidates with ``scores >= threshold``,
     the best-scoring one (``rule="best"``) or the nearest one (``rule="first"``); -1 for none."""
     ok = allowed & (scores >= threshold)
-    if rule == "first":
-        pick = ok.argmax(axis=1)
-    else:
-        pick = np.where(ok, scores, -np.inf).argmax(axis=1)
+    pick = ok.argmax(axis=1) if rule == "first" else np.where(ok, scores, -np.inf).argmax(axis=1)
     return np.where(ok.any(axis=1), pick, -1)
 
 

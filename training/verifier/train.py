@@ -1,29 +1,36 @@
-"""Train the hit verifier and write ``verifier.npz`` + ``calibration.json`` (reproducible, ~5 min on 2 cores).
+"""Train the hit verifier: writes ``semcache/_cache/verifier/verifier.npz`` and ``calibration.json``, reproducibly.
 
-Data (all read from disk, nothing downloaded):
-  * data/llm_pairs.jsonl (train split fits, dev split calibrates),
-  * /work/shared/data: gptcache_mock_data.json, qqp_val.csv, mrpc_train.txt, paws_wiki_dev.tsv
-    (hash splits of :mod:`pairs`; train fits, dev calibrates/selects; test is never read here).
+Data (all read from disk, nothing downloaded; see :mod:`paths`):
+  * datasets/llm_pairs/llm_pairs.jsonl and shared/data/gptcache_mock_data.json: train + dev splits fit and
+    calibrate (out of fold, step 5);
+  * shared/data qqp_val.csv, mrpc_train.txt, paws_wiki_dev.tsv: train splits fit (their dev splits are
+    for choosing, in crossval.py and evaluate.py).
+  The test splits are never read here (splits: :mod:`semcache._quality.pairs`).
 
 Steps:
-  1. encode every text once with all-MiniLM-L6-v2 (cache/*.npz; sentence + token vectors);
+  1. encode every text once with the package's embedder (:mod:`encoding_cache`: cache/*.npz, sentence +
+     word-piece vectors from one forward pass; ~8 min the first time, then read from disk);
   2. token weights: IDF of word-piece ids over the train-split texts, 0 for stopwords/punctuation;
   3. token codec: PCA (128 dims) of content-token vectors of 6,000 train texts (seeded), int8 storage;
-  4. every set's train split read as a cache: features of the 5 nearest candidates of every query
-     (+ the labelled pair itself when its first text is not among them), label = serving it is a right hit;
-  5. HistGradientBoostingClassifier (300 trees, 15 leaves, lr 0.05, no early stopping, seed 0),
-     each set weighted equally in total;
-  6. trees exported to flat arrays; numpy inference checked against scikit-learn;
-  7. operating points on the calibration split = llm/dev + gptcache/dev (each read as its own cache,
-     lookup policy of ``SETTINGS``): the lowest score threshold at and above which the wrong-hit rate
-     of *each* of the two stays <= the target (the pooled rate is recorded too).
+  4. candidate tables: the LLM-style and GPTCache sets read as one cache each over their train + dev
+     splits (the "pool"), every other set over its train split; features of the 5 nearest candidates of
+     every query (+ the labelled pair itself when its first text is not among them), label = serving it
+     is a right hit;
+  5. operating points from out-of-fold scores: the pool is cut in 5 folds (LLM by group, GPTCache by pair
+     id), each fold scored by a model fitted without it; the lowest score threshold at and above which the
+     wrong-hit rate of *each* pool set stays <= the target (the pooled rate is recorded too).  This reads
+     ~1,600 LLM and ~800 GPTCache queries instead of the dev splits' 388 and 193;
+  6. the shipped model: HistGradientBoostingClassifier (300 trees, 15 leaves, lr 0.05, no early stopping,
+     seed 0) on every table, each set weighted equally in total;
+  7. trees exported to flat arrays; numpy inference checked against scikit-learn.
 
-    python train.py            # writes verifier.npz, calibration.json
-    sha256sum verifier.npz     # identical across runs on this machine
+    python training/verifier/train.py                    # ~1.5-2 min once the encodings are on disk (idle cores)
+    sha256sum semcache/_cache/verifier/verifier.npz      # identical across runs on this machine
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -31,17 +38,20 @@ import os
 import sys
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import numpy as np
-from build import CACHE, SETS, Encodings, SideCache, table
-from encoder import encode_cached, normalize_prompt
+import paths  # noqa: F401  (first: puts the checkout on sys.path)
+from build import CACHE, SETS, Encodings, SideCache, Table, table
+from encoding_cache import encode_cached
 from paths import CALIBRATION
 from paths import SHIPPED as OUT
 from sim import choose, outcome
 
+from semcache._cache.cache import normalize_prompt
 from semcache._cache.verifier import lexical
 from semcache._cache.verifier.features import ALL_NAMES, TokenCodec, build_token_weights, read_vocab
 from semcache._cache.verifier.model import Verifier
@@ -167,7 +177,66 @@ def calibrate(tables: dict, scores: dict) -> tuple[dict[str, float], list[dict]]
     return points, rows
 
 
+FOLDS = 5
+FIT_SPLITS = {"llm": ("train", "dev"), "gptcache": ("train", "dev")}  # the others: train only
+
+
+@dataclass
+class Tables:
+    """The candidate tables the verifier is fitted on: the calibration sets over train + dev, the others' train."""
+
+    pool: dict[str, Table]  # CALIBRATE_ON sets, each read as one cache over FIT_SPLITS
+    public: dict[str, Table]  # the other sets' train splits
+
+    def parts(self, keep: dict[str, np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(X, y) per set; ``keep`` selects rows of the pool sets (all rows when None)."""
+        out = [(t.X, t.y) for t in self.public.values()]
+        for s, t in self.pool.items():
+            rows = slice(None) if keep is None else keep[s]
+            out.append((t.X[rows], t.y[rows]))
+        return out
+
+
+def build_tables(enc: Encodings, sides: SideCache) -> Tables:
+    pool = {s: table(s, pairsets.load(s, FIT_SPLITS[s]), enc, sides, TABLE_K, add_pair=True) for s in CALIBRATE_ON}
+    public = {s: table(s, pairsets.load(s, "train"), enc, sides, TABLE_K, add_pair=True)
+              for s in SETS if s not in CALIBRATE_ON}
+    return Tables(pool, public)
+
+
+def fit(parts: list[tuple[np.ndarray, np.ndarray]], hgb: dict | None = None):
+    """HGB on the rows of ``parts`` (one (X, y) per set), each set weighted equally in total."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    X = np.concatenate([x for x, _ in parts]).astype(np.float64)
+    y = np.concatenate([t for _, t in parts])
+    w = np.concatenate([np.full(len(t), len(y) / (len(parts) * len(t))) for _, t in parts])
+    return HistGradientBoostingClassifier(**(hgb or HGB)).fit(X, y, sample_weight=w)
+
+
+def folds(name: str, tab: Table) -> np.ndarray:
+    """The fold of every row of ``tab``: by group for the LLM pairs (no group in two folds), else by pair id."""
+    keys = [p.group or p.id for p in tab.read.pairs]
+    per_query = np.array([int(hashlib.sha256(f"{name}:{k}".encode()).hexdigest()[:8], 16) % FOLDS for k in keys])
+    return per_query[tab.q]
+
+
+def out_of_fold(tables: Tables, hgb: dict | None = None) -> dict[str, np.ndarray]:
+    """Every pool row scored by a model fitted without its fold (and with every public train row)."""
+    fold = {s: folds(s, t) for s, t in tables.pool.items()}
+    scores = {s: np.zeros(len(t.y)) for s, t in tables.pool.items()}
+    for f in range(FOLDS):
+        clf = fit(tables.parts({s: fold[s] != f for s in fold}), hgb)
+        for s, t in tables.pool.items():
+            scores[s][fold[s] == f] = clf.predict_proba(t.X[fold[s] == f].astype(np.float64))[:, 1]
+    return scores
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=OUT, help="where to write the parameters (default: the shipped file)")
+    ap.add_argument("--calibration", type=Path, default=CALIBRATION, help="where to write the calibration sweep")
+    args = ap.parse_args()
     started = time.time()
     enc = ensure_encodings()
     texts = train_texts()
@@ -175,44 +244,41 @@ def main() -> None:
     weights = token_weights(enc, texts)
     projection = pca_basis(enc, texts, weights)
     codec = TokenCodec(projection, 8)
-    sides = SideCache(enc, codec, weights)
     log("token weights + PCA basis done; building candidate tables")
-    train_tabs = {s: table(s, pairsets.load(s, "train"), enc, sides, TABLE_K, add_pair=True) for s in SETS}
-    dev_tabs = {s: table(s, pairsets.load(s, "dev"), enc, sides, TABLE_K) for s in SETS}
-    X = np.concatenate([train_tabs[s].X for s in SETS]).astype(np.float64)
-    y = np.concatenate([train_tabs[s].y for s in SETS])
-    w = np.concatenate([np.full(len(train_tabs[s].y), 1.0 / len(train_tabs[s].y)) for s in SETS]) * len(y) / len(SETS)
-    assert X.shape[1] == len(ALL_NAMES)
-    log(f"fitting on {len(y)} rows ({y.mean():.1%} positive)")
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    clf = HistGradientBoostingClassifier(**HGB).fit(X, y, sample_weight=w)
+    tables = build_tables(enc, SideCache(enc, codec, weights))
+    assert all(t.X.shape[1] == len(ALL_NAMES) for t in [*tables.pool.values(), *tables.public.values()])
+    log(f"{FOLDS}-fold out-of-fold scores of {', '.join(CALIBRATE_ON)} for the operating points")
+    oof = out_of_fold(tables)
+    points, rows = calibrate(tables.pool, oof)
+    log(f"fitting on {sum(len(y) for _, y in tables.parts())} rows")
+    clf = fit(tables.parts())
     trees = export_trees(clf)
     meta = {"depth": trees.pop("depth"), "baseline": trees.pop("baseline"), "bits": codec.bits,
-            "feature_names": ALL_NAMES, "settings": SETTINGS, "operating_points": {}}
+            "feature_names": ALL_NAMES, "settings": SETTINGS, "operating_points": points}
     arrays = {**trees, "token_weights": weights, "projection": projection}
-    save_npz(OUT, {**arrays, "meta": np.array(json.dumps(meta))})
-    v = Verifier.load(OUT)
-    dev_scores = {s: v.score(dev_tabs[s].X) if len(dev_tabs[s].X) else np.zeros(0) for s in SETS}
-    ref = np.concatenate([clf.predict_proba(dev_tabs[s].X.astype(np.float64))[:, 1] for s in SETS])
-    diff = float(np.abs(np.concatenate([dev_scores[s] for s in SETS]) - ref).max())
-    log(f"numpy inference vs scikit-learn on dev rows: max |diff| = {diff:.2e}")
-    if diff > 1e-9:
-        sys.exit("numpy tree inference disagrees with scikit-learn")
-    points, rows = calibrate(dev_tabs, dev_scores)
-    meta["operating_points"] = points
-    save_npz(OUT, {**arrays, "meta": np.array(json.dumps(meta))})
+    save_npz(args.out, {**arrays, "meta": np.array(json.dumps(meta))})
+    check_inference(Verifier.load(args.out), clf, tables)
     chosen = {n: next(r for r in rows if r["threshold"] == t) if t < 1.0 else None for n, t in points.items()}
-    CALIBRATION.write_text(json.dumps({"targets": TARGETS, "calibrated_on": [f"{s}/dev" for s in CALIBRATE_ON],
-                                       "settings": SETTINGS, "operating_points": points, "chosen_rows": chosen,
-                                       "sweep": rows[:: max(1, len(rows) // 400)]}, indent=1))
-    digest = hashlib.sha256(OUT.read_bytes()).hexdigest()
+    calibrated_on = [f"{s}/{'+'.join(FIT_SPLITS[s])}, {FOLDS}-fold out-of-fold" for s in CALIBRATE_ON]
+    args.calibration.write_text(json.dumps({"targets": TARGETS, "calibrated_on": calibrated_on,
+                                            "settings": SETTINGS, "operating_points": points, "chosen_rows": chosen,
+                                            "sweep": rows[:: max(1, len(rows) // 400)]}, indent=1))
+    digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
     log(f"operating points: {points}")
     for n, r in chosen.items():
         if r:
             log(f"  {n}: " + "; ".join(f"{s} right {r[s]['right_rate']:.1%} wrong {r[s]['wrong_rate']:.2%}"
                                        for s in CALIBRATE_ON))
-    log(f"wrote {OUT.name} ({OUT.stat().st_size} bytes, sha256 {digest[:16]}) in {time.time() - started:.0f}s")
+    log(f"wrote {args.out} ({args.out.stat().st_size} bytes, sha256 {digest[:16]}) in {time.time() - started:.0f}s")
+
+
+def check_inference(v: Verifier, clf, tables: Tables) -> None:
+    """Exit unless the numpy trees of the written file score the pool rows as scikit-learn does."""
+    X = np.concatenate([t.X for t in tables.pool.values()])
+    diff = float(np.abs(v.score(X) - clf.predict_proba(X.astype(np.float64))[:, 1]).max())
+    log(f"numpy inference vs scikit-learn on the pool rows: max |diff| = {diff:.2e}")
+    if diff > 1e-9:
+        sys.exit("numpy tree inference disagrees with scikit-learn")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ What is computed when:
   plus their vocabulary ids (uint16).  See :meth:`Entry.nbytes`.
 * **lookup time** (once per query): :class:`Query` = the query's TextInfo and its
   content word-piece vectors, taken from the same forward pass that made its
-  sentence embedding (:mod:`encoder`), projected with the same codec (no
+  sentence embedding (``embed_one_with_tokens``), projected with the same codec (no
   quantisation needed on this side).
 * **per candidate**: :func:`pair_features` = the search cosine, token alignment
   statistics (a (m, n) similarity matrix of unit token vectors) and the lexical

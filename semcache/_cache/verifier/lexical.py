@@ -54,6 +54,13 @@ NAMES = [
     "len_b",
     "len_ratio",  # |log(words_a / words_b)|
     "question_mismatch",  # one ends with "?" and the other looks imperative (no wh-/aux start)
+    "wh_mismatch",  # both ask with a question word and the first ones differ ("how do I stop" vs "why does")
+    "typo_pairs",  # words only in one prompt that have a near-identical spelling only in the other
+    "unexplained_a",  # words only in the cached prompt, less those explained as a typo of a word of the new one
+    "unexplained_b",
+    "added_a",  # words only in the cached prompt joined by and/or/plus ("horizontally and vertically")
+    "added_b",
+    "direction_swap",  # shared words that are a source ("from X", "X to") in one and a target ("to X") in the other
 ]
 
 
@@ -65,6 +72,13 @@ def _stem(word: str) -> str:
     return word
 
 
+_WH = frozenset("what how why when where who which whose whom".split())
+# "how" followed by one of these asks a quantity, another question than a bare "how".
+_HOW_QUANTITY = frozenset("many much long often far old big tall large fast".split())
+_JOINERS = frozenset("and or plus & both".split())
+_TO = frozenset("to into in2 ->".split())
+_FROM = frozenset(["from"])
+_ROLE_SKIP = STOP - {"list"}
 _QUESTION_START = frozenset(
     "what how why when where who which whose whom is are was were do does did can could should would will shall "
     "may might has have had am".split()
@@ -75,7 +89,7 @@ class TextInfo:
     """Everything the lexical features need from one prompt (compute once per cached entry)."""
 
     __slots__ = ("text", "words", "numbers", "negated", "entities", "vocabulary", "content", "char3", "n_words",
-                 "question")
+                 "question", "wh", "bigrams", "added", "sources", "targets")
 
     def __init__(self, prompt: str) -> None:
         self.text = _clean(prompt)
@@ -85,12 +99,78 @@ class TextInfo:
         self.negated = _negated(self.text, self.words)
         self.entities = _entities(self.text)
         self.vocabulary = _Vocabulary(self.text)
-        self.content = {_stem(w) for w in self.words if w not in STOP and w not in NEGATIONS}
+        stems = (_stem(w) for w in self.words if w not in STOP and w not in NEGATIONS)
+        self.content = {w for w in stems if w not in STOP}  # "whats" stems to a stopword
         low = " ".join(_PUNCT.sub(" ", self.text.lower()).split())
         self.char3 = {low[i : i + 3] for i in range(max(0, len(low) - 2))}
         self.n_words = max(1, len(tokens))
         first = tokens[0].lower() if tokens else ""
         self.question = self.text.rstrip().endswith("?") or first in _QUESTION_START
+        lowered = [_stem(w) if w.lower() not in _WH else w.lower() for w in tokens]
+        self.wh = _question_word(lowered)
+        self.bigrams = {w: _bigrams(w) for w in self.content}
+        self.added = _joined(lowered)
+        self.sources, self.targets = _roles(lowered)
+
+
+def _question_word(words: list[str]) -> str:
+    """The first question word ("how many" apart from "how"), or "" when there is none."""
+    for i, word in enumerate(words):
+        if word in _WH:
+            follower = words[i + 1] if i + 1 < len(words) else ""
+            return f"how {follower}" if word == "how" and follower in _HOW_QUANTITY else word
+    return ""
+
+
+def _bigrams(word: str) -> frozenset[str]:
+    padded = f"^{word}$"
+    return frozenset(padded[i : i + 2] for i in range(len(padded) - 1))
+
+
+def _joined(words: list[str]) -> frozenset[str]:
+    """Content words right after a joiner ("and vertically"): a qualifier that can be dropped or added."""
+    return frozenset(w for prev, w in zip(words, words[1:], strict=False) if prev in _JOINERS and w not in STOP)
+
+
+def _roles(words: list[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """(sources, targets): the words a "to"/"into" goes from and to, and the words after "from".
+
+    Up to two words each side of the pivot, skipping stopwords ("list" counts: it is
+    often the thing converted) and stopping at another pivot.
+    """
+    sources: set[str] = set()
+    targets: set[str] = set()
+    for i, word in enumerate(words):
+        if word in _TO:
+            targets.update(_near(words[i + 1 :]))
+            sources.update(_near(words[:i][::-1]))
+        elif word in _FROM:
+            sources.update(_near(words[i + 1 :]))
+    return frozenset(sources), frozenset(targets)
+
+
+def _near(words: list[str]) -> list[str]:
+    """The first two content words of ``words`` within three, up to the next pivot."""
+    found = []
+    for word in words[:3]:
+        if word in _TO or word in _FROM:
+            break
+        if word not in _ROLE_SKIP:
+            found.append(word)
+    return found[:2]
+
+
+def _typo_pairs(only_a: set[str], only_b: set[str], a: TextInfo, b: TextInfo) -> int:
+    """How many words only in ``a`` have a spelling within a typo of a word only in ``b`` (bigram Dice >= 0.6)."""
+    count = 0
+    for word in only_a:
+        grams = a.bigrams[word]
+        for other in only_b:
+            theirs = b.bigrams[other]
+            if 2 * len(grams & theirs) >= 0.6 * (len(grams) + len(theirs)):
+                count += 1
+                break
+    return count
 
 
 def pair_features(a: TextInfo, b: TextInfo) -> list[float]:
@@ -110,11 +190,17 @@ def pair_features(a: TextInfo, b: TextInfo) -> list[float]:
     ca, cb = a.content, b.content
     jac = len(ca & cb) / len(ca | cb) if ca | cb else 1.0
     c3 = len(a.char3 & b.char3) / len(a.char3 | b.char3) if a.char3 | b.char3 else 1.0
+    only_a, only_b = ca - cb, cb - ca
+    typos = _typo_pairs(only_a, only_b, a, b)
+    swapped = (a.sources & b.targets) | (a.targets & b.sources)
     return [
         float(numbers), float(num_a), float(num_b), float(negation), float(neg_mismatch), float(antonym),
-        float(ent_a), float(ent_b), float(entity), float(guard), jac, float(len(ca - cb)), float(len(cb - ca)), c3,
+        float(ent_a), float(ent_b), float(entity), float(guard), jac, float(len(only_a)), float(len(only_b)), c3,
         math.log1p(a.n_words), math.log1p(b.n_words), abs(math.log(a.n_words / b.n_words)),
         float(a.question != b.question),
+        float(bool(a.wh) and bool(b.wh) and a.wh != b.wh), float(typos),
+        float(len(only_a) - typos), float(len(only_b) - typos),
+        float(len(a.added - b.content)), float(len(b.added - a.content)), float(len(swapped)),
     ]
 
 
