@@ -72,14 +72,14 @@ def test_an_embedder_the_verifier_was_not_trained_for_decides_by_the_default_thr
 @pytest.mark.model
 def test_entries_keep_the_verifiers_data_whatever_decides(minilm):
     with SemanticCache(SemanticKV(embedding=minilm, purge_interval=3600), threshold=0.94) as cache:
-        key = cache.store("How many legs does a spider have?", "Eight.")
+        key = cache.store("What is the capital of Japan?", "Tokyo")
         [bulk_key] = cache.store_many({"What is the boiling point of water?": "100 C"})
         for stored in (key, bulk_key):
             record = json.loads(cache.backend.get(stored))
             side = shipped_verifier().entry_side(record["prompt"], base64.b64decode(record["verifier"]))
             assert len(side.ids) > 0
         # Switching the same data to the verifier works at once.
-        assert SemanticCache(cache.backend).lookup("how many legs do spiders have") is not None
+        assert SemanticCache(cache.backend).lookup("what's the capital of japan") is not None
 
 
 def test_a_path_is_not_a_backend(tmp_path):
@@ -91,17 +91,17 @@ def test_a_path_is_not_a_backend(tmp_path):
 
 @pytest.mark.model
 def test_a_reported_wrong_hit_is_deleted_counted_and_logged_and_survives_clear(verified):
-    verified.store("How many legs does a spider have?", "Eight.", scope={"tenant": "a"})
-    hit = verified.lookup("how many legs do spiders have", scope={"tenant": "a"})
+    verified.store("What is the capital of Japan?", "Tokyo", scope={"tenant": "a"})
+    hit = verified.lookup("what's the capital of japan", scope={"tenant": "a"})
     assert hit is not None
     assert verified.report_wrong_hit(hit) is True
-    assert verified.lookup("how many legs do spiders have", scope={"tenant": "a"}) is None  # deleted
+    assert verified.lookup("what's the capital of japan", scope={"tenant": "a"}) is None  # deleted
     assert verified.report_wrong_hit(hit.key) is False  # already gone; counted again all the same
     assert verified.stats.wrong_hits_reported == 2
     verified.clear()
     (report,) = verified.reports()
-    assert report.prompt == "how many legs do spiders have"
-    assert report.cached_prompt == "How many legs does a spider have?"
+    assert report.prompt == "what's the capital of japan"
+    assert report.cached_prompt == "What is the capital of Japan?"
     assert report.score == pytest.approx(hit.score) and report.scope == verified.scope_id({"tenant": "a"})
     with pytest.raises(InvalidInputError, match="namespace 'semcache'"):
         verified.report_wrong_hit("other/namespace/key")
