@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
+from support.wait import wait_until
 
 from semcache import Backend, SemanticCache, SemanticKV, canonical_scope, normalize_prompt
 from semcache.embeddings import HashEmbedding
 from semcache.errors import ConfigurationError, InvalidInputError
-
-
-def wait_until(condition, bound: float = 60.0) -> None:
-    deadline = time.monotonic() + bound
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.001)
 
 
 def test_the_embedded_store_is_a_backend():
