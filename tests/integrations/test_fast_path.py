@@ -38,9 +38,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def cache(hash_embedding, clock):
-    with SemanticCache(SemanticKV(embedding=hash_embedding, clock=clock)) as cache:
-        yield cache
+def cache(make_cache):
+    return make_cache()
 
 
 @pytest.fixture

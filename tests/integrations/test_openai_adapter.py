@@ -45,9 +45,8 @@ def user(text: str) -> list[dict[str, str]]:
 
 
 @pytest.fixture
-def cache(hash_embedding):
-    with SemanticCache(SemanticKV(embedding=hash_embedding)) as cache:
-        yield cache
+def cache(make_cache):
+    return make_cache()
 
 
 @pytest.fixture
