@@ -49,7 +49,7 @@ def main() -> None:
 
         # 2. wrap(client): chat.completions.create is cached; hits are marked ChatCompletions.
         cached_client = wrap(client, cache=cache)
-        for question in ("What is the capital of France?", "What's the capital city of France?"):
+        for question in ("What is the capital of France?", "what's the capital of france"):
             reply = cached_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": question}])
             info = cache_info(reply)
             if info:

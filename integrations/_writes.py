@@ -25,8 +25,8 @@ import logging
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
-from typing import Any, Generic, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 from semcache._cache.cache import CacheHit, Scope, SemanticCache
 
@@ -79,11 +79,16 @@ class WriteBehind:
         future.add_done_callback(self._forget)
         return key
 
-    def pending(self, prompt: str, *, scope: Scope, key: str | None = None) -> CacheHit | None:
+    def pending(self, prompt: str, *, scope: Scope) -> CacheHit | None:
         """A not-yet-stored answer for exactly ``prompt`` in ``scope``, as an exact hit."""
         if not self._pending:  # the common case: nothing in flight, skip hashing the key
             return None
-        key = key or self.cache.key_for(prompt, scope)
+        return self.pending_at(self.cache.key_for(prompt, scope))
+
+    def pending_at(self, key: str) -> CacheHit | None:
+        """:meth:`pending` for the cache key of a prompt and scope (``Address.key``)."""
+        if not self._pending:
+            return None
         with self._lock:
             entry = self._pending.get(key)
         if entry is None:
@@ -129,43 +134,3 @@ class WriteBehind:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True)
-
-
-class _WriteCounters(Protocol):
-    stores: int
-    write_failures: int
-
-
-StatsT = TypeVar("StatsT", bound=_WriteCounters)
-
-
-class AdapterCounters(Generic[StatsT]):
-    """An adapter's counters: thread-safe increments, and snapshots that add the write-behind queue's.
-
-    >>> from dataclasses import dataclass
-    >>> @dataclass
-    ... class Stats:
-    ...     hits: int = 0
-    ...     stores: int = 0
-    ...     write_failures: int = 0
-    >>> counters = AdapterCounters(Stats())
-    >>> counters.count("hits")
-    >>> counters.snapshot(None)
-    Stats(hits=1, stores=0, write_failures=0)
-    """
-
-    def __init__(self, stats: StatsT) -> None:
-        self._stats = stats
-        self._lock = threading.Lock()
-
-    def count(self, name: str) -> None:
-        with self._lock:
-            setattr(self._stats, name, getattr(self._stats, name) + 1)
-
-    def snapshot(self, writes: WriteBehind | None) -> StatsT:
-        """A copy of the counters, with ``stores`` and ``write_failures`` read from ``writes``."""
-        with self._lock:
-            snapshot = replace(self._stats)  # type: ignore[type-var]  # StatsT is a dataclass
-        if writes is not None:
-            snapshot.stores, snapshot.write_failures = writes.stores, writes.failures
-        return snapshot

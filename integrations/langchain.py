@@ -5,6 +5,8 @@
 >>> from semcache.embeddings import HashEmbedding
 >>> lc_cache = LangChainSemanticCache(SemanticCache(SemanticKV(embedding=HashEmbedding())))
 >>> lc_cache.update("What is the capital of France?", "model=a", [Generation(text="Paris")])
+>>> lc_cache.flush()  # the store runs in the background; a paraphrase finds it once it has landed
+True
 >>> lc_cache.lookup("what is the capital of France", "model=a")
 [Generation(text='Paris')]
 >>> lc_cache.lookup("What is the capital of France?", "model=b") is None
@@ -51,25 +53,30 @@ and an empty cache with ``__len__() == 0`` would be silently skipped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import pickle
-import threading
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
-from langchain_core.messages import message_to_dict, messages_from_dict
-from langchain_core.outputs import ChatGeneration, Generation
+from semcache.errors import InvalidInputError, missing_extra
+
+try:
+    from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
+    from langchain_core.messages import message_to_dict, messages_from_dict
+    from langchain_core.outputs import ChatGeneration, Generation
+except ImportError as exc:
+    raise missing_extra("langchain-core", "langchain", "semcache.integrations.langchain") from exc
 
 from semcache._cache.cache import Address, CacheHit, Scope, SemanticCache, canonical_scope
 from semcache._cache.lru import LRU
-from semcache.errors import ConfigurationError, InvalidInputError, SemcacheError
 
+from ._adapter import CacheFront
 from ._conversation import content_text, split_conversation
-from ._memo import DEFAULT_MEMO_SIZE, MAX_PLAN_CHARS, AnswerMemo, HitMemo
-from ._writes import AdapterCounters, WriteBehind
+from ._memo import DEFAULT_MEMO_SIZE, MAX_PLAN_CHARS
+from ._writes import WriteBehind
 
 __all__ = ["LangChainCacheStats", "LangChainSemanticCache", "conversation_of"]
 
@@ -202,62 +209,58 @@ class LangChainSemanticCache(BaseCache):
         write_behind: bool = True,
         memo_size: int = DEFAULT_MEMO_SIZE,
     ) -> None:
-        if cache is not None and not isinstance(cache, SemanticCache):
-            raise ConfigurationError(f"cache must be a SemanticCache or None, got {type(cache).__name__}")
-        self._base = cache
-        self.threshold = None if threshold is None else SemanticCache._check_threshold(threshold)
         self.scope = scope
         self._namespace_suffix = self._suffix(scope)
-        self.ttl = ttl
-        self.write_behind = write_behind
+        self._front = CacheFront(
+            cache,
+            LangChainCacheStats(),
+            log=log,
+            threshold=threshold,
+            ttl=ttl,
+            write_behind=write_behind,
+            memo_size=memo_size,
+            place=functools.partial(self._view, suffix=self._namespace_suffix),
+        )
         self._plans: LRU[tuple[str, str], tuple[str, str, Address]] = LRU(memo_size)
-        self._hits = HitMemo(memo_size)
-        self._answers = AnswerMemo(memo_size)
-        self._counters = AdapterCounters(LangChainCacheStats())
-        self._lock = threading.RLock()
-        self._writes: WriteBehind | None = None
 
     @staticmethod
     def _suffix(scope: Scope) -> str:
         return "langchain." + hashlib.sha256(canonical_scope(scope).encode("utf-8")).hexdigest()[:16]
 
-    def _view(self, suffix: str) -> SemanticCache:
-        """A cache over the base cache's backend and settings, in the namespace ``<base>.<suffix>``."""
-        if self._base is None:
-            with self._lock:
-                if self._base is None:
-                    self._base = SemanticCache()
-        base = self._base
-        return SemanticCache(
-            base.backend,
-            threshold=base.threshold,
-            ttl=base.default_ttl_ms / 1000 if base.default_ttl_ms else None,
-            namespace=f"{base.namespace}.{suffix}",
-            guard=base.guard,
-        )
+    @staticmethod
+    def _view(base: SemanticCache, suffix: str) -> SemanticCache:
+        """A cache over ``base``'s backend and settings, in the namespace ``<base>.<suffix>``."""
+        return base.view(f"{base.namespace}.{suffix}")
+
+    @property
+    def threshold(self) -> float | None:
+        """Overrides the cache's similarity threshold (None: the cache's own)."""
+        return self._front.threshold
+
+    @property
+    def ttl(self) -> float | None:
+        """Seconds an answer stays cached (None: the cache's default)."""
+        return self._front.ttl
+
+    @property
+    def write_behind(self) -> bool:
+        """Whether ``update()`` stores in the background (else before it returns)."""
+        return self._front.write_behind
 
     @property
     def writes(self) -> WriteBehind:
         """The write-behind queue in front of this adapter's cache namespace."""
-        if self._writes is None:
-            with self._lock:
-                if self._writes is None:
-                    view = self._view(self._namespace_suffix)
-                    self._writes = WriteBehind(view, enabled=self.write_behind, ttl=self.ttl)
-        return self._writes
+        return self._front.writes
 
     @property
     def cache(self) -> SemanticCache:
         """The :class:`~semcache.SemanticCache` holding this adapter's entries (its own namespace)."""
-        return self.writes.cache
+        return self._front.cache
 
     @property
     def stats(self) -> LangChainCacheStats:
         """A snapshot of the counters."""
-        return self._counters.snapshot(self._writes)
-
-    def _count(self, name: str) -> None:
-        self._counters.count(name)
+        return self._front.stats
 
     def _plan(self, prompt: str, llm_string: str) -> tuple[str, str, Address] | None:
         """The text to embed, the scope (canonical JSON text) and the cache address of a LangChain prompt.
@@ -271,13 +274,13 @@ class LangChainSemanticCache(BaseCache):
             return remembered
         split = conversation_of(prompt)
         if split is None:
-            self._count("bypassed")
+            self._front.count("bypassed")
             return None
         text, context = split
         try:
             scope = canonical_scope({"adapter": "langchain", "llm_string": llm_string, "context": context})
         except InvalidInputError:
-            self._count("bypassed")
+            self._front.count("bypassed")
             return None
         plan = text, scope, self.cache.address(text, scope)
         if len(prompt) + len(llm_string) <= MAX_PLAN_CHARS:
@@ -290,20 +293,9 @@ class LangChainSemanticCache(BaseCache):
         plan = self._plan(prompt, llm_string)
         if plan is None:
             return None
-        text, scope, address = plan
-        writes = self.writes
-        hit = writes.pending(text, scope=scope, key=address.key)
-        if hit is not None:
-            self._count("pending_hits")
-        else:
-            try:
-                hit = writes.cache.lookup_at(address, threshold=self.threshold, memo=self._hits)
-            except SemcacheError as exc:  # the cache failing must not fail the model call: a miss
-                self._count("lookup_errors")
-                log.warning("semcache: lookup failed (%s: %s); treating it as a miss", type(exc).__name__, exc)
-                hit = None
+        hit = self._front.find(plan[2])
         generations = None if hit is None else self._generations(hit)
-        self._count("misses" if generations is None else "hits")
+        self._front.count("misses" if generations is None else "hits")
         return generations
 
     def _generations(self, hit: CacheHit) -> list[Generation] | None:
@@ -317,17 +309,14 @@ class LangChainSemanticCache(BaseCache):
         validating them again).  A record decoded for this call alone (a
         semantic hit, an exact hit seen once) is built from directly.
         """
-        generations = self._answers.get(hit)
+        front = self._front
+        generations = front.answers.get(hit)
         if generations is not None:
             return generations
         generations = _load_generations(hit.response)
-        remembered = self._hits.remembers(hit)
-        if generations is None or (not remembered and not self.writes.holds(hit)):
+        if generations is None or not front.shared(hit):
             return generations
-        pickled = pickle.dumps(generations)  # built from JSON: nothing unpicklable in them
-        if remembered:
-            self._answers.put(hit, pickled, pickle.loads)
-        return pickle.loads(pickled)
+        return front.remember(hit, pickle.dumps(generations), pickle.loads)  # from JSON: nothing unpicklable
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Cache ``return_val`` for ``prompt`` under ``llm_string`` (write-behind).
@@ -350,6 +339,22 @@ class LangChainSemanticCache(BaseCache):
             return
         self.writes.submit(text, payload, scope=scope, metadata={"adapter": "langchain"})
 
+    def report_wrong_hit(self, prompt: str, llm_string: str) -> bool:
+        """Report that the answer cached for ``prompt`` under ``llm_string`` was wrong for it.
+
+        The entry a lookup of ``prompt`` serves now is deleted, counted and its
+        labelled pair recorded (:meth:`semcache.SemanticCache.report_wrong_hit`).
+
+        Returns:
+            Whether there was such an entry.
+        """
+        plan = self._plan(prompt, llm_string)
+        if plan is None:
+            return False
+        self._front.flush()
+        hit = self._front.find(plan[2])
+        return hit is not None and self._front.report_wrong_hit(hit)
+
     def clear(self, **kwargs: Any) -> None:
         """Drop this adapter's entries, or with ``scope=...`` those of the adapter built with that scope.
 
@@ -366,19 +371,18 @@ class LangChainSemanticCache(BaseCache):
         writes.flush()
         if "scope" in kwargs:
             suffix = self._suffix(kwargs["scope"])
-            target = writes.cache if suffix == self._namespace_suffix else self._view(suffix)
+            target = writes.cache if suffix == self._namespace_suffix else self._view(self._front.base, suffix)
         else:
             target = writes.cache
         target.clear()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for pending writes; True when none is left."""
-        return self._writes is None or self._writes.flush(timeout)
+        return self._front.flush(timeout)
 
     def close(self) -> None:
         """Finish pending writes and stop the writer thread (the cache stays open)."""
-        if self._writes is not None:
-            self._writes.close()
+        self._front.close()
 
     def __repr__(self) -> str:
         return f"LangChainSemanticCache(scope={self.scope!r}, namespace_suffix={self._namespace_suffix!r})"

@@ -4,8 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-.venv/bin/ruff check semcache integrations tests examples benchmarks docs
-.venv/bin/mypy semcache
+.venv/bin/ruff check semcache integrations tests examples benchmarks docs training datasets
+.venv/bin/mypy semcache integrations
 site_dir=$(mktemp -d) && trap 'rm -rf "$site_dir"' EXIT
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$site_dir"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

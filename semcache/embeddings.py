@@ -24,7 +24,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -35,6 +36,8 @@ PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_TEXT_CHARS = 32_768
 DEFAULT_MEMO_SIZE = 4096
 DEFAULT_MAX_BATCH = 64
+# Texts whose word-piece vectors are remembered (about 30 KB each for a short prompt).
+TOKEN_MEMO_SIZE = 256
 
 
 @runtime_checkable
@@ -48,6 +51,22 @@ class Embedding(Protocol):
     def model_id(self) -> str: ...
 
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TokenVectors:
+    """A text's contextual word-piece vectors, from the very forward pass that embedded it.
+
+    Attributes:
+        vectors: ``(n, dim)`` float32 last hidden states of the word pieces ([CLS], [SEP] dropped).
+        ids: ``(n,)`` int32 vocabulary ids of those word pieces.
+    """
+
+    vectors: np.ndarray
+    ids: np.ndarray
 
 
 # |norm² - 1| up to this counts as unit length: a float32 vector normalised by any
@@ -113,8 +132,8 @@ def check_texts(texts: Any) -> list[str]:
     return checked
 
 
-class _MicroBatcher:
-    """Coalesce concurrent single-text requests into one call of ``encode``.
+class _MicroBatcher(Generic[T]):
+    """Coalesce concurrent single-text requests into one call of ``encode`` (texts in, one result per text out).
 
     The first caller to arrive becomes the drainer: it runs the model on
     everything queued, batch after batch, until the queue is empty.  Callers
@@ -122,16 +141,16 @@ class _MicroBatcher:
     one batched call instead of N single ones.
     """
 
-    def __init__(self, encode: Callable[[list[str]], np.ndarray], max_batch: int) -> None:
+    def __init__(self, encode: Callable[[list[str]], Any], max_batch: int) -> None:
         self._encode = encode
         self._max_batch = max_batch
         self._lock = threading.Lock()
-        self._pending: list[tuple[str, Future[np.ndarray]]] = []
+        self._pending: list[tuple[str, Future[T]]] = []
         self._draining = False
         self.calls = 0
 
-    def submit(self, text: str) -> np.ndarray:
-        future: Future[np.ndarray] = Future()
+    def submit(self, text: str) -> T:
+        future: Future[T] = Future()
         with self._lock:
             self._pending.append((text, future))
             drain = not self._draining
@@ -172,7 +191,7 @@ class BaseEmbedding:
         self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
         self._memo_size = memo_size
         self._memo_lock = threading.Lock()
-        self._batcher = _MicroBatcher(self._encode_checked, max_batch)
+        self._batcher: _MicroBatcher[np.ndarray] = _MicroBatcher(self._encode_checked, max_batch)
         self.model_calls = 0
         self.memo_hits = 0
 
@@ -232,6 +251,23 @@ class BaseEmbedding:
         # A copy: the memo's array must not change if the caller scales or edits its vector.
         return vector.copy()
 
+    @property
+    def has_tokens(self) -> bool:
+        """Whether :meth:`embed_one_with_tokens` works: the model exposes its word-piece vectors."""
+        return False
+
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[TokenVectors]]:
+        """Embed texts and keep each one's word-piece vectors from the same forward pass.
+
+        Raises:
+            ConfigurationError: this embedder has no word-piece vectors (see :attr:`has_tokens`).
+        """
+        raise ConfigurationError(f"{self.model_id} gives no word-piece vectors")
+
+    def embed_one_with_tokens(self, text: str) -> tuple[np.ndarray, TokenVectors]:
+        """One text's embedding and word-piece vectors, one forward pass (concurrent callers batched)."""
+        raise ConfigurationError(f"{self.model_id} gives no word-piece vectors")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_id={self.model_id!r}, dim={self.dim})"
 
@@ -285,10 +321,73 @@ class SentenceTransformerEmbedding(BaseEmbedding):
             raise ConfigurationError(f"cannot tell the output dimension of model {model!r}")
         self.dim = int(dim)
 
+        self._token_memo: OrderedDict[str, tuple[np.ndarray, TokenVectors]] = OrderedDict()
+        self._token_memo_size = min(self._memo_size, TOKEN_MEMO_SIZE)
+        self._token_batcher: _MicroBatcher[tuple[np.ndarray, TokenVectors]] = _MicroBatcher(
+            self._encode_with_tokens, DEFAULT_MAX_BATCH
+        )
+        tokenizer = self._model.tokenizer
+        self._special_ids = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id]
+        # sentence-transformers 5 renamed tokenize() to preprocess() and warns on the old name.
+        self._preprocess = getattr(self._model, "preprocess", None) or self._model.tokenize
+
     def _encode(self, texts: list[str]) -> np.ndarray:
         return np.asarray(
             self._model.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
         )
+
+    @property
+    def has_tokens(self) -> bool:
+        return True
+
+    def _encode_with_tokens(self, texts: list[str]) -> list[tuple[np.ndarray, TokenVectors]]:
+        """One forward pass per batch: the pooled, normalised sentence vectors and the word-piece vectors.
+
+        The sentence vector is the model's own pooling of that pass, the same
+        vector :meth:`_encode` returns (equal to about 1e-7).
+        """
+        import torch
+
+        self.model_calls += 1
+        out: list[tuple[np.ndarray, TokenVectors]] = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), 64):
+                features = self._preprocess(texts[start : start + 64])
+                result = self._model.forward(dict(features))
+                sentences = validate_vectors(result["sentence_embedding"].float().numpy(), self.dim,
+                                             what=f"{self.model_id} output")
+                tokens = result["token_embeddings"].float().numpy()
+                ids = features["input_ids"].numpy()
+                content = features["attention_mask"].numpy().astype(bool) & ~np.isin(ids, self._special_ids)
+                for row in range(len(sentences)):
+                    keep = content[row]
+                    out.append((sentences[row], TokenVectors(
+                        np.ascontiguousarray(tokens[row][keep], dtype=np.float32), ids[row][keep].astype(np.int32)
+                    )))
+        return out
+
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[TokenVectors]]:
+        checked = check_texts(texts)
+        pairs = self._encode_with_tokens(checked) if checked else []
+        vectors = np.stack([vector for vector, _ in pairs]) if pairs else np.empty((0, self.dim), np.float32)
+        return vectors, [tokens for _, tokens in pairs]
+
+    def embed_one_with_tokens(self, text: str) -> tuple[np.ndarray, TokenVectors]:
+        (text,) = check_texts([text])
+        with self._memo_lock:
+            found = self._token_memo.get(text)
+            if found is not None:
+                self._token_memo.move_to_end(text)
+                self.memo_hits += 1
+        if found is None:
+            found = self._token_batcher.submit(text)
+            if self._token_memo_size > 0:
+                with self._memo_lock:
+                    self._token_memo[text] = found
+                    while len(self._token_memo) > self._token_memo_size:
+                        self._token_memo.popitem(last=False)
+        vector, tokens = found
+        return vector.copy(), tokens
 
 
 _OPENAI_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}

@@ -231,10 +231,10 @@ def test_closed_error_is_not_a_value_error():
 
 
 @pytest.fixture
-def cache() -> Iterator[SemanticCache]:
-    with SemanticCache(SemanticKV(embedding=HashEmbedding(dim=DIM)), threshold=0.9) as c:
-        c.store("what is the capital of france", "Paris", scope="t1")
-        yield c
+def cache(make_cache) -> SemanticCache:
+    made = make_cache(threshold=0.9)
+    made.store("what is the capital of france", "Paris", scope="t1")
+    return made
 
 
 class Unserialisable:

@@ -40,7 +40,14 @@ def test_the_wheel_holds_semcache_integrations_and_no_top_level_integrations(whe
     names = zipfile.ZipFile(wheel).namelist()
     assert "semcache/__init__.py" in names
     assert "semcache/integrations/__init__.py" in names
+    assert "semcache/integrations/openai/__init__.py" in names  # a subpackage: listed in [tool.setuptools] packages
     assert not [n for n in names if n.startswith("integrations/")]
+    # Every package of the source tree is in the wheel (one left out of [tool.setuptools] packages would not be),
+    # and the verifier's trained parameters are package data.
+    sources = sorted(str(init.relative_to(REPO)) for init in (REPO / "semcache").rglob("__init__.py")
+                     if "__pycache__" not in init.parts and init.parent.name != "integrations")
+    assert [name for name in sources if name not in names] == []
+    assert "semcache/_cache/verifier/verifier.npz" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "semcache = semcache._cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -58,6 +65,8 @@ def test_the_installed_wheel_imports_semcache_integrations_but_not_integrations(
     assert not (target / "integrations").exists()
     probe = (
         "import importlib.util, semcache.integrations\n"
+        "from semcache._cache.verifier.model import shipped_verifier\n"
+        "assert shipped_verifier().operating_points  # the shipped parameters load from the installed package\n"
         "print(semcache.__file__)\n"
         "print(semcache.integrations.__file__)\n"
         "print(importlib.util.find_spec('integrations'))\n"

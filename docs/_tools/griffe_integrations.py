@@ -32,15 +32,22 @@ SPHINX_ROLE = re.compile(r":(?:class|meth|func|mod|data|attr|exc|obj|const):`(?P
 
 
 class IntegrationsUnderSemcache(griffe.Extension):
-    """Attach ``integrations/*.py`` to the loaded ``semcache`` package as ``semcache.integrations``."""
+    """Attach ``integrations/`` (its modules and subpackages) to the loaded ``semcache`` package."""
 
     def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
         if pkg.name != "semcache" or "integrations" in pkg.members:
             return  # another package, or a worktree whose symlink griffe already followed
-        package = _attach("integrations", INTEGRATIONS / "__init__.py", pkg, loader)
-        for path in sorted(INTEGRATIONS.glob("*.py")):
-            if path.name != "__init__.py":
-                _attach(path.stem, path, package, loader)
+        _attach_package("integrations", INTEGRATIONS, pkg, loader)
+
+
+def _attach_package(name: str, folder: Path, parent: griffe.Module, loader: griffe.GriffeLoader) -> None:
+    """Attach the package in ``folder`` under ``parent``, then its modules and subpackages under it."""
+    package = _attach(name, folder / "__init__.py", parent, loader)
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".py" and path.name != "__init__.py":
+            _attach(path.stem, path, package, loader)
+        elif path.is_dir() and (path / "__init__.py").is_file():
+            _attach_package(path.name, path, package, loader)
 
 
 class DocstringsAsMarkdown(griffe.Extension):

@@ -17,152 +17,63 @@ How a lookup decides:
 
 1. **Scope.** The scope (a str or any JSON-like mapping: tenant, model,
    parameters, system prompt) is canonicalised and hashed; the hash names a
-   separate vector index, so another scope's entries are never even seen.
+   separate vector index, so another scope's entries are never even seen
+   (:mod:`semcache._cache.keys`).
 2. **Exact path.** The normalised prompt (NFKC, whitespace collapsed) hashes
    to a key; a stored entry under that key is an exact hit, found without
    computing an embedding.
 3. **Semantic path.** Otherwise the prompt is embedded and the nearest entry
-   in the scope, if at or above the threshold, is checked by the hit guard
-   (:mod:`semcache._cache.guard`); if the guard lets it through it is a semantic
-   hit, otherwise a miss (the next nearest is not tried: see
-   ``SEMANTIC_CANDIDATES``).
+   of the scope is judged (:mod:`semcache._cache.decision`): by the learned
+   verifier at the cache's operating point (the default with the packaged
+   all-MiniLM-L6-v2), or by a cosine threshold and the hit guard.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import logging
-import math
 import threading
-import time
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from semcache._cache.guard import conflict
-from semcache._cache.lru import LRU
+from semcache._cache import feedback
+from semcache._cache.decision import (
+    DEFAULT_THRESHOLD,
+    Decision,
+    ThresholdDecision,
+    VerifierDecision,
+    choose_decision,
+)
+from semcache._cache.keys import (
+    ALL_SCOPES,
+    Address,
+    Scope,
+    _AllScopes,
+    canonical_scope,
+    check_prompt,
+    entry_key,
+    normalize_prompt,
+    scope_id,
+    ttl_ms,
+)
+from semcache._cache.lookup import Explanation, embed, exact_hit, semantic
+from semcache._cache.memo import HitMemo
+from semcache._cache.records import CacheHit, read_record, record_bytes
+from semcache._cache.single_flight import Follow, SingleFlight
+from semcache._cache.storing import bulk_items, checked_pairs, keeps_verifier_data, verifier_data
 from semcache._engine.backend import Backend
-from semcache._engine.bulk import bulk_entries, entry_at
-from semcache._engine.inputs import check_ttl_ms
-from semcache.embeddings import BaseEmbedding, check_texts
+from semcache._engine.inputs import similarity
+from semcache.embeddings import BaseEmbedding, as_embedding
 from semcache.errors import ConfigurationError, InvalidInputError
+
+__all__ = [
+    "ALL_SCOPES", "DEFAULT_NAMESPACE", "DEFAULT_THRESHOLD", "Address", "CacheHit", "CacheStats", "Explanation",
+    "HitMemo", "Scope", "SemanticCache", "canonical_scope", "normalize_prompt",
+]
 
 log = logging.getLogger("semcache")
 
-# Chosen by `semcache calibrate` with all-MiniLM-L6-v2 on ../shared/data/gptcache_mock_data.json
-# read as a cache (999 origins stored, 999 paraphrases looked up, hit guard on): the lowest
-# threshold of the 0.70..0.98 sweep (step 0.01) with at most 1 % wrong hits. At 0.94: 47.3 %
-# right hits, 0.9 % wrong (0.93 gives 1.4 %). Most wrong hits there are near-duplicate
-# origins, so this is conservative; see docs/guides/threshold.md.
-DEFAULT_THRESHOLD = 0.94
 DEFAULT_NAMESPACE = "semcache"
-# Only the nearest entry is a candidate: when the guard vetoes it, falling back to the next
-# nearest served almost only wrong answers (measured on gptcache/QQP: 1 right to 10 wrong).
-SEMANTIC_CANDIDATES = 1
-
-Scope = str | Mapping[str, Any] | None
-
-
-class _AllScopes:
-    """The default of :meth:`SemanticCache.clear`: every scope of the namespace."""
-
-    def __repr__(self) -> str:
-        return "ALL_SCOPES"
-
-
-ALL_SCOPES = _AllScopes()
-
-
-@dataclass(frozen=True)
-class CacheHit:
-    """A cached answer and why it was served."""
-
-    response: Any
-    similarity: float
-    cached_prompt: str
-    key: str
-    metadata: dict[str, Any]
-    exact: bool
-
-
-class Address(NamedTuple):
-    """Where a prompt lives in a scope: computed once by :meth:`SemanticCache.address`.
-
-    A named tuple, not a dataclass: every lookup builds one, and a tuple is built faster.
-
-    Attributes:
-        prompt: the prompt as given (what the hit guard compares).
-        normalized: the prompt as it is compared (:func:`normalize_prompt`).
-        scope_id: the backend scope (index partition) of the scope.
-        key: the exact-match key of the prompt in that scope.
-    """
-
-    prompt: str
-    normalized: str
-    scope_id: str
-    key: str
-
-
-class HitMemo:
-    """Exact hits already decoded, reused only while the backend still holds the same bytes.
-
-    :meth:`SemanticCache.lookup_at` always reads the exact key from the backend;
-    given a memo, it skips decoding the record when the value read is equal to
-    the one a remembered hit was decoded from.  An overwrite (every record
-    carries its store time, so even the same answer stored again differs), a
-    delete, a clear, an expiry or another process's write changes or removes
-    the value, so a stale hit is never served.
-
-    A hit is remembered from the second time the same bytes are decoded: until
-    then the memo keeps only the bytes, and the hit is its caller's alone.  A
-    remembered hit is shared by the lookups that reuse it (:meth:`remembers`
-    tells), so its ``response`` must be treated as read-only.  Bounded (least
-    recently used out) and thread-safe.
-
-    >>> from semcache.embeddings import HashEmbedding
-    >>> from semcache._engine.kv import SemanticKV
-    >>> cache, memo = SemanticCache(SemanticKV(embedding=HashEmbedding())), HitMemo()
-    >>> _ = cache.store("What is 2+2?", "4")
-    >>> address = cache.address("What is 2+2?")
-    >>> first, second, third = (cache.lookup_at(address, memo=memo) for _ in range(3))
-    >>> memo.remembers(first), second is third, memo.remembers(third)
-    (False, True, True)
-    >>> _ = cache.store("What is 2+2?", "four")
-    >>> cache.lookup_at(address, memo=memo).response
-    'four'
-    """
-
-    def __init__(self, size: int = 256) -> None:
-        self._entries: LRU[str, tuple[bytes, str, CacheHit | None]] = LRU(size)
-
-    def get(self, key: str, normalized: str, value: bytes) -> CacheHit | None:
-        """The hit remembered for the prompt ``normalized`` at ``key`` if it was decoded from ``value``, else None."""
-        entry = self._entries.get(key)
-        if entry is None or entry[2] is None or not self._same(entry, normalized, value):
-            return None
-        return entry[2]
-
-    def put(self, key: str, normalized: str, value: bytes, hit: CacheHit) -> None:
-        """Note that ``hit`` was decoded from ``value`` at ``key``; remember it if these bytes were seen before."""
-        seen = self._entries.get(key)
-        again = seen is not None and self._same(seen, normalized, value)
-        self._entries.put(key, (value, normalized, hit if again else None))
-
-    def remembers(self, hit: CacheHit) -> bool:
-        """Whether ``hit`` is a remembered (shared) hit."""
-        entry = self._entries.get(hit.key)
-        return entry is not None and entry[2] is hit
-
-    @staticmethod
-    def _same(entry: tuple[bytes, str, CacheHit | None], normalized: str, value: bytes) -> bool:
-        return entry[1] == normalized and (entry[0] is value or entry[0] == value)
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 @dataclass
@@ -174,9 +85,11 @@ class CacheStats:
     semantic_hits: int = 0
     misses: int = 0
     guard_vetoes: int = 0
+    verifier_refusals: int = 0  # nearest entries the verifier scored below the operating point
     stores: int = 0
     computes: int = 0
     single_flight_waits: int = 0
+    wrong_hits_reported: int = 0
     vetoes_by_reason: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -188,77 +101,27 @@ class CacheStats:
         return self.hits / self.lookups if self.lookups else 0.0
 
 
-def _record_bytes(prompt: str, response: Any, metadata: Mapping[str, Any] | None) -> bytes:
-    """The stored value of a cache entry: the prompt, the response (tagged with its kind) and metadata, as JSON."""
-    if metadata is not None and not isinstance(metadata, Mapping):
-        raise InvalidInputError(f"metadata must be a mapping, got {type(metadata).__name__}")
-    kind, payload = _encode_response(response)
-    record = {
-        "prompt": prompt,
-        "kind": kind,
-        "response": payload,
-        "metadata": dict(metadata or {}),
-        "stored_at": time.time(),
-    }
-    try:
-        return json.dumps(record, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"response or metadata is not JSON-serialisable: {exc}") from exc
-
-
-def normalize_prompt(prompt: str) -> str:
-    """The form prompts are compared in: NFKC, whitespace collapsed, ends stripped."""
-    return " ".join(unicodedata.normalize("NFKC", prompt).split())
-
-
-def canonical_scope(scope: Scope) -> str:
-    """A canonical JSON text for ``scope``; equal scopes give equal texts.
-
-    Raises:
-        InvalidInputError: the scope is not a str, None, or a JSON-serialisable mapping.
-    """
-    if scope is not None and not isinstance(scope, str | Mapping):
-        raise InvalidInputError(f"scope must be a str, a mapping or None, got {type(scope).__name__}")
-    try:
-        return json.dumps(scope, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"scope is not JSON-serialisable: {exc}") from exc
-
-
-def _check_ttl(ttl: float | None) -> int:
-    """Seconds (float) to whole milliseconds; None or 0 means no expiry."""
-    if ttl is None:
-        return 0
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl < 0:
-        raise InvalidInputError(f"ttl must be a finite number of seconds >= 0 or None, got {ttl!r}")
-    return check_ttl_ms(max(1, math.ceil(ttl * 1000))) if ttl else 0
-
-
-def _encode_response(response: Any) -> tuple[str, Any]:
-    if isinstance(response, str):
-        return "str", response
-    if isinstance(response, bytes | bytearray):
-        return "bytes", base64.b64encode(bytes(response)).decode("ascii")
-    return "json", response
-
-
-def _decode_response(kind: str, payload: Any) -> Any:
-    if kind == "bytes":
-        return base64.b64decode(payload)
-    return payload
-
-
 class SemanticCache:
     """A semantic cache for LLM responses.
 
     Args:
-        backend: where entries live; default an in-memory :class:`~semcache._engine.kv.SemanticKV`.
+        backend: where entries live; default an in-memory :class:`~semcache.SemanticKV`.
+            A path is not a backend: pass ``SemanticKV("./dir")`` to persist.
         embedding: the embedder (default: the backend's; with no backend, the
             packaged all-MiniLM-L6-v2).  It must match the backend's model.
-        threshold: the lowest cosine similarity served as a semantic hit.
+        threshold: decide semantic hits by this cosine threshold and the hit
+            guard instead of the verifier (see :mod:`semcache._cache.decision`).
         ttl: default time to live in seconds (None: no expiry).
         namespace: prefix of this cache's keys and scopes; ``clear()`` drops only these.
-        guard: veto semantic hits that the hit guard flags (see :mod:`semcache._cache.guard`).
+        guard: with a cosine threshold, veto hits the hit guard flags.
+        max_wrong_rate: the verifier's operating point: the wrong-hit rate it
+            keeps to on its calibration data, a rate such as ``0.01`` or a preset
+            (``"strict"`` 0.3 %, ``"balanced"`` 1 %, ``"loose"`` 3 %).  Default:
+            the namespace's refitted point (``semcache calibrate --feedback``), else 1 %.
+
+    Raises:
+        ConfigurationError: a path given as the backend, an embedder that does not match the
+            backend's, both ``threshold`` and ``max_wrong_rate``, a bad namespace.
     """
 
     def __init__(
@@ -270,46 +133,51 @@ class SemanticCache:
         *,
         namespace: str = DEFAULT_NAMESPACE,
         guard: bool = True,
+        max_wrong_rate: float | str | None = None,
     ) -> None:
-        if backend is None:
-            from semcache._engine.kv import SemanticKV
-
-            backend = SemanticKV(embedding=embedding)
-        elif embedding is not None:
-            from semcache.embeddings import as_embedding
-
-            mine = as_embedding(embedding)
-            if (mine.model_id, mine.dim) != (backend.embedding.model_id, backend.embedding.dim):
-                raise ConfigurationError(
-                    f"embedding {mine.model_id} (dim {mine.dim}) does not match the backend's "
-                    f"{backend.embedding.model_id} (dim {backend.embedding.dim})"
-                )
-        if not isinstance(namespace, str) or not namespace or "/" in namespace:
-            raise ConfigurationError(f"namespace must be a non-empty str without '/', got {namespace!r}")
-        self.backend = backend
-        self.threshold = self._check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
-        self.default_ttl_ms = _check_ttl(ttl)
+        self.backend = _backend(backend, embedding)
+        if not isinstance(namespace, str) or not namespace or "/" in namespace or "~" in namespace:
+            raise ConfigurationError(f"namespace must be a non-empty str without '/' or '~', got {namespace!r}")
         self.namespace = namespace
         self.guard = guard
+        self.default_ttl_ms = ttl_ms(ttl)
+        self.decision = choose_decision(self.embedding, threshold=threshold, max_wrong_rate=max_wrong_rate,
+                                        guard=guard)
+        if threshold is None and max_wrong_rate is None and isinstance(self.decision, VerifierDecision):
+            self.decision = self._refitted(self.decision)
         self.stats = CacheStats()
         self._stats_lock = threading.Lock()
-        self._inflight: dict[str, Future[Any]] = {}
-        self._inflight_lock = threading.Lock()
+        self._flights: SingleFlight[Any] = SingleFlight()
+
+    def _refitted(self, decision: VerifierDecision) -> VerifierDecision:
+        """The namespace's refitted operating point, when one was written (stricter than the default only)."""
+        point = feedback.read_operating_point(self.backend, self.namespace)
+        if point is None or point.score_threshold <= decision.score_threshold:
+            return decision
+        log.info("semcache: namespace %s serves from verifier score %.3f (refitted from %d wrong-hit reports)",
+                 self.namespace, point.score_threshold, point.reports)
+        return replace(decision, score_threshold=point.score_threshold)
 
     @property
     def embedding(self) -> BaseEmbedding:
         return self.backend.embedding
 
-    @staticmethod
-    def _check_threshold(threshold: object) -> float:
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, int | float)
-            or math.isnan(threshold)
-            or not 0.0 <= threshold <= 1.0
-        ):
-            raise InvalidInputError(f"threshold must be a number in [0, 1], got {threshold!r}")
-        return float(threshold)
+    @property
+    def threshold(self) -> float | None:
+        """The cosine threshold when one decides semantic hits; None when the verifier does."""
+        return self.decision.threshold if isinstance(self.decision, ThresholdDecision) else None
+
+    def view(self, namespace: str) -> SemanticCache:
+        """A cache over the same backend and settings, in another namespace (an adapter's own entries)."""
+        other = SemanticCache.__new__(SemanticCache)
+        other.__dict__.update(self.__dict__)
+        if not isinstance(namespace, str) or not namespace or "/" in namespace or "~" in namespace:
+            raise ConfigurationError(f"namespace must be a non-empty str without '/' or '~', got {namespace!r}")
+        other.namespace = namespace
+        other.stats = CacheStats()
+        other._stats_lock = threading.Lock()
+        other._flights = SingleFlight()
+        return other
 
     def _count(self, name: str, reason: str | None = None) -> None:
         with self._stats_lock:
@@ -320,8 +188,7 @@ class SemanticCache:
     # --------------------------------------------------------------- naming
     def scope_id(self, scope: Scope) -> str:
         """The backend scope (index partition) that ``scope`` maps to."""
-        digest = hashlib.sha256(canonical_scope(scope).encode("utf-8")).hexdigest()[:32]
-        return f"{self.namespace}/{digest}"
+        return scope_id(self.namespace, scope)
 
     def key_for(self, prompt: str, scope: Scope = None) -> str:
         """The backend key of ``prompt`` in ``scope`` (its exact-match address)."""
@@ -333,34 +200,18 @@ class SemanticCache:
         Raises:
             InvalidInputError: the prompt or scope is invalid.
         """
-        normalized = normalize_prompt(self._check_prompt(prompt))
-        scope_id = self.scope_id(scope)
-        return Address(prompt, normalized, scope_id, self._key(scope_id, normalized))
+        normalized = normalize_prompt(check_prompt(prompt))
+        scope = self.scope_id(scope)
+        return Address(prompt, normalized, scope, entry_key(scope, normalized))
 
-    @staticmethod
-    def _key(scope_id: str, normalized: str) -> str:
-        return f"{scope_id}/{hashlib.sha256(normalized.encode('utf-8')).hexdigest()[:32]}"
-
-    @staticmethod
-    def _check_prompt(prompt: object) -> str:
-        if not isinstance(prompt, str):
-            raise InvalidInputError(f"prompt must be str, got {type(prompt).__name__}")
-        if not prompt.strip():
-            raise InvalidInputError("prompt must not be empty")
-        return prompt
-
-    # ------------------------------------------------------------------ API
+    # ------------------------------------------------------------ lookups
     def lookup(self, prompt: str, *, scope: Scope = None, threshold: float | None = None) -> CacheHit | None:
         """The cached answer for ``prompt`` in ``scope``, or None on a miss.
 
         Args:
-            threshold: overrides the cache's threshold for this call.
+            threshold: decide this call by this cosine threshold (and the hit guard) instead.
         """
-        # The body is shared with lookup_at(), without building an Address: a bare lookup is
-        # what the adapters' hits are measured against, and it pays for no extra layer.
-        normalized = normalize_prompt(self._check_prompt(prompt))
-        scope_id = self.scope_id(scope)
-        return self._lookup(prompt, normalized, scope_id, self._key(scope_id, normalized), threshold, None)
+        return self.lookup_at(self.address(prompt, scope), threshold=threshold)
 
     def lookup_at(
         self, address: Address, *, threshold: float | None = None, memo: HitMemo | None = None
@@ -368,43 +219,50 @@ class SemanticCache:
         """:meth:`lookup` for an :meth:`address` computed earlier.
 
         Args:
-            threshold: overrides the cache's threshold for this call.
+            threshold: decide this call by this cosine threshold (and the hit guard) instead.
             memo: reuse exact hits decoded earlier while their stored bytes are
                 unchanged (see :class:`HitMemo`); its hits are shared, read-only.
         """
-        return self._lookup(*address, threshold, memo)
-
-    def _lookup(
-        self, prompt: str, normalized: str, scope_id: str, key: str, threshold: float | None, memo: HitMemo | None
-    ) -> CacheHit | None:
-        limit = self.threshold if threshold is None else self._check_threshold(threshold)
+        decision = self._decision_for(threshold)
         self._count("lookups")
-        value = self.backend.get(key)
-        hit = None if memo is None or value is None else memo.get(key, normalized, value)
-        if hit is None:
-            record = self._read(key, value)
-            if record is not None and normalize_prompt(record["prompt"]) == normalized:
-                hit = self._hit(key, record, 1.0, exact=True)
-                if memo is not None and value is not None:
-                    memo.put(key, normalized, value, hit)
+        hit = exact_hit(self.backend, address, memo)
         if hit is not None:
             self._count("exact_hits")
             return hit
-        vector = self.embedding.embed_one(normalized)
-        results = self.backend.search(None, SEMANTIC_CANDIDATES, limit, scope=scope_id, vector=vector)
-        for result in results:
-            record = self._read(result.key, result.value)
-            if record is None:
-                continue
-            reason = conflict(record["prompt"], prompt) if self.guard else None
-            if reason:
-                self._count("guard_vetoes", reason)
-                continue
-            self._count("semantic_hits")
-            return self._hit(result.key, record, result.similarity, exact=False)
-        self._count("misses")
-        return None
+        return self._semantic(address, decision).hit
 
+    def explain(self, prompt: str, *, scope: Scope = None, threshold: float | None = None) -> Explanation:
+        """Look ``prompt`` up and say why it hit or missed: the nearest prompt, its similarity and score.
+
+        It decides exactly as :meth:`lookup` does (and counts in :attr:`stats` as one).
+        """
+        decision = self._decision_for(threshold)
+        address = self.address(prompt, scope)
+        self._count("lookups")
+        hit = exact_hit(self.backend, address, None)
+        if hit is not None:
+            self._count("exact_hits")
+            return Explanation(hit, True, decision.describe(), hit.cached_prompt, hit.response, 1.0)
+        return self._semantic(address, decision)
+
+    def _decision_for(self, threshold: float | None) -> Decision:
+        if threshold is None:
+            return self.decision
+        return ThresholdDecision(similarity(threshold, "threshold", lowest=0.0), self.guard)
+
+    def _semantic(self, address: Address, decision: Decision) -> Explanation:
+        explanation, verdict = semantic(self.backend, self.embedding, address, decision)
+        if explanation.hit is not None:
+            self._count("semantic_hits")
+            return explanation
+        if verdict is not None and verdict.reason and verdict.reason.startswith("guard: "):
+            self._count("guard_vetoes", verdict.reason.removeprefix("guard: "))
+        elif verdict is not None and verdict.score is not None:
+            self._count("verifier_refusals")
+        self._count("misses")
+        return explanation
+
+    # ------------------------------------------------------------- storing
     def store(
         self,
         prompt: str,
@@ -419,15 +277,14 @@ class SemanticCache:
         Raises:
             InvalidInputError: the prompt, scope, TTL, response or metadata is invalid.
         """
-        normalized = normalize_prompt(self._check_prompt(prompt))
-        scope_id = self.scope_id(scope)
-        ttl_ms = self.default_ttl_ms if ttl is None else _check_ttl(ttl)
-        value = _record_bytes(prompt, response, metadata)
-        key = self._key(scope_id, normalized)
-        vector = self.embedding.embed_one(normalized)
-        self.backend.put(key, value, ttl_ms, scope=scope_id, vector=vector)
+        address = self.address(prompt, scope)
+        lifetime = self.default_ttl_ms if ttl is None else ttl_ms(ttl)
+        record_bytes(prompt, response, metadata, None)  # refuse what cannot be stored before embedding it
+        vector, tokens = embed(self.embedding, address.normalized, keeps_verifier_data(self.embedding))
+        value = record_bytes(prompt, response, metadata, verifier_data(tokens))
+        self.backend.put(address.key, value, lifetime, scope=address.scope_id, vector=vector)
         self._count("stores")
-        return key
+        return address.key
 
     def store_many(
         self,
@@ -454,19 +311,11 @@ class SemanticCache:
         Raises:
             InvalidInputError: a bad pair (named by its position), scope or TTL; nothing is stored.
         """
-        scope_id = self.scope_id(scope)
-        ttl_ms = self.default_ttl_ms if ttl is None else _check_ttl(ttl)
-        items = []
-        for position, pair in enumerate(bulk_entries(pairs, "store_many")):
-            with entry_at(f"store_many pair {position}"):
-                if not isinstance(pair, tuple | list) or len(pair) != 2:
-                    raise InvalidInputError(f"must be a (prompt, response) pair, got {type(pair).__name__}")
-                prompt, response = pair
-                normalized = normalize_prompt(self._check_prompt(prompt))
-                check_texts([normalized])
-                items.append((self._key(scope_id, normalized), _record_bytes(prompt, response, None), normalized))
+        scope_name = self.scope_id(scope)
+        lifetime = self.default_ttl_ms if ttl is None else ttl_ms(ttl)
+        items = bulk_items(self.embedding, checked_pairs(pairs), scope_name)
         # A record over the backend's value limit is refused there, as "put_many item <the same position>".
-        self.backend.put_many(items, ttl_ms, scope=scope_id)
+        self.backend.put_many(items, lifetime, scope=scope_name)
         with self._stats_lock:
             self.stats.stores += len(items)
         return [key for key, _, _ in items]
@@ -482,41 +331,43 @@ class SemanticCache:
     ) -> Any:
         """The cached answer, or ``fn()`` stored and returned on a miss.
 
-        Concurrent misses on the same prompt and scope call ``fn`` once; the
-        others wait for its result (or its exception, which is not cached).
+        Concurrent misses on the same prompt and scope call ``fn`` once
+        (:mod:`semcache._cache.single_flight`): the others wait and take its
+        result.  If ``fn`` raises, nothing is cached, and each caller that was
+        waiting runs ``fn`` itself, so it gets its own answer or its own exception.
         """
         hit = self.lookup(prompt, scope=scope)
         if hit is not None:
             return hit.response
-        flight = self.key_for(prompt, scope)
-        with self._inflight_lock:
-            future = self._inflight.get(flight)
-            leader = future is None
-            if future is None:
-                future = self._inflight[flight] = Future()
-        if not leader:
+        key = self.key_for(prompt, scope)
+        flight = self._flights.begin(key)
+        if isinstance(flight, Follow):
             self._count("single_flight_waits")
-            return future.result()
-        try:
+            landed = flight.wait()
+            if landed is not None:
+                return landed.value
+            return self._compute(prompt, fn, scope=scope, ttl=ttl, metadata=metadata)  # the leader failed
+        with flight:
             # A previous leader may have stored the answer between our lookup and
             # taking the lead; re-check the exact key so fn still runs only once.
-            record = self._read(flight, self.backend.get(flight))
-            if record is not None and normalize_prompt(record["prompt"]) == normalize_prompt(prompt):
-                response = _decode_response(record["kind"], record["response"])
-                future.set_result(response)
-                return response
-            self._count("computes")
-            response = fn()
-            self.store(prompt, response, scope=scope, ttl=ttl, metadata=metadata)
-            future.set_result(response)
+            record = read_record(key, self.backend.get(key))
+            if record is not None and normalize_prompt(record.prompt) == normalize_prompt(prompt):
+                response = record.response
+            else:
+                response = self._compute(prompt, fn, scope=scope, ttl=ttl, metadata=metadata)
+            flight.land(response)
             return response
-        except BaseException as exc:
-            future.set_exception(exc)
-            raise
-        finally:
-            with self._inflight_lock:
-                del self._inflight[flight]
 
+    def _compute(
+        self, prompt: str, fn: Callable[[], Any], *, scope: Scope, ttl: float | None, metadata: Mapping[str, Any] | None
+    ) -> Any:
+        """``fn()``, stored for ``prompt`` in ``scope`` and returned."""
+        self._count("computes")
+        response = fn()
+        self.store(prompt, response, scope=scope, ttl=ttl, metadata=metadata)
+        return response
+
+    # ------------------------------------------------------------ removal
     def delete(self, prompt: str, *, scope: Scope = None) -> bool:
         """Drop the entry stored for exactly ``prompt`` in ``scope``."""
         return self.backend.delete(self.key_for(prompt, scope))
@@ -524,38 +375,48 @@ class SemanticCache:
     def clear(self, scope: Scope | _AllScopes = ALL_SCOPES) -> int:
         """Drop this cache's entries: all of them, or only ``scope``'s when given.
 
-        ``clear()`` leaves other namespaces sharing the backend untouched;
-        ``clear(scope=None)`` drops the default scope only.
+        ``clear()`` leaves other namespaces sharing the backend untouched, and the
+        namespace's wrong-hit reports; ``clear(scope=None)`` drops the default scope only.
         """
         # Backend scopes are "<namespace>/<32 hex digits>": the scope id itself is an
         # exact prefix of one scope, the namespace plus "/" of all of them.
         prefix = f"{self.namespace}/" if isinstance(scope, _AllScopes) else self.scope_id(scope)
         return self.backend.clear_scope(prefix)
 
-    # -------------------------------------------------------------- helpers
-    def _read(self, key: str, value: bytes | None) -> dict[str, Any] | None:
-        if value is None:
-            return None
-        try:
-            record = json.loads(value)
-            if not isinstance(record, dict) or "prompt" not in record or "kind" not in record:
-                raise ValueError("not a cache record")
-            return record
-        except ValueError:
-            log.warning("semcache: entry %s is not a cache record; ignoring it", key)
-            return None
+    # ------------------------------------------------------------ feedback
+    def report_wrong_hit(self, hit: CacheHit | str) -> bool:
+        """Report that a hit served a wrong answer: its entry is deleted and the pair recorded.
 
-    def _hit(self, key: str, record: dict[str, Any], similarity: float, *, exact: bool) -> CacheHit:
-        return CacheHit(
-            response=_decode_response(record["kind"], record["response"]),
-            similarity=similarity,
-            cached_prompt=record["prompt"],
-            key=key,
-            metadata=record.get("metadata") or {},
-            exact=exact,
-        )
+        The labelled pair (the prompt looked up, the cached prompt, the scope,
+        the similarity and the verifier's score) goes to the namespace's
+        feedback log in the store (:mod:`semcache._cache.feedback`), which
+        ``semcache calibrate --feedback`` refits the namespace's operating point from.
 
+        Args:
+            hit: the :class:`CacheHit` (everything is recorded), or its ``key``
+                (the entry is deleted and counted; no pair can be recorded).
+
+        Returns:
+            Whether the entry was still stored.
+
+        Raises:
+            InvalidInputError: not a hit of this cache's namespace.
+        """
+        key = hit.key if isinstance(hit, CacheHit) else hit
+        if not isinstance(key, str) or not key.startswith(f"{self.namespace}/"):
+            raise InvalidInputError(f"report_wrong_hit needs a CacheHit or key of namespace {self.namespace!r}")
+        if isinstance(hit, CacheHit):
+            feedback.record_report(self.backend, self.namespace, feedback.report_of(hit, key.rsplit("/", 1)[0]))
+        self._count("wrong_hits_reported")
+        return self.backend.delete(key)
+
+    def reports(self) -> list[feedback.Report]:
+        """The wrong-hit reports recorded for this namespace, oldest first."""
+        return feedback.read_reports(self.backend, self.namespace)
+
+    # ----------------------------------------------------------- lifecycle
     def close(self) -> None:
+        """Close the backend (and with it the store)."""
         self.backend.close()
 
     def __enter__(self) -> SemanticCache:
@@ -563,3 +424,27 @@ class SemanticCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _backend(backend: object, embedding: Any) -> Backend:
+    """The cache's backend: the given one (checked against ``embedding``), or an in-memory store."""
+    if backend is None:
+        from semcache._engine.kv import SemanticKV
+
+        return SemanticKV(embedding=embedding)
+    if isinstance(backend, str) or hasattr(backend, "__fspath__"):
+        raise ConfigurationError(
+            f"SemanticCache({str(backend)!r}): a path is not a backend; to keep the cache on disk, pass "
+            f"SemanticCache(SemanticKV({str(backend)!r}))"
+        )
+    if not isinstance(backend, Backend):
+        raise ConfigurationError(f"backend must be a SemanticKV, a DistributedSemanticKV or None, got "
+                                 f"{type(backend).__name__}")
+    if embedding is not None:
+        mine = as_embedding(embedding)
+        if (mine.model_id, mine.dim) != (backend.embedding.model_id, backend.embedding.dim):
+            raise ConfigurationError(
+                f"embedding {mine.model_id} (dim {mine.dim}) does not match the backend's "
+                f"{backend.embedding.model_id} (dim {backend.embedding.dim})"
+            )
+    return backend

@@ -56,7 +56,8 @@ class DemoQuery:
 DEMO_CACHED = (
     "How do I enable dark mode?",
     "How do I read a file in Python?",
-    "What is the capital of France?",
+    "What is the capital of Japan?",
+    "How many legs does a spider have?",
     "How do I reset my password?",
     "What are the health benefits of green tea?",
     "Is it safe to eat raw eggs?",
@@ -65,14 +66,14 @@ DEMO_CACHED = (
 )
 DEMO_QUERIES = (
     DemoQuery("How can I enable dark mode?", "paraphrase"),
-    DemoQuery("In Python, how do I read a file?", "paraphrase"),
-    DemoQuery("What's the capital of France?", "paraphrase"),
+    DemoQuery("what's the capital of japan", "paraphrase"),
+    DemoQuery("how many legs do spiders have", "paraphrase"),
     DemoQuery("What health benefits does green tea have?", "paraphrase"),
     DemoQuery("How do I reset my password?", "exact"),
     DemoQuery("How do I disable dark mode?", "hard negative"),
     DemoQuery("How do I read a file in Rust?", "hard negative"),
-    DemoQuery("What is the capital of Germany?", "hard negative"),
-    # Hard negatives that embeddings place above the threshold: only the guard stops them.
+    DemoQuery("What is the capital of China?", "hard negative"),
+    # Hard negatives the embedding places at 0.95 or more, above any useful cosine threshold.
     DemoQuery("Is it not safe to eat raw eggs?", "hard negative"),
     DemoQuery("How do I sort a list in Python in descending order?", "hard negative"),
     DemoQuery("What was the GDP of France in 2020?", "hard negative"),
@@ -82,33 +83,26 @@ DEMO_QUERIES = (
 
 @dataclass(frozen=True)
 class DemoRow:
+    """One demo lookup: the nearest cached prompt, its similarity, the verifier's verdict, the result."""
+
     query: DemoQuery
     nearest: str
     similarity: float
-    guard: str | None
+    verdict: str
     outcome: str
 
 
 def demo_rows(cache: Any, queries: Sequence[DemoQuery] = DEMO_QUERIES) -> list[DemoRow]:
-    """Look each query up and explain the outcome: nearest prompt, similarity, guard verdict."""
-    from semcache._cache.cache import normalize_prompt
-    from semcache._cache.guard import conflict
-
+    """Look each query up with :meth:`SemanticCache.explain` and say why it hit or missed."""
     rows = []
     for query in queries:
-        hit = cache.lookup(query.text)
-        vector = cache.embedding.embed_one(normalize_prompt(query.text))
-        nearest = cache.backend.search(None, 1, None, scope=cache.scope_id(None), vector=vector)
-        prompt = json.loads(nearest[0].value)["prompt"] if nearest else ""
-        similarity = nearest[0].similarity if nearest else 0.0
-        reason = conflict(prompt, query.text) if prompt else None
-        if hit is not None:
-            outcome = "HIT (exact)" if hit.exact else "HIT"
-        elif similarity < cache.threshold:
-            outcome = f"miss (below {cache.threshold:.2f})"
+        seen = cache.explain(query.text)
+        verdict = "exact" if seen.exact else "-" if seen.score is None else f"{seen.score:.2f}"
+        if seen.hit is not None:
+            outcome = "HIT (exact)" if seen.exact else "HIT"
         else:
-            outcome = f"miss (guard: {reason})"
-        rows.append(DemoRow(query, prompt, 1.0 if hit is not None and hit.exact else similarity, reason, outcome))
+            outcome = f"miss ({seen.reason})" if seen.reason else "miss"
+        rows.append(DemoRow(query, seen.candidate_prompt or "", seen.similarity or 0.0, verdict, outcome))
     return rows
 
 
@@ -117,12 +111,12 @@ def _clip(text: str, width: int) -> str:
 
 
 def format_demo(rows: Sequence[DemoRow]) -> str:
-    head = f"{'query':<44} {'kind':<13} {'nearest cached prompt':<36} {'sim':>5}  {'guard':<9} result"
+    head = f"{'query':<44} {'kind':<13} {'nearest cached prompt':<36} {'sim':>5} {'score':>5}  result"
     lines = [head, "-" * len(head)]
     for row in rows:
         lines.append(
             f"{_clip(row.query.text, 44):<44} {row.query.kind:<13} {_clip(row.nearest, 36):<36} "
-            f"{row.similarity:5.3f}  {row.guard or 'ok':<9} {row.outcome}"
+            f"{row.similarity:5.3f} {row.verdict:>5}  {row.outcome}"
         )
     return "\n".join(lines)
 
@@ -134,19 +128,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     # memo_size=0: every lookup really embeds, so the latency figures are honest.
     embedding = load_model(args.model, memo_size=0)
-    with SemanticCache(SemanticKV(embedding=embedding, purge_interval=3600), threshold=args.threshold) as cache:
+    backend = SemanticKV(embedding=embedding, purge_interval=3600)
+    with SemanticCache(backend, threshold=args.threshold, max_wrong_rate=args.max_wrong_rate) as cache:
         for prompt in DEMO_CACHED:
             cache.store(prompt, f"(cached answer to: {prompt})")
-        print(f"semcache demo: embedded SemanticCache, {embedding.model_id}, threshold {cache.threshold:.2f}")
+        print(f"semcache demo: embedded SemanticCache, {embedding.model_id}, {cache.decision.describe()}")
         print(f"cached {len(DEMO_CACHED)} prompts:")
         for prompt in DEMO_CACHED:
             print(f"  - {prompt}")
         print()
         print(format_demo(demo_rows(cache)))
         print(
-            "\nguard: a lexical check run on each semantic hit above the threshold; it vetoes changed numbers,"
-            "\nnegation, antonyms (enable/disable) and swapped names (Python/Rust), which embeddings place close"
-            "\ntogether. The guard column is its verdict on the nearest prompt, whatever the similarity."
+            "\nsim: the cosine similarity of the nearest cached prompt. score: the verifier's judgement that the"
+            "\ncached prompt asks for the same answer (0 to 1); a hit needs the operating point's score. Embeddings"
+            "\nplace hard negatives (negation, another number, enable/disable) as close as paraphrases; the"
+            "\nverifier tells them apart from the words that differ."
         )
     with SemanticCache(SemanticKV(embedding=embedding, purge_interval=3600)) as timed_cache:
         times = measure_lookups(timed_cache, args.rounds, progress=True)
@@ -154,7 +150,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nlatency, median of {args.rounds} (p90; CPU time median):")
     for name, timing in (
         ("bare embedding (model call)", times.embed),
-        ("semantic hit (embed + search + guard)", times.semantic),
+        ("semantic hit (embed + search + verifier)", times.semantic),
         ("exact hit (no embedding)", times.exact),
     ):
         print(
@@ -248,6 +244,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _wrong_rate(text: str) -> float | str:
+    """A verifier operating point: a preset name or a rate in (0, 1) (checked before any model loads)."""
+    from semcache._cache.decision import PRESETS
+
+    if text in PRESETS:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(PRESETS)} or a rate in (0, 1), got {text!r}")
+    return value
+
+
 def _threshold(text: str) -> float:
     """A similarity threshold in [0, 1] (checked before any model loads)."""
     try:
@@ -272,6 +283,8 @@ def _thresholds(text: str) -> tuple[float, ...]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.feedback is not None:
+        return refit_from_feedback(args)
     from semcache._quality.calibrate import calibrate, format_report, load_datasets
 
     datasets = load_datasets(args.data, args.datasets.split(","))
@@ -279,6 +292,74 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     result = calibrate(datasets, embedding, args.thresholds, progress=True)
     print(format_report(result))
     return 0
+
+
+def refit_from_feedback(args: argparse.Namespace) -> int:
+    """``semcache calibrate --feedback DIR``: refit a namespace's operating point from its wrong-hit reports."""
+    from semcache._cache import feedback
+    from semcache._cache.decision import verifier_decision
+    from semcache._engine.kv import SemanticKV
+
+    path = Path(args.feedback)
+    embedding = _stored_embedding(path)
+    with SemanticKV(path, embedding=embedding, purge_interval=3600) as store:
+        reports = feedback.read_reports(store, args.namespace)
+        if not reports:
+            print(f"namespace {args.namespace!r} of {path} has no wrong-hit reports: nothing to refit")
+            return 1
+        base = verifier_decision(args.max_wrong_rate or "balanced").score_threshold
+        point = feedback.refit(reports, base)
+        feedback.write_operating_point(store, args.namespace, point)
+    scored = sum(report.score is not None for report in reports)
+    print(f"namespace {args.namespace!r}: {len(reports)} wrong-hit reports ({scored} scored by the verifier)")
+    print(f"operating point: verifier score {point.previous:.4f} -> {point.score_threshold:.4f} "
+          f"(at most {feedback.REFIT_ALLOWED_SHARE:.0%} of the reported pairs would still be served)")
+    print("every SemanticCache of this namespace opened on this store now serves from it")
+    return 0
+
+
+def _stored_embedding(path: Path) -> BaseEmbedding:
+    """A stand-in carrying a persisted store's stamp (nothing is embedded), or a clear error."""
+    stamp = stored_stamp(path)
+    if stamp is None:
+        from semcache.errors import InvalidInputError
+
+        raise InvalidInputError(f"{path} is not a semcache data directory (no embedding.json)")
+    return StampOnlyEmbedding(*stamp)
+
+
+# --------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    from semcache._cache.cache import SemanticCache
+    from semcache._quality.evaluate import evaluate, format_table, run, write_json, write_plot
+    from semcache._quality.pairs import read_pairs
+
+    pairs = read_pairs(args.pairs, args.format)
+    if args.split:
+        pairs = tuple(pair for pair in pairs if pair.split == args.split)
+    name = args.name or Path(args.pairs).stem
+    backend = _eval_backend(args)
+    with SemanticCache(backend, threshold=args.threshold, max_wrong_rate=args.max_wrong_rate,
+                       namespace="semcache-eval") as cache:
+        result = evaluate(name, run(pairs, cache, progress=True), cache)
+    print(format_table(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(result, args.out / f"{name}.json")
+    write_plot(result, args.out / f"{name}.png")
+    print(f"\nwrote {args.out / (name + '.json')} and {args.out / (name + '.png')}")
+    return 0
+
+
+def _eval_backend(args: argparse.Namespace) -> Any:
+    """The backend ``semcache eval`` runs through: an in-memory store, or a cluster (``--nodes``)."""
+    if args.nodes:
+        from semcache.cluster import DistributedSemanticKV
+
+        return DistributedSemanticKV(args.nodes.split(","), token=args.token,
+                                     embedding=load_model(args.model) if args.model else None)
+    from semcache._engine.kv import SemanticKV
+
+    return SemanticKV(embedding=load_model(args.model), purge_interval=3600)
 
 
 # -------------------------------------------------------------------- bench
@@ -346,13 +427,19 @@ def build_parser() -> argparse.ArgumentParser:
     from semcache import __version__
     from semcache._cache.cache import DEFAULT_THRESHOLD
     from semcache._quality.calibrate import DATA_FILES, DEFAULT_THRESHOLDS
+    from semcache._quality.pairs import FORMATS as PAIR_FORMATS
 
     parser = argparse.ArgumentParser(prog="semcache", description="A semantic cache for LLM calls.")
     parser.add_argument("--version", action="version", version=f"semcache {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="paraphrases hit, hard negatives miss, with latencies (real MiniLM)")
-    demo.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD, help="similarity threshold")
+    decide = demo.add_mutually_exclusive_group()
+    decide.add_argument("--max-wrong-rate", type=_wrong_rate, default=None,
+                        help="the verifier's operating point: a rate such as 0.01, or strict, balanced, loose "
+                             "(default: balanced, <= 1%% wrong hits)")
+    decide.add_argument("--threshold", type=_threshold, default=None,
+                        help=f"decide by a cosine threshold and the hit guard instead (e.g. {DEFAULT_THRESHOLD})")
     demo.add_argument("--rounds", type=_positive_int, default=60, help="timed lookups per latency figure")
     demo.add_argument("--model", help="sentence-transformers model (default: packaged all-MiniLM-L6-v2)")
     demo.set_defaults(handler=cmd_demo)
@@ -376,7 +463,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--thresholds", type=_thresholds, default=DEFAULT_THRESHOLDS, help="start:stop:step or a list (0.7:0.98:0.01)"
     )
     cal.add_argument("--model", help="sentence-transformers model (default: packaged all-MiniLM-L6-v2)")
+    cal.add_argument("--feedback", type=Path, default=None, metavar="DIR",
+                     help="refit a namespace's operating point from the wrong-hit reports in this store")
+    cal.add_argument("--namespace", default="semcache", help="the namespace to refit (with --feedback)")
+    cal.add_argument("--max-wrong-rate", type=_wrong_rate, default=None,
+                     help="the operating point to refit from (with --feedback; default: balanced)")
     cal.set_defaults(handler=cmd_calibrate)
+
+    ev = commands.add_parser("eval", help="run your labelled pairs through the cache: right/wrong hits, JSON, plot")
+    ev.add_argument("--pairs", type=Path, required=True,
+                    help="labelled pairs: GPTCache JSON, QQP-style CSV, PAWS or MRPC TSV, or JSONL")
+    ev.add_argument("--format", default="auto", choices=("auto", *PAIR_FORMATS), help="the file's format")
+    ev.add_argument("--split", default=None, help="only the pairs of this split (a JSONL 'split' field)")
+    ev.add_argument("--name", default=None, help="the name in the table and the output files (default: the file's)")
+    ev.add_argument("--out", type=Path, default=Path("semcache-eval"), help="folder for the JSON and the plot")
+    ev.add_argument("--nodes", default=None, help="run through a cluster: comma-separated grpc:// addresses")
+    ev.add_argument("--token", default=None, help="the cluster's data token (with --nodes)")
+    decide = ev.add_mutually_exclusive_group()
+    decide.add_argument("--max-wrong-rate", type=_wrong_rate, default=None,
+                        help="the verifier's operating point (default: balanced)")
+    decide.add_argument("--threshold", type=_threshold, default=None, help="decide by a cosine threshold instead")
+    ev.add_argument("--model", help="sentence-transformers model (default: packaged all-MiniLM-L6-v2)")
+    ev.set_defaults(handler=cmd_eval)
 
     bench = commands.add_parser("bench", help="latency, throughput and memory figures (tables)")
     target = bench.add_mutually_exclusive_group()

@@ -62,6 +62,8 @@ class Backend(Protocol):
 
     def delete(self, key: str) -> bool: ...
 
+    def scan(self, prefix: str = "", limit: int = 100) -> list[str]: ...
+
     def search(
         self,
         query: str | None,

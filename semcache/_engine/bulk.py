@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from semcache._engine.inputs import Limits, check_key, check_value_size, coerce_value, text_to_embed
-from semcache.embeddings import BaseEmbedding, check_texts
+from semcache.embeddings import BaseEmbedding, check_texts, unit_vector
 from semcache.errors import InvalidInputError, SemcacheError
 
 # Texts per embedding call in put_many: batches cost the model about half as
@@ -27,11 +29,18 @@ BULK_CHUNK = 1024
 
 @dataclass(frozen=True)
 class BulkPut:
-    """One item of ``put_many``, checked: its key, its value bytes and what to embed (None: not searchable)."""
+    """One item of ``put_many``, checked: its key, its value bytes, and what to embed or the vector to store.
+
+    Attributes:
+        text: what to embed (None with no vector: not searchable).
+        vector: a precomputed embedding (then ``text`` is None); checked against
+            the embedder's dimension by :func:`load_in_chunks` before anything is stored.
+    """
 
     key: str
     value: bytes
     text: str | None
+    vector: np.ndarray | None = None
 
 
 def bulk_entries(items: object, call: str) -> list[Any]:
@@ -59,6 +68,8 @@ def entry_at(where: str) -> Iterator[None]:
 def bulk_puts(items: object, limits: Limits) -> list[BulkPut]:
     """``put_many``'s items, checked: a mapping of key to value, or ``(key, value)`` / ``(key, value, text)`` tuples.
 
+    The third element may also be a precomputed embedding (a numpy array), stored instead of embedding anything.
+
     >>> [p.key for p in bulk_puts({"a": "one", "b": b"two"}, Limits())]
     ['a', 'b']
     >>> bulk_puts([("a", "one"), ("", "two")], Limits())
@@ -78,6 +89,9 @@ def bulk_puts(items: object, limits: Limits) -> list[BulkPut]:
             check_key(key, limits)
             data = coerce_value(value)
             check_value_size(data, limits)
+            if isinstance(text, np.ndarray):
+                checked.append(BulkPut(key, data, None, text))
+                continue
             to_embed = text_to_embed(data, text)
             if to_embed is not None:
                 check_texts([to_embed])  # too long to embed: refused now, not halfway through the load
@@ -108,11 +122,14 @@ def load_in_chunks(items: list[BulkPut], embedding: BaseEmbedding, write: ChunkW
         Exception: the first error of the embedder or of ``write``, with how many
             items were stored before it (:func:`note_progress`).
     """
+    given = _given_vectors(items, embedding.dim)  # checked before anything is stored
     stored = 0
     for start in range(0, len(items), BULK_CHUNK):
         chunk = items[start:start + BULK_CHUNK]
         try:
-            count, error = write(chunk, embed_texts(embedding, [item.text for item in chunk]))
+            vectors = embed_texts(embedding, [item.text for item in chunk])
+            vectors = [given.get(start + row, vector) for row, vector in enumerate(vectors)]
+            count, error = write(chunk, vectors)
         except Exception as exc:  # the embedder, or a writer that raised instead of returning its error
             note_progress(exc, stored, len(items))
             raise
@@ -121,6 +138,16 @@ def load_in_chunks(items: list[BulkPut], embedding: BaseEmbedding, write: ChunkW
             note_progress(error, stored, len(items))
             raise error
     return stored
+
+
+def _given_vectors(items: list[BulkPut], dim: int) -> dict[int, bytes]:
+    """The precomputed vectors of ``items`` by position, each checked (dimension, NaN, zero) and normalised."""
+    given = {}
+    for position, item in enumerate(items):
+        if item.vector is not None:
+            with entry_at(f"put_many item {position}"):
+                given[position] = unit_vector(item.vector, dim).tobytes()
+    return given
 
 
 def note_progress(error: BaseException, stored: int, total: int) -> None:

@@ -20,7 +20,6 @@ semcache.errors.InvalidInputError: key must not be empty
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,11 +36,6 @@ MAX_TTL_MS = 100 * 365 * 86_400_000
 MAX_TOP_K = 1000
 # Timestamps are stored as signed 64-bit milliseconds (commands, WAL, snapshots).
 MAX_TIMESTAMP_MS = 2**63 - 1
-
-
-def wall_clock_ms() -> int:
-    """Milliseconds since the epoch: the clock that stamps entries and decides expiry."""
-    return time.time_ns() // 1_000_000
 
 
 # ------------------------------------------------------------------ numbers

@@ -37,6 +37,7 @@ import numpy as np
 
 from semcache._engine.backend import BulkItems, SearchResult
 from semcache._engine.bulk import BulkPut, bulk_puts, load_in_chunks
+from semcache._engine.clock import SteadyClock
 from semcache._engine.commands import Clear, Command, Delete, Put
 from semcache._engine.conveniences import Conveniences
 from semcache._engine.eviction import AccessLog, check_policy
@@ -55,9 +56,9 @@ from semcache._engine.inputs import (
     positive_seconds,
     put_vector,
     search_vector,
-    wall_clock_ms,
     whole_number,
 )
+from semcache._engine.local_store import DEFAULT_CHECKPOINT_BYTES, LocalState
 from semcache._engine.state import ShardState
 from semcache._engine.storage import DurableLog
 from semcache.embeddings import BaseEmbedding, as_embedding
@@ -65,7 +66,6 @@ from semcache.errors import ClosedError, ConfigurationError
 
 log = logging.getLogger("semcache")
 
-DEFAULT_CHECKPOINT_BYTES = 64 << 20
 
 
 class SemanticKV(Conveniences):
@@ -84,7 +84,7 @@ class SemanticKV(Conveniences):
         fsync: fsync every write (power-loss durability) instead of only flushing.
         checkpoint_bytes: write a snapshot once the log grows past this size.
         purge_interval: seconds between background purges of expired entries.
-        clock: milliseconds since the epoch; injectable for tests.
+        clock: milliseconds since the epoch (default: the wall clock, never in jumps: semcache._engine.clock).
         node_id: the name reported in search results.
     """
 
@@ -103,55 +103,33 @@ class SemanticKV(Conveniences):
         fsync: bool = False,
         checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES,
         purge_interval: float = 1.0,
-        clock: Callable[[], int] = wall_clock_ms,
+        clock: Callable[[], int] | None = None,
         node_id: str = "embedded",
     ) -> None:
         if capacity is not None:
             whole_number(capacity, "capacity", minimum=1, error=ConfigurationError)
         positive_seconds(purge_interval, "purge_interval")
         whole_number(checkpoint_bytes, "checkpoint_bytes", minimum=1, error=ConfigurationError)
-        if not callable(clock):
+        if clock is not None and not callable(clock):
             raise ConfigurationError(f"clock must be a callable returning ms, got {type(clock).__name__}")
         self._embedding = as_embedding(embedding)
-        self._settings = IndexSettings(max_entries, hnsw_m, hnsw_ef_construction, ef_search)
         self._eviction = check_policy(eviction)
         self._capacity = capacity
-        self._clock = clock
-        self._checkpoint_bytes = checkpoint_bytes
-        self._next_checkpoint = checkpoint_bytes  # log size that triggers the next automatic checkpoint
+        self._clock = clock or SteadyClock()
         self.node_id = node_id
-        self._lock = threading.RLock()
+        self._local = LocalState(
+            path, self._embedding, IndexSettings(max_entries, hnsw_m, hnsw_ef_construction, ef_search), limits,
+            fsync=fsync, checkpoint_bytes=checkpoint_bytes,
+        )
         self._access = AccessLog()
         self._expiries = ExpiryHeap()
+        self._expiries.rebuild(self._state.entries)
         self._counters = dict.fromkeys(
             ("puts", "gets", "get_hits", "deletes", "searches", "search_hits", "expired", "evicted"), 0
         )
-
-        def new_state() -> ShardState:
-            return ShardState(self._embedding.dim, self._embedding.model_id, self._settings, limits)
-
-        self._log = DurableLog(Path(path), fsync=fsync) if path is not None else None
-        if self._log is not None:
-            try:
-                self._state = self._log.recover(
-                    new_state, model_id=self._embedding.model_id, dim=self._embedding.dim
-                )
-            except BaseException:
-                self._log.close()  # release the directory lock so a corrected retry can open it
-                raise
-        else:
-            self._state = new_state()
-        if limits is not None:
-            # Limits only check new writes, so the caller's choice wins over the stored one.
-            self._state.limits = limits
-        # Likewise the query-time ef; the graph settings (M, ef_construction) stay the data's.
-        if self._state.settings.ef_search != self._settings.ef_search:
-            self._state.set_ef_search(self._settings.ef_search)
-        self._expiries.rebuild(self._state.entries)
         self._housekeeping = Housekeeping(
-            read=self._read, submit=self._submit, access=self._access, policy=self._eviction, capacity=capacity
+            read=self._local.read, submit=self._submit, access=self._access, policy=self._eviction, capacity=capacity
         )
-        self._closed = threading.Event()
         self._purger = MaintenanceLoop("semcache-purge", purge_interval, self._purge_round)
         self._purger.start()
 
@@ -168,37 +146,23 @@ class SemanticKV(Conveniences):
     def limits(self) -> Limits:
         return self._state.limits
 
+    @property
+    def _state(self) -> ShardState:
+        return self._local.state
+
+    @property
+    def _lock(self) -> threading.RLock:
+        return self._local.lock
+
+    @property
+    def _log(self) -> DurableLog | None:
+        return self._local.log
+
     def _check_open(self) -> None:
-        if self._closed.is_set():
-            raise ClosedError("this SemanticKV is closed")
+        self._local.check_open()
 
     def _submit(self, command: Command) -> int:
-        """Validate, log, then apply one command.  Nothing is logged if validation fails."""
-        with self._lock:
-            self._check_open()
-            self._state.validate(command)
-            if self._log is not None:
-                self._log.append(self._state.applied + 1, command)
-            result = self._state.apply(command)
-            if self._log is not None and self._log.wal_bytes >= self._next_checkpoint:
-                self._auto_checkpoint()
-            return result
-
-    def _auto_checkpoint(self) -> None:
-        """Checkpoint once the log is long; a failure here must not fail the write it follows.
-
-        The command is already logged and applied, so the caller's write succeeded;
-        the log keeps everything and the checkpoint is retried after another
-        ``checkpoint_bytes`` of log.
-        """
-        assert self._log is not None
-        try:
-            self._log.checkpoint(self._state)
-        except OSError as exc:
-            log.warning("semcache: checkpoint of %s failed (%s); the log keeps every write", self._log.path, exc)
-            self._next_checkpoint = self._log.wal_bytes + self._checkpoint_bytes
-        else:
-            self._next_checkpoint = self._checkpoint_bytes
+        return self._local.submit(command)
 
     # ----------------------------------------------------------------- API
     def put(
@@ -401,8 +365,7 @@ class SemanticKV(Conveniences):
                 **self._counters,
                 "capacity": self._capacity,
                 "eviction": self._eviction,
-                "path": str(self._log.path) if self._log else None,
-                "wal_bytes": self._log.wal_bytes if self._log else 0,
+                **self._local.where(),
                 "embedding_model_calls": self._embedding.model_calls,
                 "embedding_memo_hits": self._embedding.memo_hits,
             }
@@ -414,24 +377,14 @@ class SemanticKV(Conveniences):
 
     def checkpoint(self) -> None:
         """Write a snapshot now and truncate the log (no-op in memory)."""
-        with self._lock:
-            self._check_open()
-            if self._log is not None:
-                self._log.checkpoint(self._state)
+        self._local.checkpoint()
 
     def close(self) -> None:
-        """Stop the purger, checkpoint (with ``path``) and release the directory."""
-        with self._lock:
-            if self._closed.is_set():
-                return
-            self._closed.set()
-            try:
-                if self._log is not None:
-                    self._log.checkpoint(self._state)  # may fail (a full disk): the log still holds every write
-            finally:
-                if self._log is not None:
-                    self._log.close()  # the directory lock is released whatever happened
-        self._purger.stop()
+        """Stop the purger, checkpoint (with ``path``) and release the directory (even if that checkpoint fails)."""
+        try:
+            self._local.close()
+        finally:
+            self._purger.stop()
 
     def __enter__(self) -> SemanticKV:
         return self
@@ -475,8 +428,3 @@ class SemanticKV(Conveniences):
             return
         self.purge_expired()
         self._counters["evicted"] += self._housekeeping.evict_over_capacity()
-
-    def _read(self, fn: Callable[[ShardState], Any]) -> Any:
-        """``fn(state)`` under the store's lock: how the housekeeping driver looks at the entries."""
-        with self._lock:
-            return fn(self._state)

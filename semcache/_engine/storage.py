@@ -110,10 +110,7 @@ class DurableLog:
 
     def _drop_torn_tail(self, wal_path: Path, data: bytes, damage: wal.Damage) -> None:
         """Cut an interrupted append off the log (new records must follow the last intact one), keeping its bytes."""
-        kept = wal_path.with_name(f"wal.log.torn-{damage.offset}")
-        kept.write_bytes(data[damage.offset :])
-        with open(wal_path, "r+b") as handle:
-            handle.truncate(damage.offset)
+        kept = wal.cut_torn_tail(wal_path, data, damage)
         log.warning(
             "semcache: %s ended in an interrupted write (%s at byte %d); its %d bytes were never acknowledged, "
             "were cut off and kept in %s",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from semcache._engine.commands import Command, decode_command, encode_command
 from semcache.errors import CorruptDataError, InvalidInputError
@@ -37,11 +38,15 @@ _SEQ = struct.Struct("<Q")
 RESYNC_SEQUENCES = 256
 
 
-def encode_record(seq: int, command: Command) -> bytes:
-    """One log record for ``command``, to be applied as number ``seq``."""
-    payload = encode_command(command)
+def encode_frame(seq: int, payload: bytes) -> bytes:
+    """One checksummed record holding ``payload`` as number ``seq`` (the Raft journal uses this framing too)."""
     body = _SEQ.pack(seq) + payload
     return struct.pack("<II", len(payload), zlib.crc32(body)) + body
+
+
+def encode_record(seq: int, command: Command) -> bytes:
+    """One log record for ``command``, to be applied as number ``seq``."""
+    return encode_frame(seq, encode_command(command))
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,21 @@ class Damage:
 
 
 @dataclass
+class FrameScan:
+    """The intact records of a log up to the first bad one, undecoded, and that damage if any.
+
+    Attributes:
+        frames: ``(end offset, seq, payload)`` of each intact record before the damage.
+        good_bytes: where the intact prefix ends.
+        damage: the first bad record, or None for a clean log.
+    """
+
+    frames: list[tuple[int, int, bytes]] = field(default_factory=list)
+    good_bytes: int = 0
+    damage: Damage | None = None
+
+
+@dataclass
 class Scan:
     """What a log holds: its intact records up to the first bad one, and that damage if any.
 
@@ -79,14 +99,13 @@ class Scan:
     damage: Damage | None = None
 
 
-def scan(data: bytes, start: int = 0, after_seq: int = 0) -> Scan:
-    """Read records from ``start`` until the end of ``data`` or the first bad record.
+def scan_frames(data: bytes, start: int = 0, after_seq: int = 0) -> FrameScan:
+    """Read records from ``start`` until the end of ``data`` or the first bad record, without decoding them.
 
-    Raises:
-        CorruptDataError: a record whose CRC matches cannot be decoded (written
-            by another version, or a bug): no tail rule applies to it.
+    ``after_seq`` is the number before the first record's: a damaged record is
+    told from a torn tail by looking for an intact record numbered after it.
     """
-    found = Scan(good_bytes=start)
+    found = FrameScan(good_bytes=start)
     pos, last_seq = start, after_seq
     while pos < len(data):
         reason = _bad_record(data, pos)
@@ -95,13 +114,45 @@ def scan(data: bytes, start: int = 0, after_seq: int = 0) -> Scan:
             return found
         length, _, seq = RECORD_HEAD.unpack_from(data, pos)
         end = pos + RECORD_HEAD.size + length
-        try:
-            command = decode_command(data[pos + RECORD_HEAD.size : end])
-        except InvalidInputError as exc:  # the CRC matched: written so, by another version or a bug
-            raise CorruptDataError(f"wal.log record {seq} at byte {pos} cannot be decoded: {exc}") from exc
-        found.records.append((end, seq, command))
+        found.frames.append((end, seq, data[pos + RECORD_HEAD.size : end]))
         found.good_bytes, pos, last_seq = end, end, seq
     return found
+
+
+def scan(data: bytes, start: int = 0, after_seq: int = 0) -> Scan:
+    """Read records from ``start`` until the end of ``data`` or the first bad record.
+
+    Raises:
+        CorruptDataError: a record whose CRC matches cannot be decoded (written
+            by another version, or a bug): no tail rule applies to it.
+    """
+    frames = scan_frames(data, start, after_seq)
+    found = Scan(good_bytes=frames.good_bytes, damage=frames.damage)
+    for end, seq, payload in frames.frames:
+        try:
+            command = decode_command(payload)
+        except InvalidInputError as exc:  # the CRC matched: written so, by another version or a bug
+            raise CorruptDataError(
+                f"wal.log record {seq} at byte {end - len(payload) - RECORD_HEAD.size} cannot be decoded: {exc}"
+            ) from exc
+        found.records.append((end, seq, command))
+    return found
+
+
+def cut_torn_tail(path: Path, data: bytes, damage: Damage) -> Path:
+    """Cut an interrupted append off the log at ``path`` (``data`` is its content), keeping the bytes beside it.
+
+    New records must follow the last intact one, so the tail goes; its bytes
+    (never acknowledged) are kept as ``<name>.torn-<offset>`` for inspection.
+
+    Returns:
+        The file the cut bytes were kept in.
+    """
+    kept = path.with_name(f"{path.name}.torn-{damage.offset}")
+    kept.write_bytes(data[damage.offset :])
+    with open(path, "r+b") as handle:
+        handle.truncate(damage.offset)
+    return kept
 
 
 def _bad_record(data: bytes, pos: int) -> str | None:

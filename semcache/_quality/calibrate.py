@@ -39,10 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from semcache._cache.cache import SEMANTIC_CANDIDATES, normalize_prompt
 from semcache._cache.guard import conflict
+from semcache._cache.keys import normalize_prompt
 from semcache.embeddings import BaseEmbedding
 from semcache.errors import ConfigurationError, InvalidInputError
+
+# Only the nearest entry is a candidate, as in the cache (semcache._cache.decision).
+SEMANTIC_CANDIDATES = 1
 
 DATA_FILES = {
     "gptcache": "gptcache_mock_data.json",

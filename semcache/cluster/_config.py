@@ -70,12 +70,16 @@ class Replica:
         raft: ``host:port`` of its Raft (pysyncobj) endpoint.
         rpc: ``grpc://host:port`` (or ``grpc+tls://``) of its client endpoint.
         data_dir: its journal and snapshots; default ``<cluster data_dir>/<id>``.
+        raft_bind: ``host:port`` its Raft port listens on, when the other replicas
+            reach it at ``raft`` through a proxy or NAT (default: ``raft``).
+            ``raft`` stays its identity in the shard.
     """
 
     id: str
     raft: str
     rpc: str
     data_dir: str | None = None
+    raft_bind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ class ClusterConfig:
         capacity: per-shard entry limit (None: no limit).
         eviction: the policy that picks victims over ``capacity``: ``"lru"``, ``"lfu"`` or ``"ttl"``.
         max_value_bytes: largest value; it must leave the encoded command under one Raft entry.
+        raft_fsync: fsync the Raft journal before a replica acknowledges an entry (an
+            acknowledged entry then survives power loss, not only a crash of the process).
     """
 
     secret: str
@@ -150,6 +156,7 @@ class ClusterConfig:
     maintenance_interval: float = DEFAULT_MAINTENANCE_INTERVAL
     fork_snapshots: bool = True
     index_backlog: int = DEFAULT_INDEX_BACKLOG
+    raft_fsync: bool = False
     path: str | None = field(default=None, compare=False)  # the file it was loaded from
 
     def __post_init__(self) -> None:
@@ -219,11 +226,14 @@ class ClusterConfig:
                 raise ConfigurationError(f"shard {shard.id!r} needs an id and at least one replica")
         replicas = self.replicas()
         _unique("replica id", [replica.id for replica in replicas])
-        _unique("address", [replica.raft for replica in replicas] + [_host_port(r.rpc) for r in replicas])
+        _unique("address", [replica.raft for replica in replicas] + [_host_port(r.rpc) for r in replicas]
+                + [r.raft_bind for r in replicas if r.raft_bind is not None])
         for replica in replicas:
             if not replica.id:
                 raise ConfigurationError("every replica needs a non-empty id")
             self._check_address(replica.raft, f"raft address of {replica.id}")
+            if replica.raft_bind is not None:
+                self._check_address(replica.raft_bind, f"raft_bind address of {replica.id}")
             scheme = replica.rpc.split("://", 1)[0] if "://" in replica.rpc else ""
             if scheme not in ("grpc", "grpc+tcp", "grpc+tls"):
                 raise ConfigurationError(f"rpc address of {replica.id} must be grpc://host:port, got {replica.rpc!r}")

@@ -4,14 +4,26 @@ pysyncobj 0.3.17 sends a message of 64 KiB or more through a chunked path that
 loses replication, so every entry semcache appends stays under that, and the
 limits below follow from it: change :data:`RAFT_MESSAGE_LIMIT` and they all move.
 
+The Raft port refuses a frame declaring more than :data:`MAX_RAFT_FRAME_BYTES`
+before buffering any of it (:mod:`semcache.cluster._raft.compat`).  The largest
+message semcache sends is an ``append_entries`` carrying a batch of entries
+just under :data:`RAFT_MESSAGE_LIMIT` plus the one entry that crosses it
+(pysyncobj's ``__getEntries`` stops after the entry that reaches the batch
+size); pickling at most doubles an entry (its index, term and framing next to
+the smallest command semcache logs), and Fernet adds a third (base64) and a
+header.  Snapshot chunks are one batch of file bytes, smaller still.
+
 >>> MAX_ENTRY_BYTES < RAFT_MESSAGE_LIMIT and DEFAULT_MAX_VALUE_BYTES == BATCH_MAX_BYTES < MAX_VALUE_BYTES_CEILING
+True
+>>> LARGEST_RAFT_MESSAGE < MAX_RAFT_FRAME_BYTES < 4 * LARGEST_RAFT_MESSAGE
 True
 """
 
 from __future__ import annotations
 
 KIB = 1024
-RAFT_MESSAGE_LIMIT = 64 * KIB  # pysyncobj's chunking threshold
+MIB = 1024 * KIB
+RAFT_MESSAGE_LIMIT = 64 * KIB  # pysyncobj's chunking threshold (appendEntriesBatchSizeBytes, logCompactionBatchSize)
 # One entry's command bytes: pysyncobj's pickled wrapper and the message framing add a few dozen bytes.
 MAX_ENTRY_BYTES = RAFT_MESSAGE_LIMIT - 4 * KIB
 # The largest value a cluster file may allow: a Put also carries its key (<= 1 KiB), its scope
@@ -26,7 +38,9 @@ BATCH_MAX_BYTES = DEFAULT_MAX_VALUE_BYTES
 # The largest legitimate request is a put_many (or search_many) batch: the client's batches stop at
 # BATCH_MAX_BYTES, plus one item that may be as large as a whole entry, plus a JSON header. Everything
 # that becomes a write fits one entry, so a request far over an entry is never legitimate.
-MIB = 1024 * KIB
 MAX_REQUEST_BYTES = 1 * MIB  # one RPC's body (the wire frame); gRPC refuses more while it arrives
 MAX_HEADER_BYTES = 256 * KIB  # a frame's JSON header (a 64-item put_many of 1 KiB keys needs ~100 KiB)
 MAX_METADATA_BYTES = 8 * KIB  # gRPC metadata (headers) of one call; the token needs ~60 bytes
+# The largest Raft message semcache sends, encrypted (see the module docstring), and the frame limit above it.
+LARGEST_RAFT_MESSAGE = (RAFT_MESSAGE_LIMIT + MAX_ENTRY_BYTES) * 2 * 4 // 3 + KIB
+MAX_RAFT_FRAME_BYTES = 1 * MIB

@@ -52,13 +52,14 @@ from typing import Any
 
 import numpy as np
 
-# One definition of a stream's shape, shared with the adapter that replays cached answers.
-from semcache.integrations.openai import completion_to_chunks
-
 DEFAULT_EMBEDDING_DIM = 1536
 _ERROR_MARKER = re.compile(r"\[\[error:(\d{3})\]\]")
 BREAK_MARKER = "[[break-stream]]"
 _TOKEN = re.compile(r"\w+", re.UNICODE)
+# Streamed text comes in token-like pieces: an optional leading space and up to 4 more characters
+# (the adapter replays whole words with their trailing space: the two must not share a chunker).
+_STREAM_PIECE = re.compile(r"\s?\S{1,4}|\s+")
+_ARGUMENTS_PIECE = 7  # characters of tool-call arguments per streamed delta
 _ENDPOINTS = {
     "/v1/chat/completions": "chat.completions",
     "/v1/responses": "responses",
@@ -120,6 +121,54 @@ def _usage(prompt: str, completion: str) -> dict[str, int]:
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+
+
+def stream_chunks(completion: dict[str, Any], *, include_usage: bool = False) -> list[dict[str, Any]]:
+    """The ``chat.completion.chunk`` objects this server streams for ``completion`` (one choice).
+
+    Written from OpenAI's documented stream format, independently of the
+    adapter's replay (:mod:`semcache.integrations.openai`), so the tests compare
+    the adapter's reassembly and replay against it: an opening delta with the
+    role (``content`` ``""`` for text; ``None`` and the first call's id, type and
+    name for a tool call), the text in token-like pieces or each call's
+    arguments in pieces, an empty delta with the finish reason; with
+    ``include_usage``, every chunk carries ``"usage": None`` and a last chunk
+    with no choices carries the usage.
+
+    >>> done = {"id": "c1", "created": 1, "model": "m", "system_fingerprint": None, "usage": None,
+    ...         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there"},
+    ...                      "finish_reason": "stop"}]}
+    >>> [(c["choices"][0]["delta"].get("content"), c["choices"][0]["finish_reason"]) for c in stream_chunks(done)]
+    [('', None), ('Hi', None), (' ther', None), ('e', None), (None, 'stop')]
+    """
+    (choice,) = completion["choices"]
+    message = choice["message"]
+    calls = message.get("tool_calls") or []
+    opening: dict[str, Any] = {"role": "assistant", "content": None if calls else "", "refusal": None}
+    deltas: list[dict[str, Any]] = [{"content": piece} for piece in _STREAM_PIECE.findall(message.get("content") or "")]
+    for position, call in enumerate(calls):
+        header = {"index": position, "id": call["id"], "type": "function"}
+        header["function"] = {"name": call["function"]["name"], "arguments": ""}
+        if position == 0:
+            opening["tool_calls"] = [header]
+        else:
+            deltas.append({"tool_calls": [header]})
+        arguments = call["function"]["arguments"]
+        for start in range(0, len(arguments), _ARGUMENTS_PIECE):
+            piece = {"index": position, "function": {"arguments": arguments[start : start + _ARGUMENTS_PIECE]}}
+            deltas.append({"tool_calls": [piece]})
+    head = {key: completion[key] for key in ("id", "created", "model", "system_fingerprint")}
+    head["object"] = "chat.completion.chunk"
+    if include_usage:
+        head["usage"] = None
+    ends = [None] * (len(deltas) + 1) + [choice["finish_reason"]]  # the finish reason comes with an empty delta
+    chunks = [
+        {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": end}]}
+        for delta, end in zip([opening, *deltas, {}], ends, strict=True)
+    ]
+    if include_usage:
+        chunks.append({**head, "choices": [], "usage": completion["usage"]})
+    return chunks
 
 
 class _QuietHTTPServer(ThreadingHTTPServer):
@@ -254,8 +303,7 @@ class FakeOpenAIServer:
             "usage": usage,
         }
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        chunks = completion_to_chunks(completion, include_usage=include_usage)
-        return completion, chunks
+        return completion, stream_chunks(completion, include_usage=include_usage)
 
     def _tool_call_message(
         self, tools: list[dict[str, Any]], tool_choice: Any, question: str, completion_id: str

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from support.clocks import Clock
 
-from semcache import SemanticCache, SemanticKV
-from semcache.embeddings import HashEmbedding
+from semcache import SemanticCache
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def cache(clock) -> Iterator[SemanticCache]:
-    backend = SemanticKV(embedding=HashEmbedding(dim=64), clock=clock, purge_interval=3600)
-    with SemanticCache(backend, threshold=0.7) as c:
-        yield c
+def cache(make_cache) -> SemanticCache:
+    return make_cache(threshold=0.7)

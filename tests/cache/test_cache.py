@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
+from support.wait import wait_until
 
 from semcache import Backend, SemanticCache, SemanticKV, canonical_scope, normalize_prompt
 from semcache.embeddings import HashEmbedding
-from semcache.errors import InvalidInputError
-
-
-def wait_until(condition, bound: float = 60.0) -> None:
-    deadline = time.monotonic() + bound
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.001)
+from semcache.errors import ConfigurationError, InvalidInputError
 
 
 def test_the_embedded_store_is_a_backend():
@@ -176,10 +169,13 @@ def test_a_leader_arriving_after_the_previous_one_stored_does_not_recompute(cach
     assert cache.get_or_compute("the question", must_not_run) == "first answer"
 
 
-def test_an_exception_in_fn_reaches_every_waiter_and_is_not_cached(cache):
+def test_an_exception_in_fn_is_not_cached_and_each_waiter_runs_fn_itself(cache):
+    """The single-flight failure semantic: a follower of a failed leader is not handed its exception."""
     release = threading.Event()
+    calls: list[int] = []
 
     def failing() -> str:
+        calls.append(1)
         assert release.wait(timeout=60)
         raise RuntimeError("upstream down")
 
@@ -198,9 +194,47 @@ def test_an_exception_in_fn_reaches_every_waiter_and_is_not_cached(cache):
     release.set()
     for thread in threads:
         thread.join(timeout=60)
-    assert len(errors) == 4
+    assert len(errors) == 4 and len({id(e) for e in errors}) == 4  # each caller its own exception
+    assert len(calls) == 4 and cache.stats.computes == 4  # the leader's call, then one per waiter
     assert cache.lookup("fragile question") is None
     assert cache.get_or_compute("fragile question", lambda: "recovered") == "recovered"
+
+
+def test_waiters_of_a_failed_leader_get_answers_of_their_own(cache):
+    release = threading.Event()
+    attempts: list[int] = []
+
+    def flaky() -> str:  # fails only the first time (the leader's call)
+        attempts.append(1)
+        if len(attempts) == 1:
+            assert release.wait(timeout=60)
+            raise RuntimeError("transient")
+        return "answer"
+
+    outcomes: list[str] = []
+
+    def call() -> None:
+        try:
+            outcomes.append(cache.get_or_compute("flaky question", flaky))
+        except RuntimeError:
+            outcomes.append("error")
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: cache.stats.single_flight_waits == 2)
+    release.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["answer", "answer", "error"]
+    assert cache.lookup("flaky question").response == "answer"
+
+
+def test_a_path_instead_of_a_backend_is_refused_at_once(tmp_path):
+    for path in ("./some-dir", tmp_path / "cache"):
+        with pytest.raises(ConfigurationError, match=r"a path is not a backend; .*pass SemanticCache\(SemanticKV\('"):
+            SemanticCache(path)  # type: ignore[arg-type]
+    assert not (tmp_path / "cache").exists()
 
 
 def test_clear_scope_drops_only_that_scope_and_clear_drops_the_namespace(clock):

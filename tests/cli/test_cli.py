@@ -38,18 +38,16 @@ def test_demo_shows_paraphrase_hits_and_hard_negative_misses() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert _row(out, "How can I enable dark mode?").endswith(" HIT")
-    assert _row(out, "What's the capital of France?").endswith(" HIT")
+    assert "verifier, score >= " in out.splitlines()[0]
+    for paraphrase in ("How can I enable dark mode?", "what's the capital of japan",
+                       "What health benefits does green tea have?"):
+        assert _row(out, paraphrase).endswith(" HIT"), paraphrase
     assert _row(out, "How do I reset my password?").endswith("HIT (exact)")
-    disable = _row(out, "How do I disable dark mode?")
-    assert "antonym" in disable and "miss" in disable
-    rust = _row(out, "How do I read a file in Rust?")
-    assert "entity" in rust and "miss" in rust
-    # Above the threshold, the guard alone turns these away.
-    assert _row(out, "Is it not safe to eat raw eggs?").endswith("miss (guard: negation)")
-    assert _row(out, "What was the GDP of France in 2020?").endswith("miss (guard: numbers)")
-    similarity = float(_row(out, "How can I enable dark mode?").split()[-3])
-    assert 0.95 <= similarity < 1.0
+    # Hard negatives, the verifier's verdict shown per row; the embedding alone scores some above 0.95.
+    for negative in ("How do I disable dark mode?", "How do I read a file in Rust?", "Is it not safe to eat raw eggs?",
+                     "What was the GDP of France in 2020?", "How do I sort a list in Python in descendin"):
+        assert re.search(r"miss \(verifier 0\.\d\d < 0\.\d\d\)$", _row(out, negative)), negative
+    assert float(_row(out, "Is it not safe to eat raw eggs?").split()[-7]) > 0.95  # the cosine alone would serve it
     for name in ("bare embedding", "semantic hit", "exact hit"):
         assert re.search(rf"{name}.* ms .*x embedding", out), out
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import pytest
+from support.wait import wait_until
 
 from semcache.cluster._coalesce import Combiner
 from semcache.errors import ClusterError, InvalidInputError, ShardUnavailableError
@@ -21,13 +22,6 @@ def start(fn: Callable[[], None]) -> threading.Thread:
     thread = threading.Thread(target=fn, daemon=True)
     thread.start()
     return thread
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.001)
 
 
 class GatedSend:
@@ -70,7 +64,7 @@ def test_writers_arriving_while_a_batch_is_in_flight_share_the_next_one() -> Non
     assert send.entered.acquire(timeout=WAIT)  # "first" is in flight, holding the only slot
     later = ["x1", "bad-x2", "x3", "x4"]
     threads = [start(lambda item=item: write(item)) for item in later]
-    wait_until(lambda: combiner.queued == len(later), "the later writers to queue")
+    wait_until(lambda: combiner.queued == len(later), what="the later writers to queue")
     send.gate.set()
     for thread in [first, *threads]:
         thread.join(WAIT)
@@ -111,7 +105,7 @@ def test_batches_respect_the_item_and_byte_bounds(max_items: int, max_bytes: int
     threads = []
     for n in range(6):  # queue in a known order
         threads.append(start(lambda n=n: combiner.submit(f"w{n}")))
-        wait_until(lambda n=n: combiner.queued == n + 1, "a writer to queue")
+        wait_until(lambda n=n: combiner.queued == n + 1, what="a writer to queue")
     send.gate.set()
     for thread in [blocker, *threads]:
         thread.join(WAIT)
@@ -191,7 +185,7 @@ def test_after_a_shard_fails_to_answer_the_callers_queued_behind_it_fail_at_once
     threads = [start(lambda: call("first"))]
     assert entered.wait(WAIT)
     threads += [start(lambda item=item: call(item)) for item in ("q1", "q2", "q3")]
-    wait_until(lambda: combiner.queued == 3, "the queued callers")
+    wait_until(lambda: combiner.queued == 3, what="the queued callers")
     gate.set()
     for thread in threads:
         thread.join(WAIT)

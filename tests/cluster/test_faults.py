@@ -1,5 +1,8 @@
 """Fault tests on real node processes: kill -9, SIGSTOP/SIGCONT, whole-cluster restart, lost majority, catch-up.
 
+Also: leader kills and pauses under large writes (no follower ever truncates an
+entry it applied), and network partitions of Raft links (tests/support/partition.py).
+
 Every test starts its own cluster in ``tmp_path`` and the harness stops every
 process it started, also when the test fails.  Waits are bounded; nothing
 asserts on speed (the gaps measured are printed, ``pytest -s`` shows them, and
@@ -15,9 +18,10 @@ from pathlib import Path
 
 import pytest
 from support.harness import ClusterHarness, History, Op, check_history, wait_until
+from support.partition import RaftPartitions
 
 from semcache.cluster._client import DistributedSemanticKV
-from semcache.errors import ClusterError, NoQuorumError, ShardUnavailableError
+from semcache.errors import ClusterError, NoQuorumError, NotLeaderError, ShardUnavailableError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -35,10 +39,36 @@ def shard_1x3(tmp_path: Path) -> Iterator[ClusterHarness]:
         yield cluster
 
 
+class PaddedValues:
+    """A client whose values are padded to ``size`` bytes in the cluster, and stripped again when read.
+
+    The history keeps the short values (a 40 KB copy per operation would not
+    fit in memory); a padding that came back damaged is returned as is, so the
+    checker reports it as a value no write wrote.  Only the key is embedded.
+    """
+
+    PAD = b"."
+
+    def __init__(self, kv: DistributedSemanticKV, size: int) -> None:
+        self.kv, self.size = kv, size
+        self.shard_ids = kv.shard_ids
+        self.shard_for = kv.shard_for
+
+    def put(self, key: str, value: bytes) -> None:
+        self.kv.put(key, value.ljust(self.size, self.PAD), text=key)
+
+    def get(self, key: str) -> bytes | None:
+        value = self.kv.get(key)
+        if value is None or len(value) != self.size:
+            return value
+        return value.rstrip(self.PAD)
+
+
 class WriteLoad:
     """Writer threads putting distinct values to their own keys (and reading some back) until stopped."""
 
-    def __init__(self, kv: DistributedSemanticKV, history: History, *, threads: int = 4, keys: int = 12) -> None:
+    def __init__(self, kv: DistributedSemanticKV | PaddedValues, history: History, *, threads: int = 4,
+                 keys: int = 12) -> None:
         self.kv, self.history = kv, history
         # Each thread writes the keys of one shard, so a stalled shard does not hold up the others' writers.
         names = [f"k{i}" for i in range(threads * keys * len(kv.shard_ids) * 2)]
@@ -329,3 +359,145 @@ def test_the_checker_treats_concurrent_writes_as_either_order() -> None:
         _op("read", "k", b"1", 4, 5),  # 1 may have been applied after 2
     ]
     assert check_history(ops) == []
+
+
+# ------------------------------------- 7. no follower truncates what it applied
+TRUNCATED_APPLIED = "truncating already-applied"  # pysyncobj's CRITICAL line when a follower cuts applied entries
+LARGE_VALUE = 40_000  # two entries fill pysyncobj's 64 KiB append batch: resends cover fewer entries than sent
+
+
+def acknowledged_since(history: History, since: float) -> int:
+    return sum(1 for op in history.ops if op.kind == "write" and op.outcome == "ok" and op.end > since)
+
+
+def every_replica_follows_a_leader(cluster: ClusterHarness, shard_id: str) -> bool:
+    reports = [cluster.health(replica_id) for replica_id in cluster.replicas(shard_id)]
+    return all(report is not None and report.get("leader") for report in reports)
+
+
+@pytest.mark.timeout(600)
+def test_leader_kills_and_pauses_under_large_writes_never_truncate_an_applied_entry(tmp_path: Path) -> None:
+    """20 rounds of kill -9 / SIGSTOP of the leader while 4 writers put 40 KB values.
+
+    A follower answering an old resend must keep the entries it already holds
+    (Raft: delete only from the first conflicting entry), so no replica ever
+    logs pysyncobj's "truncating already-applied" line, every acknowledged
+    write reads back, and the replicas end identical.
+    """
+    with ClusterHarness(tmp_path, shards=1, replicas=3) as cluster:
+        kv = PaddedValues(cluster.client(embedding=None, connection_timeout=1.0), LARGE_VALUE)
+        history = History()
+        load = WriteLoad(kv, history, threads=4, keys=8)
+        started = time.monotonic()
+        with load:
+            for round_ in range(20):
+                wait_until(lambda: every_replica_follows_a_leader(cluster, "shard-0"), what="every replica back")
+                leader = cluster.leader_of("shard-0")
+                faulted_at = time.monotonic()
+                if round_ % 2 == 0:
+                    cluster.kill9(leader)
+                    cluster.restart(leader)
+                else:
+                    cluster.pause(leader)
+                    cluster.leader_of("shard-0", other_than=leader)
+                    cluster.resume(leader)
+                wait_until(lambda since=faulted_at: acknowledged_since(history, since) >= 8, 60,
+                           what="writes acknowledged after the fault")
+        for key in load.all_keys():  # every acknowledged write must still be there
+            history.read(kv, key)
+        cluster.converge("shard-0")
+        acked = sum(1 for op in history.ops if op.kind == "write" and op.outcome == "ok")
+        logs = {r: (cluster.local.directory / "logs" / f"{r}.log").read_text(errors="replace")
+                for r in cluster.replicas("shard-0")}
+    truncations = {replica_id: text.count(TRUNCATED_APPLIED) for replica_id, text in logs.items()}
+    print(f"\n[fault 7] 20 leader faults in {time.monotonic() - started:.0f}s: {acked} writes of {LARGE_VALUE} bytes "
+          f"acknowledged; truncations of applied entries: {truncations}")
+    assert check_history(history.ops) == []
+    assert all(op.value is not None for op in history.ops[-len(load.all_keys()):])
+    assert truncations == dict.fromkeys(logs, 0)
+
+
+# ------------------------------------------------------- 8. network partitions
+@pytest.fixture
+def partitioned_1x3(tmp_path: Path) -> Iterator[tuple[ClusterHarness, RaftPartitions]]:
+    cluster = ClusterHarness(tmp_path, shards=1, replicas=3)
+    with RaftPartitions(cluster.local) as net, cluster:  # the proxies start first, the nodes behind them
+        yield cluster, net
+
+
+def put_directly(cluster: ClusterHarness, replica_id: str, key: str, value: bytes) -> object:
+    """Put through one replica's RPC endpoint (no client retries); "ok" or the error it answered with."""
+    with cluster.node(replica_id, timeout=30.0) as node:
+        try:
+            node.put(key, value, scope="", vector=None, ttl_ms=0)
+            return "ok"
+        except ClusterError as exc:
+            return exc
+
+
+def test_an_isolated_leader_commits_nothing_and_the_majority_carries_on(
+    partitioned_1x3: tuple[ClusterHarness, RaftPartitions],
+) -> None:
+    cluster, net = partitioned_1x3
+    kv = cluster.client(embedding=None, connection_timeout=1.0, request_timeout=20.0)
+    history = History()
+    for i in range(10):
+        assert history.write(kv, f"before:{i}", f"before:{i}#0".encode()) == "ok"
+    old = cluster.leader_of("shard-0")
+    old_term = (cluster.health(old) or {})["term"]
+    net.partition(old)
+    cut_at = time.monotonic()
+    # The isolated leader cannot commit: a write sent to it fails (no quorum, or it stepped down meanwhile).
+    isolated = put_directly(cluster, old, "isolated", b"written to the isolated leader")
+    assert isinstance(isolated, NoQuorumError | NotLeaderError), isolated
+    # It steps down once it has not heard from a majority for leaderFallbackTimeout.
+    wait_until(lambda: (h := cluster.health(old)) is not None and h["role"] != "leader", 30,
+               what="the isolated leader to step down")
+    stepped_down_after = time.monotonic() - cut_at
+    new = cluster.leader_of("shard-0", other_than=old)
+    during = [history.write(kv, f"during:{i}", f"during:{i}#0".encode()) for i in range(20)]
+    assert during.count("ok") >= 15, during
+    # The minority side refuses writes.
+    minority = put_directly(cluster, old, "minority", b"written to the minority")
+    assert isinstance(minority, NoQuorumError | NotLeaderError), minority
+    net.heal()
+    digest = cluster.converge("shard-0")
+    health = wait_until(lambda: (h := cluster.health(old)) and h.get("role") == "follower" and h, 30)
+    assert health["term"] > old_term
+    print(f"\n[fault 8] isolated leader {old} refused with {type(isolated).__name__}, stepped down after "
+          f"{stepped_down_after:.1f}s; {new} led the majority; healed and converged ({digest[:12]})")
+    for key in [f"before:{i}" for i in range(10)] + [f"during:{i}" for i in range(20)]:
+        history.read(kv, key)
+    assert check_history(history.ops) == []
+    assert kv.get("isolated") is None and kv.get("minority") is None  # never reached a majority
+    assert net.unidentified == 0  # every Raft connection was told apart by the proxies
+
+
+def test_partitions_under_write_load_lose_no_acknowledged_write(
+    partitioned_1x3: tuple[ClusterHarness, RaftPartitions],
+) -> None:
+    cluster, net = partitioned_1x3
+    kv = cluster.client(embedding=None, connection_timeout=1.0)
+    history = History()
+    load = WriteLoad(kv, history, threads=3, keys=8)
+    with load:
+        for victim in (cluster.followers_of("shard-0")[0], cluster.leader_of("shard-0")):
+            was_leader = victim == cluster.leader_of("shard-0")
+            net.partition(victim)
+            cut_at = time.monotonic()
+            if was_leader:
+                cluster.leader_of("shard-0", other_than=victim)
+            wait_until(lambda since=cut_at: acknowledged_since(history, since) >= 20, 60,
+                       what="the majority to acknowledge writes during the partition")
+            assert (cluster.health(victim) or {}).get("has_quorum") is False
+            net.heal()
+            healed_at = time.monotonic()
+            wait_until(lambda since=healed_at: acknowledged_since(history, since) >= 10, 60,
+                       what="writes acknowledged after the heal")
+    for key in load.all_keys():
+        history.read(kv, key)
+    cluster.converge("shard-0")
+    acked = sum(1 for op in history.ops if op.kind == "write" and op.outcome == "ok")
+    unknown = sum(1 for op in history.ops if op.kind == "write" and op.outcome == "unknown")
+    print(f"\n[fault 8b] a follower, then the leader, partitioned under load: {acked} acknowledged, {unknown} unknown")
+    assert check_history(history.ops) == []

@@ -1,4 +1,4 @@
-"""ReplicatedShard in-process: batch codec, entry-size limits, snapshot + journal recovery.
+"""ReplicatedShard in-process: batch codec, entry-size limits, snapshot + journal recovery, a damaged journal.
 
 A one-replica shard is its own majority, so these run without other processes
 (the multi-process behaviour is in test_node_cluster.py).
@@ -15,15 +15,21 @@ import numpy as np
 import pytest
 from pysyncobj import tcp_connection
 
+from semcache._engine import wal
 from semcache._engine.commands import Delete, Evict, Put, encode_command
 from semcache._engine.housekeeping import chunk_keys
 from semcache._engine.state import ShardState
 from semcache.cluster._config import ClusterConfig, Replica, ShardConfig
 from semcache.cluster._local import free_ports
+from semcache.cluster._raft.compat import journal
 from semcache.cluster._raft.group_commit import pack_batch, unpack_batch
+from semcache.cluster._raft.journal import JOURNAL_FILE
 from semcache.cluster._raft.replica import ReplicatedShard
-from semcache.cluster._sizes import MAX_ENTRY_BYTES
-from semcache.errors import InvalidInputError, LimitExceededError
+from semcache.cluster._sizes import MAX_ENTRY_BYTES, RAFT_MESSAGE_LIMIT
+from semcache.errors import CorruptDataError, InvalidInputError, LimitExceededError
+
+# Real pysyncobj groups in this process (Raft timers, threads): seconds each.
+pytestmark = pytest.mark.slow
 
 DIM = 16
 
@@ -167,3 +173,48 @@ def test_deferred_inserts_are_searchable_at_once_and_end_in_the_same_graph(
         eager.apply(command)
     eager.applied = replica.applied  # the only other difference: commands the shard applied for itself
     assert shard.digest()[1] == eager.digest()
+
+
+def test_a_replica_refuses_to_start_on_a_damaged_journal_and_drops_a_torn_tail(
+    open_shard: Callable[..., ReplicatedShard], tmp_path: Path
+) -> None:
+    config = _config(tmp_path)
+    shard = open_shard(config)
+    for i in range(30):
+        shard.submit(_put(f"k{i}"))
+    applied, digest = shard.digest()
+    shard.close()
+    path = config.data_dir_of("r0") / JOURNAL_FILE
+    intact = path.read_bytes()
+    # A torn tail (a kill in the middle of an append): the replica starts, without that never-acknowledged record.
+    path.write_bytes(intact + wal.encode_frame(applied + 10, b"\x00" * 200)[:40])
+    reopened = open_shard(config)
+    deadline = time.monotonic() + 20
+    while reopened.digest()[0] < applied:
+        assert time.monotonic() < deadline, "the journal was not replayed"
+        time.sleep(0.05)
+    assert reopened.digest() == (applied, digest)
+    reopened.close()
+    assert list(path.parent.glob(f"{JOURNAL_FILE}.torn-*"))
+    # A flipped bit with intact records after it: refused, naming the file and the offset, nothing changed.
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x04
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CorruptDataError) as info:
+        ReplicatedShard(config, "r0")
+    assert str(path) in str(info.value) and "byte " in str(info.value)
+    assert path.read_bytes() == bytes(damaged)
+
+
+def test_binary_values_are_measured_as_the_raft_entry_holds_them(
+    open_shard: Callable[..., ReplicatedShard], tmp_path: Path
+) -> None:
+    """pysyncobj pickles an entry with protocol 2: every byte >= 0x80 takes two.  An entry of 64 KiB
+    or more would take its broken chunked path, so such a command is refused before it is logged."""
+    shard = open_shard(_config(tmp_path))
+    assert shard.submit(_put("fits", b"\xff" * 29_000)) == 1
+    sizes = [len(entry[0]) for entry in journal(shard)[:]]
+    assert 58_000 < max(sizes) < RAFT_MESSAGE_LIMIT
+    with pytest.raises(LimitExceededError):
+        shard.submit(_put("too-big", b"\xff" * 40_000))  # 40 KB, 80 KB as pickled into the entry
+    assert shard.read(lambda state, now: state.get("too-big", now)) is None

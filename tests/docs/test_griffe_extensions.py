@@ -28,4 +28,5 @@ def test_unindented_doctests_are_fenced_and_section_examples_left_alone():
 
 
 def test_integrations_live_where_the_extension_looks():
-    assert (tools.INTEGRATIONS / "openai.py").is_file() and (tools.INTEGRATIONS / "__init__.py").is_file()
+    assert (tools.INTEGRATIONS / "__init__.py").is_file() and (tools.INTEGRATIONS / "langchain.py").is_file()
+    assert (tools.INTEGRATIONS / "openai" / "__init__.py").is_file()  # a subpackage: attached with its modules

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 from openai import APIStatusError, OpenAI
+from support.wait import wait_until
 
 from semcache import EmbeddingMismatchError, InvalidInputError, SemanticKV
 from semcache._engine.state import ShardState
@@ -164,13 +164,6 @@ def run_threads(emb: CallableEmbedding, texts: Sequence[str], model: Recorder) -
     if errors:
         raise errors[0]
     return results
-
-
-def wait_until(condition, bound: float = 60.0) -> None:
-    deadline = time.monotonic() + bound
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.001)
 
 
 def test_concurrent_single_calls_are_micro_batched():

@@ -200,3 +200,17 @@ def test_put_many_on_a_store_closed_meanwhile_says_closed_and_how_far_it_got(mon
     with pytest.raises(ClosedError, match="put_many stored 10 of 25 items; "):
         kv.put_many({f"k{i:02d}": f"value number {i}" for i in range(25)})
     assert kv._state.stats()["entries"] == 10
+
+
+def test_put_many_stores_precomputed_vectors_checked_before_anything_is_stored():
+
+    embedding = HashEmbedding(dim=16)
+    with SemanticKV(embedding=embedding) as kv:
+        vector = embedding.embed(["some words"])[0]
+        calls = embedding.model_calls
+        assert kv.put_many([("v:1", b"value one", vector * 3.0), ("t:1", "embedded text")]) == 2
+        assert embedding.model_calls == calls + 1  # only the text was embedded
+        assert kv.search(None, top_k=1, vector=vector)[0].key == "v:1"
+        with pytest.raises(InvalidInputError, match="put_many item 1: .*dimension 3, expected 16"):
+            kv.put_many([("v:2", b"ok", vector), ("v:3", b"bad", np.ones(3, dtype=np.float32))])
+        assert kv.get("v:2") is None  # nothing of the call was stored

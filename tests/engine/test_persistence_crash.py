@@ -115,6 +115,7 @@ def check_acknowledged(kv: SemanticKV, acked: list[str], deleted: set[str]) -> N
             assert kv.get(key) == text_of(key).encode(), key
 
 
+@pytest.mark.slow
 def test_kill_9_during_writes_and_checkpoints_loses_no_acknowledged_write(tmp_path):
     path = tmp_path / "store"
     all_acked: list[str] = []
@@ -137,6 +138,7 @@ def test_kill_9_during_writes_and_checkpoints_loses_no_acknowledged_write(tmp_pa
         assert (path / "snapshot" / "state.json").exists()
 
 
+@pytest.mark.slow
 def test_kill_9_with_fsync_loses_no_acknowledged_write(tmp_path):
     path = tmp_path / "store"
     acked, deleted = run_and_kill(path, "f", 200, checkpoint_bytes=1 << 30, fsync=True)
@@ -144,6 +146,7 @@ def test_kill_9_with_fsync_loses_no_acknowledged_write(tmp_path):
         check_acknowledged(kv, acked, deleted)
 
 
+@pytest.mark.slow
 def test_a_torn_log_tail_is_dropped_and_writing_continues(tmp_path):
     path = tmp_path / "store"
     acked, deleted = run_and_kill(path, "t", 100, checkpoint_bytes=1 << 30)

@@ -8,11 +8,17 @@ import importlib
 import pytest
 
 MODULES = [
+    "semcache.integrations._adapter",
     "semcache.integrations._conversation",
     "semcache.integrations._memo",
     "semcache.integrations._writes",
     "semcache.integrations.langchain",
     "semcache.integrations.openai",
+    "semcache.integrations.openai._answers",
+    "semcache.integrations.openai._plan",
+    "semcache.integrations.openai._shapes",
+    "semcache.integrations.openai._streams",
+    "semcache.integrations.openai._wrap",
     "semcache.testing.openai_server",
 ]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import semcache.integrations.langchain as langchain_adapter
 import semcache.integrations.openai as openai_adapter
-
 import semcache.testing as testing
 
 

@@ -163,7 +163,8 @@ def test_default_threshold_keeps_wrong_hits_under_one_percent_on_gptcache(minilm
     sample = prepare(Dataset("sample", prepared.dataset.pairs[:150]), minilm)
     expected = served(sample, DEFAULT_THRESHOLD).tolist()
     # M >= (n-1)/2 and ef >= n make HNSW exact for n entries on any build, so the real cache must match.
-    with SemanticCache(SemanticKV(embedding=minilm, purge_interval=3600, hnsw_m=75, ef_search=150)) as cache:
+    backend = SemanticKV(embedding=minilm, purge_interval=3600, hnsw_m=75, ef_search=150)
+    with SemanticCache(backend, threshold=DEFAULT_THRESHOLD) as cache:  # the cosine decision this simulates
         for pair in sample.dataset.pairs:
             cache.store(pair.first, pair.id)
         for pair, entry in zip(sample.dataset.pairs, expected, strict=True):

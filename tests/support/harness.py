@@ -20,7 +20,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,28 +28,12 @@ from semcache.cluster._client import DistributedSemanticKV
 from semcache.cluster._flight import NodeClient
 from semcache.cluster._local import LocalCluster
 from semcache.errors import ClusterError, NoQuorumError, NotLeaderError, ShardUnavailableError
+from support.wait import WAIT, wait_until
 
 T = TypeVar("T")
 
 DIM = 64
 EMBEDDING = f"hash:{DIM}"
-WAIT = 45.0  # upper bound on any settling wait on a loaded 2-core machine
-
-
-def wait_until(predicate: Callable[[], T], timeout: float = WAIT, *, interval: float = 0.1, what: str = "") -> T:
-    """Poll ``predicate`` until it returns something truthy; that value.
-
-    Raises:
-        TimeoutError: still falsy after ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 class ClusterHarness:
@@ -147,7 +130,7 @@ class ClusterHarness:
                     return replica_id
             return None
 
-        return wait_until(find, timeout, what=f"a leader of {shard_id}")
+        return wait_until(find, timeout, interval=0.1, what=f"a leader of {shard_id}")
 
     def followers_of(self, shard_id: str) -> list[str]:
         leader = self.leader_of(shard_id)

@@ -1,7 +1,10 @@
 """Everything pysyncobj: one replica of a shard as a Raft group member.
 
 - ``replica``: :class:`ReplicatedShard`, the ``SyncObj`` subclass composing the parts below.
-- ``compat``: the one module importing pysyncobj, and every access to its private names.
+- ``compat``: the one module importing pysyncobj, every access to its private names, and every
+  pysyncobj code path semcache replaces (follower log matching, the journal, the Raft port's limits).
+- ``log_matching``: Raft's AppendEntries rule for a follower, as a plan pysyncobj carries out.
+- ``journal``: the replica's checksummed Raft journal (replaces pysyncobj's FileJournal).
 - ``group_commit``: writes waiting to commit, batched into entries under the Raft entry limit.
 - ``applier``: the applier thread applying committed entries in log order, off the tick thread.
 - ``leadership``: who leads, and the read barrier a new leader passes before serving reads.

@@ -24,7 +24,9 @@ Private accesses, and why each is needed:
 ``SyncObj._SyncObj__raftElectionDeadline`` (:func:`restart_election_timer`)
     Restoring a snapshot runs inside the leader's snapshot message; without
     restarting the timer a restore longer than the election timeout makes the
-    follower campaign at its next tick and depose a healthy leader.
+    follower campaign at its next tick and depose a healthy leader.  Set on
+    pysyncobj's own clock (:data:`raft_clock`, ``CLOCK_MONOTONIC_RAW``), which
+    drifts away from ``time.monotonic()`` with uptime.
 ``SyncObj._SyncObj__raftLog`` (:func:`journal`)
     A node stopped between writing a snapshot and trimming its journal restarts
     with a journal that begins before the snapshot, and pysyncobj would then
@@ -39,9 +41,42 @@ Private accesses, and why each is needed:
     Public, but it iterates dicts the tick thread may resize meanwhile, so it
     is retried.
 
+pysyncobj code paths semcache replaces (each also says so where it is done):
+
+``SyncObj.__onMessageReceived`` (``append_entries``) and ``SyncObj.__sendNextNodeIdx`` (:class:`RaftNode`)
+    A follower deleted every entry after ``prevLogIdx`` of any message, so an
+    old resend (pysyncobj sends them routinely) cut off entries it had
+    acknowledged and applied, and its commit index fell below its last applied
+    index.  Overridden (name-mangled methods resolve through the subclass) to
+    process the message :func:`.log_matching.plan_append` makes of it: Raft's
+    rule, deleting only from a real conflict.  See :mod:`.log_matching`.
+    ``SyncObj.__onBecomeLeader`` is wrapped too: the no-op it appends is
+    synced (:func:`sync_journal`) before the leader counts it.
+``pysyncobj.syncobj.createJournal`` (:func:`use_checksummed_journals`)
+    pysyncobj's ``FileJournal`` has no checksums; a replica's journal is a
+    :class:`.journal.RaftJournal` (CRC32 per record, torn tail told from
+    damage).  Only paths given as :class:`.journal.JournalFile` are affected.
+``TcpConnection.__processRead`` / ``__processParseMessage`` (:class:`BoundedTcpConnection`)
+    pysyncobj buffered whatever length a frame header declared (2 GiB: the
+    tick thread spent its time growing a ``bytes`` and leaders were deposed,
+    bakwc/PySyncObj#174) and read a fast sender's stream without end.  Frames
+    over :data:`~semcache.cluster._sizes.MAX_RAFT_FRAME_BYTES` now close the
+    connection before anything is buffered, and one read stops once a full
+    frame's worth is buffered.  Installed in ``pysyncobj.transport`` and
+    ``pysyncobj.tcp_server`` (:func:`bound_raft_connections`).
+``TCPTransport._unknownConnections`` (:meth:`RaftNode.reap_idle_connections`)
+    pysyncobj checks a connection's timeout only when it has an event, so a
+    connection that never sends anything stays open for ever.  Connections
+    that have not identified themselves as a member within the connection
+    timeout (the handshake needs the secret), and read-only peers idle that
+    long, are closed; at most :data:`MAX_UNIDENTIFIED_CONNECTIONS` wait at once.
+    Links between members are left alone: follower-to-follower links carry no
+    traffic by design.
+
 Hazards of pysyncobj 0.3.17 handled elsewhere: pickle transport (the replica
 always sets ``password``), entries of 64 KiB or more take a broken chunked path
-(:mod:`semcache.cluster._sizes`, :mod:`.group_commit`), default snapshots stall
+(:mod:`semcache.cluster._sizes`; :mod:`.group_commit` counts an entry as pickled,
+bytes >= 0x80 twice), default snapshots stall
 the tick thread (:mod:`.snapshots`), retried commands may apply twice (every
 command is idempotent), an exception in a ``@replicated`` method wedges the
 apply loop (``apply_batch`` never raises).
@@ -49,12 +84,16 @@ apply loop (``apply_batch`` never raises).
 
 from __future__ import annotations
 
+import logging
+import struct
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 try:
+    import pysyncobj.syncobj as syncobj_module
     from pysyncobj import (
         FAIL_REASON,
         SERIALIZER_STATE,
@@ -63,19 +102,31 @@ try:
         SyncObjException,
         replicated,
         tcp_connection,
+        tcp_server,
+        transport,
     )
+    from pysyncobj.monotonic import monotonic as raft_clock
     from pysyncobj.node import TCPNode
     from pysyncobj.pipe_notifier import PipeNotifier
+    from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     from semcache.errors import missing_extra
 
     raise missing_extra("pysyncobj", "cluster", "Raft replication") from exc
+
+from semcache.cluster._raft.journal import JournalFile, RaftJournal
+from semcache.cluster._raft.log_matching import plan_append
+from semcache.cluster._sizes import MAX_RAFT_FRAME_BYTES
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "EAGER_SEND",
     "FAIL_REASON",
     "SERIALIZER_STATE",
     "PipeNotifier",
+    "BoundedTcpConnection",
+    "RaftNode",
     "SyncObj",
     "SyncObjConf",
     "SyncObjException",
@@ -94,6 +145,8 @@ __all__ = [
     "send_append_entries",
     "send_raft_messages_uncompressed",
     "tick_wakeup",
+    "bound_raft_connections",
+    "use_checksummed_journals",
 ]
 
 # Batching on, with new entries sent by a tick callback; needs these private methods.
@@ -146,7 +199,8 @@ def election_noop_index(syncobj: SyncObj) -> int | None:
 
 def restart_election_timer(syncobj: SyncObj, seconds: float) -> None:
     """Postpone this follower's next election as if it had just heard from the leader."""
-    syncobj._SyncObj__raftElectionDeadline = time.monotonic() + seconds
+    # pysyncobj's clock (CLOCK_MONOTONIC_RAW), not time.monotonic(): the two drift apart with uptime.
+    syncobj._SyncObj__raftElectionDeadline = raft_clock() + seconds
 
 
 def journal(syncobj: SyncObj) -> Any:
@@ -221,3 +275,190 @@ def hasten_election(syncobj: SyncObj, seconds: float) -> None:
     """Make this follower campaign within ``seconds`` unless it was due sooner."""
     deadline = time.monotonic() + seconds
     syncobj._SyncObj__raftElectionDeadline = min(syncobj._SyncObj__raftElectionDeadline, deadline)
+# ------------------------------------------------------ the replica's SyncObj
+REAP_INTERVAL = 0.25  # seconds between two looks for idle connections (in the tick thread)
+MAX_UNIDENTIFIED_CONNECTIONS = 64  # connections to the Raft port not yet known as a member; the oldest go first
+
+
+class RaftNode(SyncObj):
+    """pysyncobj's ``SyncObj`` with semcache's corrections; :class:`.replica.ReplicatedShard` derives from it.
+
+    * ``append_entries`` follows Raft's receiver rule (:mod:`.log_matching`);
+    * the journal is made durable (:meth:`.journal.RaftJournal.sync`) before a
+      follower acknowledges anything and at every tick of a leader, which
+      counts its own copy at the next tick (a no-op unless it fsyncs);
+    * unidentified and idle read-only connections to the Raft port are closed
+      (:meth:`reap_idle_connections`).
+    """
+
+    _ack_index: int | None = None  # while a planned append_entries is processed: the last entry it may acknowledge
+    _next_reap = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.addOnTickCallback(self._on_raft_tick)
+
+    # Replaces SyncObj.__onMessageReceived for append_entries: pysyncobj deletes every entry after
+    # prevLogIdx; Raft deletes only from a conflict (see log_matching, and bakwc/PySyncObj#166).
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        plan = self._append_plan(message)
+        if plan is not None:
+            message = {**message, "prevLogIdx": plan.prev_index, "prevLogTerm": plan.prev_term,
+                       "entries": plan.entries, "commit_index": plan.leader_commit}
+            self._ack_index = plan.ack_index
+        try:
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+        finally:
+            self._ack_index = None
+
+    def _append_plan(self, message: Any) -> Any:
+        """Raft's plan for an ``append_entries`` carrying entries (None: anything else, left to pysyncobj)."""
+        if not isinstance(message, dict) or message.get("type") != "append_entries":
+            return None
+        if "prevLogIdx" not in message or "transmission" in message:
+            return None  # a snapshot chunk, or pysyncobj's chunked path (entries under 64 KiB never take it)
+        if message["term"] < self._SyncObj__raftCurrentTerm:
+            return None  # pysyncobj ignores a deposed leader
+        return plan_append(self._SyncObj__raftLog, prev_index=message["prevLogIdx"],
+                           prev_term=message["prevLogTerm"], entries=message.get("entries", []),
+                           leader_commit=message["commit_index"], leader_term=message["term"])
+
+    # Replaces SyncObj.__sendNextNodeIdx: acknowledge only the entries known to match the leader's
+    # (pysyncobj names its whole log), and only once they are durable.
+    def _SyncObj__sendNextNodeIdx(self, node: Any, reset: bool = False, nextNodeIdx: int | None = None,  # noqa: N803
+                                  success: bool = False) -> None:
+        if success and not reset and self._ack_index is not None:
+            nextNodeIdx = self._ack_index + 1
+        if success:
+            sync_journal(self)
+        SyncObj._SyncObj__sendNextNodeIdx(self, node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
+
+    # Wraps SyncObj.__onBecomeLeader: the no-op it appends (outside a tick) counts towards a commit at the
+    # next tick, so it is made durable first, like every other entry a leader counts.
+    def _SyncObj__onBecomeLeader(self) -> None:
+        SyncObj._SyncObj__onBecomeLeader(self)
+        sync_journal(self)
+
+    def _on_raft_tick(self) -> None:
+        sync_journal(self)  # a leader counts its own entries at the next tick
+        now = raft_clock()
+        if now >= self._next_reap:
+            self._next_reap = now + REAP_INTERVAL
+            self.reap_idle_connections(now)
+
+    def reap_idle_connections(self, now: float) -> int:
+        """Close connections that never identified themselves, or read-only ones gone quiet; how many were closed.
+
+        pysyncobj looks at a connection's timeout only when the connection has
+        an event, so one that sends nothing stays open for ever (``now`` is
+        pysyncobj's clock, :data:`raft_clock`).  A member identifies itself in
+        the first round trips (the handshake needs the secret), so an
+        unidentified connection older than ``connectionTimeout`` is closed,
+        and so are the oldest beyond :data:`MAX_UNIDENTIFIED_CONNECTIONS`.
+        """
+        raft_transport = self._SyncObj__transport
+        timeout = self.conf.connectionTimeout
+        unknown = sorted(getattr(raft_transport, "_unknownConnections", ()),
+                         key=lambda conn: getattr(conn, "opened_at", now))
+        excess = len(unknown) - MAX_UNIDENTIFIED_CONNECTIONS
+        closing = [conn for position, conn in enumerate(unknown)
+                   if position < excess or now - getattr(conn, "opened_at", now) > timeout]
+        connections = getattr(raft_transport, "_connections", {})
+        for node in list(getattr(raft_transport, "_readonlyNodes", ())):
+            conn = connections.get(node)
+            if conn is not None and now - conn._TcpConnection__lastReadTime > timeout:
+                closing.append(conn)
+        for conn in closing:
+            conn.disconnect()
+            raft_transport._unknownConnections.discard(conn)
+        if closing:
+            logger.info("closed %d idle or unidentified connection(s) to the Raft port", len(closing))
+        return len(closing)
+
+
+def sync_journal(syncobj: SyncObj) -> None:
+    """Make the entries ``syncobj`` journalled so far durable (fsync, if its journal is set to)."""
+    sync = getattr(journal(syncobj), "sync", None)
+    if sync is not None:
+        sync()
+
+
+# ------------------------------------------------------------ the journal
+_STOCK_CREATE_JOURNAL = syncobj_module.createJournal
+
+
+def _create_journal(journalFile: Any = None) -> Any:  # noqa: N803 - pysyncobj's parameter name
+    """Replaces ``pysyncobj.syncobj.createJournal``: a :class:`.journal.JournalFile` opens a checksummed journal."""
+    if isinstance(journalFile, JournalFile):
+        return RaftJournal(Path(journalFile), fsync=journalFile.fsync)
+    return _STOCK_CREATE_JOURNAL(journalFile)
+
+
+def use_checksummed_journals() -> None:
+    """Make pysyncobj in this process open a :class:`.journal.RaftJournal` for every ``JournalFile`` path."""
+    syncobj_module.createJournal = _create_journal
+
+
+# -------------------------------------------------------- the Raft port
+_FRAME_LENGTH = struct.Struct("i")  # pysyncobj's frame header: a native signed int, then the frame
+
+
+class BoundedTcpConnection(TcpConnection):
+    """pysyncobj's ``TcpConnection``, refusing frames over MAX_RAFT_FRAME_BYTES before buffering them.
+
+    pysyncobj reads everything a socket has into one ``bytes`` (grown with
+    ``+=``) and waits for as many bytes as the frame header declares, up to
+    2 GiB; a peer streaming fast enough keeps its read loop going for ever
+    (bakwc/PySyncObj#174).  Each header is checked as soon as it arrives: one
+    over :data:`~semcache.cluster._sizes.MAX_RAFT_FRAME_BYTES` (or negative)
+    closes the connection, and a read stops once a whole frame's worth is
+    buffered, so the frames are parsed (and an unauthenticated peer's garbage
+    refused) before more is read.  At most one frame plus one ``recv`` is
+    buffered per connection.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.opened_at = raft_clock()
+        self._unchecked_from = 0  # where the first frame header not yet checked starts in the read buffer
+        super().__init__(*args, **kwargs)
+
+    def connect(self, host: str, port: int) -> bool:
+        self.opened_at, self._unchecked_from = raft_clock(), 0
+        return bool(super().connect(host, port))
+
+    def disconnect(self) -> None:
+        self._unchecked_from = 0
+        super().disconnect()
+
+    # Replaces TcpConnection.__processRead (one recv into the read buffer): check the frame headers it completed.
+    def _TcpConnection__processRead(self) -> bool:
+        more = bool(TcpConnection._TcpConnection__processRead(self))
+        if self.state == CONNECTION_STATE.DISCONNECTED:
+            return False
+        buffered = self._TcpConnection__readBuffer
+        position = self._unchecked_from
+        while position + _FRAME_LENGTH.size <= len(buffered):
+            (length,) = _FRAME_LENGTH.unpack_from(buffered, position)
+            if not 0 <= length <= MAX_RAFT_FRAME_BYTES:
+                logger.warning("closing a Raft connection: a frame declares %d bytes (the limit is %d)",
+                               length, MAX_RAFT_FRAME_BYTES)
+                self.disconnect()
+                return False
+            position += _FRAME_LENGTH.size + length
+        self._unchecked_from = position
+        # A full frame is buffered: parse it before reading on (the poller reports the rest again).
+        return more and len(buffered) <= MAX_RAFT_FRAME_BYTES + _FRAME_LENGTH.size
+
+    # Replaces TcpConnection.__processParseMessage (one frame off the buffer): keep the checked offset aligned.
+    def _TcpConnection__processParseMessage(self) -> Any:
+        before = len(self._TcpConnection__readBuffer)
+        message = TcpConnection._TcpConnection__processParseMessage(self)
+        consumed = before - len(self._TcpConnection__readBuffer)
+        self._unchecked_from = max(0, self._unchecked_from - consumed)
+        return message
+
+
+def bound_raft_connections() -> None:
+    """Make pysyncobj's server and transport in this process use :class:`BoundedTcpConnection`."""
+    tcp_server.TcpConnection = BoundedTcpConnection
+    transport.TcpConnection = BoundedTcpConnection

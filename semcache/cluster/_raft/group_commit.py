@@ -3,7 +3,10 @@
 Concurrent writes share Raft entries.  A write joins the pending list; while
 fewer than :data:`MAX_IN_FLIGHT` entries await commit, the pending writes go
 out at once as one entry (up to :data:`~semcache.cluster._sizes.MAX_ENTRY_BYTES`,
-since one entry of 64 KiB or more takes pysyncobj's broken chunked path).  A
+since one entry of 64 KiB or more takes pysyncobj's broken chunked path).  Sizes
+are counted as the entry will hold them (:func:`entry_size`): pysyncobj pickles
+the call with protocol 2, which stores ``bytes`` as latin-1 text in UTF-8, so
+every byte from 0x80 up takes two (binary values, non-ASCII text, vectors).  A
 lone writer therefore pays no batching delay, and under load each entry's
 fixed cost (pickle, encryption, journal, one message per follower) is shared.
 
@@ -47,7 +50,11 @@ if TYPE_CHECKING:
     from semcache.cluster._raft.replica import ReplicatedShard
 
 _U32 = struct.Struct("<I")
-BATCH_ITEM_OVERHEAD = 4  # the length prefix of each command in a batch
+# The length prefix of each command in a batch, as pickled: 4 bytes, each of which may be >= 0x80.
+BATCH_ITEM_OVERHEAD = 2 * _U32.size
+_HIGH_BYTES = bytes(range(0x80, 0x100))
+# The largest command (by entry_size) an entry holds alone: the batch count and its own length prefix beside it.
+MAX_COMMAND_SIZE = MAX_ENTRY_BYTES - 2 * BATCH_ITEM_OVERHEAD
 MAX_IN_FLIGHT = 2  # uncommitted batch entries at once: pipelining without unbounded queues
 TIMEOUT = "Timeout"  # the failure code of a write that did not commit in time
 
@@ -79,15 +86,26 @@ def unpack_batch(data: bytes) -> list[bytes]:
     return items
 
 
+def entry_size(data: bytes) -> int:
+    """How many bytes ``data`` takes in a Raft entry: pysyncobj's pickle (protocol 2) doubles bytes >= 0x80.
+
+    >>> entry_size(b"abc"), entry_size(bytes([0x80, 0xFF, 0x41]))
+    (3, 5)
+    """
+    return 2 * len(data) - len(data.translate(None, _HIGH_BYTES))
+
+
 def encode_for_entry(command: Command) -> bytes:
     """``command`` encoded for a batch entry.
 
     Raises:
-        LimitExceededError: it would not fit one Raft entry on its own.
+        LimitExceededError: it would not fit one Raft entry on its own (as pickled
+            into the entry: a binary value can take up to twice its size).
     """
     data = encode_command(command)
-    if len(data) + BATCH_ITEM_OVERHEAD > MAX_ENTRY_BYTES:
-        raise LimitExceededError("encoded command", len(data), MAX_ENTRY_BYTES - BATCH_ITEM_OVERHEAD)
+    size = entry_size(data)
+    if size > MAX_COMMAND_SIZE:
+        raise LimitExceededError("command as stored in a Raft entry", size, MAX_COMMAND_SIZE)
     return data
 
 
@@ -113,6 +131,7 @@ class _Pending:
     """One write waiting for its batch to commit (``done``), then to be applied (``record.done``)."""
 
     data: bytes
+    size: int  # entry_size(data)
     done: threading.Event = field(default_factory=threading.Event)
     record: AppliedBatch | None = None
     position: int = 0
@@ -148,7 +167,7 @@ class GroupCommit:
         Returns, per item, its result, the error to report for it, or None where
         the item was None.  A write that timed out (NoQuorumError) may still commit.
         """
-        pending = [None if data is None else _Pending(data) for data in items]
+        pending = [None if data is None else _Pending(data, entry_size(data)) for data in items]
         with self._lock:
             self._pending.extend(item for item in pending if item is not None)
         self._issue_batches()
@@ -197,12 +216,12 @@ class GroupCommit:
 
     def _take_batch(self) -> list[_Pending]:
         """Pending writes (under the lock) for one entry of at most MAX_ENTRY_BYTES; abandoned ones are dropped."""
-        batch, size = [], 4
-        while self._pending and size + len(self._pending[0].data) + BATCH_ITEM_OVERHEAD <= MAX_ENTRY_BYTES:
+        batch, size = [], BATCH_ITEM_OVERHEAD  # the count, then each command with its length
+        while self._pending and size + self._pending[0].size + BATCH_ITEM_OVERHEAD <= MAX_ENTRY_BYTES:
             item = self._pending.popleft()
             if not item.abandoned:
                 batch.append(item)
-                size += len(item.data) + BATCH_ITEM_OVERHEAD
+                size += item.size + BATCH_ITEM_OVERHEAD
         return batch
 
     def _batch_done(self, batch_id: int, batch: list[_Pending], results: Any, error: Any) -> None:

@@ -19,13 +19,20 @@ How pysyncobj 0.3.17 is configured here, and why:
 
 * ``password`` is always set: pysyncobj unpickles what arrives on the Raft
   port, so only peers holding the secret (Fernet-encrypted traffic) may talk.
-* ``bindAddress`` is always the configured Raft address: pysyncobj would
+* ``bindAddress`` is always the configured Raft address (or the replica's
+  ``raft_bind``, when peers reach it through a proxy): pysyncobj would
   otherwise bind ``0.0.0.0``.
 * ``appendEntriesUseBatch`` is on when new entries can be sent by a tick
   callback (:data:`.compat.EAGER_SEND`, see :mod:`.group_commit`).
 * Messages go out uncompressed (:func:`.compat.send_raft_messages_uncompressed`).
-* Snapshots use the hooks of :mod:`.snapshots`; the journal is on disk, so a
-  restarted replica replays snapshot + journal.
+* Snapshots use the hooks of :mod:`.snapshots`; the journal is on disk
+  (checksummed, :mod:`.journal`; fsynced with ``raft_fsync``), so a restarted
+  replica replays snapshot + journal.
+* Followers follow Raft's AppendEntries rule, not pysyncobj's (:mod:`.log_matching`).
+* The Raft port refuses frames over
+  :data:`~semcache.cluster._sizes.MAX_RAFT_FRAME_BYTES` and closes idle,
+  unidentified connections (:class:`.compat.BoundedTcpConnection`,
+  :meth:`.compat.RaftNode.reap_idle_connections`).
 * A retried command may be applied twice: every command is idempotent.
 * ``apply_batch`` never raises: an exception there would stop pysyncobj's
   tick thread from making progress.  Writes are validated before they are logged.
@@ -39,37 +46,41 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from semcache._engine.clock import SteadyClock
 from semcache._engine.commands import Command, Put
 from semcache._engine.eviction import AccessLog
 from semcache._engine.housekeeping import Housekeeping, MaintenanceLoop
-from semcache._engine.inputs import Limits, wall_clock_ms
+from semcache._engine.inputs import Limits
 from semcache._engine.state import ShardState
 from semcache.cluster._config import ClusterConfig, Replica
 from semcache.cluster._raft.applier import AppliedBatch, Applier, GuardedState
 from semcache.cluster._raft.compat import (
     EAGER_SEND,
-    SyncObj,
+    RaftNode,
     SyncObjConf,
     SyncObjException,
+    bound_raft_connections,
     current_log_index,
     ignore_membership_history,
     on_peer_disconnected,
     raw_status,
     replicated,
     send_raft_messages_uncompressed,
+    use_checksummed_journals,
 )
 from semcache.cluster._raft.group_commit import GroupCommit, encode_for_entry
+from semcache.cluster._raft.journal import JOURNAL_FILE, JournalFile
 from semcache.cluster._raft.leadership import Leadership
 from semcache.cluster._raft.membership import ForcedMembership, Membership, MemberTable
 from semcache.cluster._raft.snapshots import SNAPSHOT_FILE, Snapshots
 from semcache.cluster._raft.status import StateCounts, replica_status
-from semcache.cluster._sizes import MAX_ENTRY_BYTES
+from semcache.cluster._sizes import MAX_ENTRY_BYTES, RAFT_MESSAGE_LIMIT
 from semcache.errors import ClusterError, SemcacheError
 
 logger = logging.getLogger(__name__)
 
 
-class ReplicatedShard(SyncObj):
+class ReplicatedShard(RaftNode):
     """One replica of one shard: the pysyncobj node, and the parts that apply, batch, snapshot and housekeep.
 
     Args:
@@ -87,7 +98,7 @@ class ReplicatedShard(SyncObj):
         shard.submit(Put("k", b"v", "", None, 0, 0))
     """
 
-    def __init__(self, config: ClusterConfig, replica_id: str, *, clock: Callable[[], int] = wall_clock_ms,
+    def __init__(self, config: ClusterConfig, replica_id: str, *, clock: Callable[[], int] | None = None,
                  force_membership: bool = False) -> None:
         # Everything pysyncobj may call from its tick thread while SyncObj.__init__ runs
         # (apply_batch replaying the journal, the snapshot hooks, onStateChanged) exists
@@ -95,7 +106,7 @@ class ReplicatedShard(SyncObj):
         self.config = config
         self.replica_id = replica_id
         self.shard_id = config.shard_of(replica_id).id
-        self._clock = clock
+        self._clock = clock or SteadyClock()  # the leader stamps commands with it: see semcache._engine.clock
         self._model_id, self.dim = config.embedding_identity()
         self._limits = Limits(max_value_bytes=config.max_value_bytes)
         self._stopping = threading.Event()
@@ -119,6 +130,8 @@ class ReplicatedShard(SyncObj):
             policy=config.eviction, capacity=config.capacity, evict_budget=MAX_ENTRY_BYTES // 2,
         )
         send_raft_messages_uncompressed()
+        use_checksummed_journals()
+        bound_raft_connections()
         on_peer_disconnected(self, self._leadership.on_peer_disconnected)
         self._forced = ForcedMembership(self) if force_membership else None
         if self._forced is not None:
@@ -126,8 +139,13 @@ class ReplicatedShard(SyncObj):
         members = self._members.copy()
         partners = [m.raft for m in members.values() if m.id != replica_id]
         address = members[replica_id].raft
-        super().__init__(address, partners, raft_conf(config, address, data_dir, self._snapshots,
-                                                      on_state_changed=self._leadership.on_state_changed))
+        try:
+            super().__init__(address, partners, raft_conf(config, replica_id, data_dir, self._snapshots,
+                                                          on_state_changed=self._leadership.on_state_changed))
+        except BaseException:  # e.g. a damaged journal (CorruptDataError): stop what already runs
+            self._stopping.set()
+            self._applier.close()
+            raise
         if self._forced is not None:
             self._forced.startup_index = current_log_index(self)
         self._commits = GroupCommit(self, commit_timeout=config.commit_timeout, leader_rpc=self.leader_rpc)
@@ -333,12 +351,15 @@ class ReplicatedShard(SyncObj):
         self._applier.close()
 
 
-def raft_conf(config: ClusterConfig, address: str, data_dir: Path, snapshots: Snapshots, *,
+def raft_conf(config: ClusterConfig, replica_id: str, data_dir: Path, snapshots: Snapshots, *,
               on_state_changed: Callable[[int, int], None]) -> Any:
-    """pysyncobj's settings for the replica at Raft ``address`` (see the module docstring for the choices)."""
+    """pysyncobj's settings for ``replica_id`` (see the module docstring for the choices)."""
+    replica = config.replica(replica_id)
     return SyncObjConf(
         password=config.secret,
-        bindAddress=address,
+        bindAddress=replica.raft_bind or replica.raft,
+        appendEntriesBatchSizeBytes=RAFT_MESSAGE_LIMIT,
+        logCompactionBatchSize=RAFT_MESSAGE_LIMIT,
         appendEntriesUseBatch=EAGER_SEND,
         appendEntriesPeriod=config.heartbeat,
         raftMinTimeout=config.election_timeout_min,
@@ -346,7 +367,7 @@ def raft_conf(config: ClusterConfig, address: str, data_dir: Path, snapshots: Sn
         connectionTimeout=max(3.5, config.election_timeout_max * 1.5),
         connectionRetryTime=0.5,
         leaderFallbackTimeout=config.election_timeout_max * 2,
-        journalFile=str(data_dir / "raft.journal"),
+        journalFile=JournalFile(data_dir / JOURNAL_FILE, fsync=config.raft_fsync),
         fullDumpFile=str(data_dir / SNAPSHOT_FILE),
         serializer=snapshots.serialize,
         serializeChecker=snapshots.check,
