@@ -47,11 +47,11 @@ from langchain_core.load import dumps  # noqa: E402
 from langchain_core.messages import HumanMessage  # noqa: E402
 from langchain_openai import ChatOpenAI  # noqa: E402
 from openai import OpenAI  # noqa: E402
+from semcache.integrations.langchain import LangChainSemanticCache  # noqa: E402
+from semcache.integrations.openai import is_cached, semantic_cache, wrap  # noqa: E402
 
 from semcache import SemanticCache, SemanticKV  # noqa: E402
 from semcache.embeddings import SentenceTransformerEmbedding  # noqa: E402
-from semcache.integrations.langchain import LangChainSemanticCache  # noqa: E402
-from semcache.integrations.openai import is_cached, semantic_cache, wrap  # noqa: E402
 from semcache.testing import FakeOpenAIServer  # noqa: E402
 
 MODEL = "gpt-4o-mini"

@@ -14,6 +14,8 @@ import pytest
 from langchain_core.globals import set_llm_cache
 from langchain_openai import ChatOpenAI
 from openai import OpenAI
+from semcache.integrations.langchain import LangChainSemanticCache
+from semcache.integrations.openai import wrap
 from support.harness import ClusterHarness, wait_until
 
 from semcache import SemanticCache, SemanticKV
@@ -21,8 +23,6 @@ from semcache._engine.backend import Backend
 from semcache.cluster._client import DistributedSemanticKV
 from semcache.embeddings import HashEmbedding, SentenceTransformerEmbedding
 from semcache.errors import AuthenticationError, EmbeddingMismatchError, InvalidInputError, LimitExceededError
-from semcache.integrations.langchain import LangChainSemanticCache
-from semcache.integrations.openai import wrap
 from semcache.testing import FakeOpenAIServer, fake_answer
 
 pytestmark = [pytest.mark.slow, pytest.mark.model, pytest.mark.timeout(300)]

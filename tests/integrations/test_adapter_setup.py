@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from semcache.integrations.langchain import LangChainSemanticCache
+from semcache.integrations.openai import OpenAICache, semantic_cache
 
 from semcache import SemanticCache, SemanticKV
 from semcache.errors import ConfigurationError, InvalidInputError
-from semcache.integrations.langchain import LangChainSemanticCache
-from semcache.integrations.openai import OpenAICache, semantic_cache
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,13 +15,13 @@ from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration
 from openai import AsyncOpenAI
+from semcache.integrations._memo import AnswerMemo, fingerprint
+from semcache.integrations.langchain import LangChainSemanticCache
+from semcache.integrations.openai import cache_info, is_cached, semantic_cache, wrap
 from support.clocks import Clock
 
 from semcache import SemanticCache, SemanticKV
 from semcache.errors import ConfigurationError
-from semcache.integrations._memo import AnswerMemo, fingerprint
-from semcache.integrations.langchain import LangChainSemanticCache
-from semcache.integrations.openai import cache_info, is_cached, semantic_cache, wrap
 
 MODEL = "gpt-4o-mini"
 QUESTION = "What is the capital of France?"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import semcache.integrations.langchain as langchain_adapter
 import semcache.integrations.openai as openai_adapter
+
 import semcache.testing as testing
 
 

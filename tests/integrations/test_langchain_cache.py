@@ -14,11 +14,11 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langchain_core.outputs import ChatGeneration, Generation
 from langchain_openai import ChatOpenAI
 from langchain_tests.integration_tests import AsyncCacheTestSuite, SyncCacheTestSuite
+from semcache.integrations.langchain import LangChainSemanticCache, conversation_of
 
 from semcache import SemanticCache, SemanticKV
 from semcache.embeddings import HashEmbedding
 from semcache.errors import ConfigurationError, InvalidInputError
-from semcache.integrations.langchain import LangChainSemanticCache, conversation_of
 from semcache.testing import fake_answer
 
 

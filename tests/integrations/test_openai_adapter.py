@@ -13,10 +13,6 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
-
-from semcache import SemanticCache, SemanticKV
-from semcache._engine.inputs import Limits
-from semcache.errors import ConfigurationError
 from semcache.integrations.openai import (
     cache_info,
     chunks_to_completion,
@@ -25,6 +21,10 @@ from semcache.integrations.openai import (
     semantic_cache,
     wrap,
 )
+
+from semcache import SemanticCache, SemanticKV
+from semcache._engine.inputs import Limits
+from semcache.errors import ConfigurationError
 from semcache.testing import FakeOpenAIServer, fake_answer
 
 MODEL = "gpt-4o-mini"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 from langchain_core.outputs import Generation
+from semcache.integrations.langchain import LangChainSemanticCache
+from semcache.integrations.openai import is_cached, semantic_cache, wrap
 
 from semcache import InvalidInputError, SemanticCache, SemanticKV
 from semcache.embeddings import HashEmbedding
-from semcache.integrations.langchain import LangChainSemanticCache
-from semcache.integrations.openai import is_cached, semantic_cache, wrap
 
 
 def _cache() -> SemanticCache:
