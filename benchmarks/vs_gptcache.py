@@ -440,6 +440,17 @@ def whole_file(data_dir: Path, folder: Path) -> str:
     return "\n".join(lines)
 
 
+def shown_command(argv: Sequence[str]) -> str:
+    """The command line that made a report, less ``--out`` (where it was written is no setting)."""
+    shown, skip = [], False
+    for arg in argv:
+        if skip or arg == "--out" or arg.startswith("--out="):
+            skip = arg == "--out"
+            continue
+        shown.append(arg)
+    return " ".join(["python benchmarks/vs_gptcache.py", *shown])
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data = os.environ.get("SEMCACHE_DATA") or str(REPO.parent / "shared" / "data")
@@ -469,7 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         set_rows, latency = compare_set(name, pairs, folder, latency=args.latency)
         rows += set_rows
         latencies.append(latency)
-    report = [f"# vs_gptcache: {' '.join(sys.argv[1:]) or '(defaults)'}", f"# {versions()}", "",
+    command = shown_command(sys.argv[1:] if argv is None else argv)
+    report = [f"Run: `{command}`", "", f"Machine and versions: {versions()}", "",
               "Right hits, wrong hits and misses on the TEST splits (semcache's verifier was trained on the train "
               "splits of both sets); right % of duplicate pairs, wrong % of lookups:", "", QUALITY_HEADER,
               *(row.markdown() for row in rows), "", *("\n\n".join(latencies).splitlines())]

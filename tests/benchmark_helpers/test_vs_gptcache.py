@@ -157,6 +157,12 @@ def test_the_latency_table_gives_ratios_to_the_embedding_and_to_gptcache():
     assert "GPTCache at threshold 0.950 (cosine >= 0.900), semcache balanced; load average not taken" in table
 
 
+def test_the_report_names_its_command_without_where_it_was_written():
+    assert bench.shown_command(["--limit", "30", "--out", "x.txt", "--whole-file"]) == \
+        "python benchmarks/vs_gptcache.py --limit 30 --whole-file"
+    assert bench.shown_command(["--out=x.txt"]) == "python benchmarks/vs_gptcache.py"
+
+
 def test_without_gptcache_the_script_says_what_to_install_and_exits_2(monkeypatch, capsys):
     monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SystemExit) as stopped:
@@ -180,6 +186,8 @@ def test_the_script_runs_both_systems_on_30_pairs(tmp_path):
     assert done.returncode == 0, done.stderr
     text = out.read_text()
     assert text == done.stdout and bench.QUALITY_HEADER in text
+    assert text.startswith("Run: `python benchmarks/vs_gptcache.py --limit 30 --latency 10`")
+    assert not any(line.startswith("#") for line in text.splitlines())  # included in a docs page: no headings
     for name in bench.SETS.values():
         assert f"| {name} | semcache | balanced (<= 1.0% wrong) |" in text
         assert f"| {name} | GPTCache | " in text and f"Latency on {name}" in text
