@@ -34,7 +34,7 @@ from ._plan import Plan
 from ._shapes import completion_to_chunks
 from ._streams import Replay, ReplayAsyncStream, ReplayStream
 
-__all__ = ["answer_for", "cache_info", "is_cached", "payload_of"]
+__all__ = ["answer_for", "cache_info", "is_cached", "payload_of", "zeroed_usage"]
 
 log = logging.getLogger("semcache.integrations.openai")
 
@@ -96,7 +96,7 @@ def _build(plan: Plan, hit: CacheHit, front: CacheFront[Any], *, asynchronous: b
     }
     kind = payload.get("type") if isinstance(payload, dict) else None
     if kind == "chat.completion":
-        completion = {**payload["completion"], "usage": _zeroed(payload["completion"].get("usage"))}
+        completion = {**payload["completion"], "usage": zeroed_usage(payload["completion"].get("usage"))}
         if plan.stream:
             chunks = completion_to_chunks(completion, include_usage=plan.include_usage)
             replay = Replay(_model(ChatCompletionChunk, {**c, "semcache": marker}) for c in chunks)
@@ -104,7 +104,7 @@ def _build(plan: Plan, hit: CacheHit, front: CacheFront[Any], *, asynchronous: b
         return _fresh(front, hit, ChatCompletion, {**completion, "semcache": marker})
     if kind == "response":
         usage = payload["response"].get("usage")
-        response = {**payload["response"], "usage": None if usage is None else _zeroed(usage), "semcache": marker}
+        response = {**payload["response"], "usage": None if usage is None else zeroed_usage(usage), "semcache": marker}
         return _fresh(front, hit, Response, response)
     if kind == "value":
         return _fresh(front, hit, None, payload["value"])
@@ -147,7 +147,7 @@ def _model(cls: Any, data: dict[str, Any]) -> Any:
         return cls.construct(**data)  # the client itself accepts such data from the server, unvalidated
 
 
-def _zeroed(usage: Any) -> Any:
+def zeroed_usage(usage: Any) -> Any:
     """A usage record of the same shape with every count 0: a hit bills no tokens."""
     if usage is None:
         return dict(_ZERO_CHAT_USAGE)

@@ -504,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the source checkout whose benchmarks/ to run (default: the current directory)")
     bench.set_defaults(handler=cmd_bench)
 
+    from semcache._cli.serve import add_serve_command
+
+    add_serve_command(commands)
     try:
         from semcache._cli.cluster import add_cluster_commands
     except ImportError:
