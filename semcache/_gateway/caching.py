@@ -40,8 +40,7 @@ def build_cache(settings: CacheSettings) -> SemanticCache:
 
         cluster = ClusterConfig.load(settings.cluster)
         nodes = [replica.rpc for replica in cluster.replicas()]
-        backend: Any = DistributedSemanticKV(nodes, token=cluster.token or None,
-                                             embedding=settings.embedding or cluster.embedding)
+        backend: Any = DistributedSemanticKV(nodes, token=cluster.token or None, embedding=settings.embedding)
     else:
         from semcache._engine.kv import SemanticKV
 

@@ -8,6 +8,7 @@ lifespan ends, which waits for the pending stores and closes the cache.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Iterator
@@ -76,4 +77,8 @@ def serve(config: GatewayConfig, *, host: str | None = None, port: int | None = 
     print(f"semcache gateway listening on http://{server.host}:{sock.getsockname()[1]}", flush=True)
     settings = uvicorn.Config(create_app(gateway), log_level="info", access_log=False, lifespan="on",
                               timeout_graceful_shutdown=GRACEFUL_SECONDS)
+    # uvicorn handles SIGTERM/SIGINT while it runs, then re-raises the signal to the handler found before it:
+    # a no-op here, so a graceful stop ends with exit status 0 rather than death by the signal.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda signum, frame: None)
     uvicorn.Server(settings).run(sockets=[sock])

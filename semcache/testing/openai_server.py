@@ -174,6 +174,9 @@ def stream_chunks(completion: dict[str, Any], *, include_usage: bool = False) ->
 class _QuietHTTPServer(ThreadingHTTPServer):
     """Clients dropping a connection (a broken or abandoned stream) is expected here, not worth a traceback."""
 
+    request_queue_size = 256  # the default 5 resets connections when a gateway opens dozens at once
+    daemon_threads = True
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)

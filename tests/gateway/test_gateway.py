@@ -11,9 +11,9 @@ import httpx
 import pytest
 from langchain_openai import ChatOpenAI
 from openai import AsyncOpenAI, OpenAI
+from semcache.integrations.openai import cache_info
 from support.gateway import GatewayProcess
 
-from semcache.integrations.openai import cache_info
 from semcache.testing import FakeOpenAIServer, fake_answer
 
 MODEL = "gpt-4o-mini"

@@ -79,12 +79,13 @@ class GatewayProcess:
 
     def start(self) -> GatewayProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        log = open(self.directory / "gateway.log", "w", encoding="utf-8")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "semcache", "serve", "--config", str(self.config_path)],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-        )
-        threading.Thread(target=self._read_output, daemon=True).start()
+        with open(self.directory / "gateway.log", "w", encoding="utf-8") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "semcache", "serve", "--config", str(self.config_path)],
+                stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+            )
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
         found = wait_until(lambda: self._url() or self.process.poll() is not None, WAIT * 2, interval=0.05,
                            what="the gateway to listen")
         if found is True:
@@ -119,10 +120,13 @@ class GatewayProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                return self.process.wait(timeout)
+                self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        self._reader.join(10)  # it ends at EOF, which the exit brought
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         return self.process.returncode
 
     def __enter__(self) -> GatewayProcess:
