@@ -7,20 +7,25 @@ lifespan ends, which waits for the pending stores and closes the cache.
 
 from __future__ import annotations
 
+import io
 import logging
 import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TextIO
+
+from semcache.errors import ConfigurationError
 
 from .app import Gateway, create_app
 from .caching import GatewayCache, build_cache
 from .config import CacheSettings, GatewayConfig, ServerSettings, Tenant, Upstream, hash_key, new_key
 
-__all__ = ["GRACEFUL_SECONDS", "demo_config", "serve"]
+__all__ = ["GRACEFUL_SECONDS", "DemoGateway", "demo_config", "demo_gateway", "running", "serve"]
 
 GRACEFUL_SECONDS = 30
 DEMO_TENANTS = ("alpha", "beta")
@@ -55,6 +60,54 @@ def demo_upstream() -> Iterator[str]:
 
     with FakeOpenAIServer() as server:
         yield server.base_url
+
+
+@dataclass(frozen=True)
+class DemoGateway:
+    """A running demo gateway: its ``base_url`` (``.../v1``), the tenants' keys and the admin key."""
+
+    base_url: str
+    keys: dict[str, str]
+    admin_key: str
+
+
+@contextmanager
+def running(config: GatewayConfig) -> Iterator[str]:
+    """Run the gateway in a background thread of this process; yields its root URL (``http://127.0.0.1:PORT``).
+
+    For tests and examples: ``semcache serve`` is the way to run it in production.
+    """
+    import uvicorn
+
+    gateway = Gateway(config, GatewayCache(build_cache(config.cache)))
+    family = socket.AF_INET6 if ":" in config.server.host else socket.AF_INET
+    sock = socket.create_server((config.server.host, config.server.port), family=family)
+    server = uvicorn.Server(uvicorn.Config(create_app(gateway), log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="semcache-gateway", daemon=True)
+    thread.start()
+    try:
+        while not server.started and thread.is_alive():
+            time.sleep(0.01)
+        if not server.started:
+            raise ConfigurationError("the gateway did not start (see the log)")
+        yield f"http://{config.server.host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join()
+        sock.close()
+
+
+@contextmanager
+def demo_gateway(*, embedding: str | None = None) -> Iterator[DemoGateway]:
+    """The demo gateway in this process, with the bundled OpenAI-compatible server as its upstream."""
+    keys = io.StringIO()
+    with demo_upstream() as base_url:
+        config = demo_config(base_url, embedding=embedding, out=keys)
+        printed = dict(line.rsplit(" key ", 1) for line in keys.getvalue().splitlines())
+        tenants = {name.removeprefix("tenant "): key for name, key in printed.items() if name.startswith("tenant ")}
+        config = replace(config, server=replace(config.server, port=0))
+        with running(config) as root:
+            yield DemoGateway(f"{root}/v1", tenants, printed["admin"])
 
 
 def serve(config: GatewayConfig, *, host: str | None = None, port: int | None = None) -> None:

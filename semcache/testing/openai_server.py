@@ -194,6 +194,7 @@ class FakeOpenAIServer:
             (``"chat.completions"``, ``"responses"``, ``"embeddings"``).
         model_calls: the same, by ``(endpoint, model)``.
         requests: the JSON body of every request, in arrival order.
+        authorizations: the ``Authorization`` header of every POST, in the same order (None when absent).
         break_streams: when true, every streamed answer breaks mid-way.
     """
 
@@ -202,6 +203,7 @@ class FakeOpenAIServer:
         self.calls: Counter[str] = Counter()
         self.model_calls: Counter[tuple[str, str]] = Counter()
         self.requests: list[dict[str, Any]] = []
+        self.authorizations: list[str | None] = []
         self.break_streams = False
         self._failures: list[int] = []
         self._lock = threading.Lock()
@@ -255,6 +257,7 @@ class FakeOpenAIServer:
             self.calls.clear()
             self.model_calls.clear()
             self.requests.clear()
+            self.authorizations.clear()
             self._failures.clear()
             self.break_streams = False
 
@@ -264,10 +267,11 @@ class FakeOpenAIServer:
             self._failures.extend([status] * times)
 
     # ------------------------------------------------------------- handling
-    def _record(self, endpoint: str, body: dict[str, Any]) -> int | None:
+    def _record(self, endpoint: str, body: dict[str, Any], authorization: str | None = None) -> int | None:
         """Count a request; return the status of an injected failure, if one is due."""
         model = str(body.get("model", ""))
         with self._lock:
+            self.authorizations.append(authorization)
             self.calls[endpoint] += 1
             self.model_calls[(endpoint, model)] += 1
             self.requests.append(body)
@@ -487,7 +491,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             except ValueError as exc:
                 self._send_error(UpstreamError(400, f"invalid JSON body: {exc}", "invalid_request_error"))
                 return
-            injected = server._record(endpoint, body)
+            injected = server._record(endpoint, body, self.headers.get("Authorization"))
             if server.latency:
                 time.sleep(server.latency)
             try:

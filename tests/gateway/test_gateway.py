@@ -180,3 +180,19 @@ def test_other_v1_calls_pass_through(gateway: GatewayProcess, upstream: FakeOpen
     assert upstream.count("embeddings") - before == 1
     models = httpx.get(f"{gateway.base_url}/models", headers={"authorization": f"Bearer {gateway.keys['alpha']}"})
     assert models.status_code == 200 and models.headers["x-semcache"] == "bypass"
+
+
+def test_a_broken_stream_is_relayed_but_never_stored(gateway: GatewayProcess, upstream: FakeOpenAIServer,
+                                                     ns: str) -> None:
+    openai = client(gateway)
+    before = upstream.count("chat.completions")
+    for _ in range(2):
+        try:
+            with openai.chat.completions.with_streaming_response.create(
+                model=MODEL, messages=[{"role": "user", "content": "Count to ten [[break-stream]]"}], stream=True,
+                extra_headers={"x-semcache-namespace": ns},
+            ) as response:
+                list(response.parse())
+        except Exception:  # noqa: BLE001, S110 - the client may see the break as an error: either way, not stored
+            pass
+    assert upstream.count("chat.completions") - before == 2  # the second call was not served from the cache

@@ -169,3 +169,19 @@ def test_admin_endpoints_need_the_admin_key_and_metrics_count(gateway: GatewayPr
     checks = ready.json()["checks"]
     assert checks["cache"] is True and checks["upstream:fast"] is True
     assert ready.status_code == (200 if all(checks.values()) else 503)
+
+
+def test_invalidate_by_key_prefix_and_by_tenant(gateway: GatewayProcess, ns: str) -> None:
+    key = stored(gateway, "What is the speed of light?", ns).headers["x-semcache-key"]
+    stored(gateway, "What is the speed of sound?", ns)
+    stored(gateway, "What is the speed of light?", ns, tenant="beta")
+    with gateway.admin() as admin:
+        assert admin.post("/admin/invalidate", json={"key_prefix": key}).json()["deleted"] == 1
+        assert admin.post("/admin/invalidate", json={"key_prefix": "not-gw"}).status_code == 400
+        assert admin.post("/admin/invalidate", json={"tenant": "a.b"}).status_code == 400
+    assert post(gateway, "What is the speed of sound?", ns).headers["x-semcache"] == "hit"
+    with gateway.admin() as admin:
+        assert admin.post("/admin/invalidate", json={"tenant": "alpha"}).json()["deleted"] >= 1
+    assert post(gateway, "What is the speed of sound?", ns, headers={"cache-control": "no-store"}) \
+        .headers["x-semcache"] == "miss"
+    assert post(gateway, "What is the speed of light?", ns, tenant="beta").headers["x-semcache"] == "hit"

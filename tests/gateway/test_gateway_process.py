@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 from support.gateway import GatewayProcess
 from support.harness import ClusterHarness
 from support.wait import WAIT, wait_until
@@ -94,3 +95,22 @@ def test_a_cluster_backend_serves_and_a_failing_one_never_fails_a_call(tmp_path:
             assert gateway.stats()["totals"]["bypasses"] >= 1
         finally:
             gateway.terminate()
+
+
+def test_pass_through_forwards_the_clients_key_and_keeps_its_tenant_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEMCACHE_TEST_UPSTREAM_KEY", "sk-upstream-of-the-gateway")
+    with FakeOpenAIServer() as upstream:
+        table = {"name": "up", "base_url": upstream.base_url, "api_key_env": "SEMCACHE_TEST_UPSTREAM_KEY"}
+        with GatewayProcess(tmp_path, [table], cache={"embedding": "hash:64"},
+                            passthrough={"enabled": True}) as gateway:
+            assert ask(gateway.base_url, gateway.keys["alpha"], "Tell me about otters").status_code == 200
+            assert upstream.authorizations[-1] == "Bearer sk-upstream-of-the-gateway"  # a tenant: the gateway's key
+            first = ask(gateway.base_url, "sk-user-one", "Tell me about otters")
+            assert first.headers["x-semcache"] == "miss"  # another tenant: alpha's entry is not served
+            assert upstream.authorizations[-1] == "Bearer sk-user-one"  # pass-through: the client's own key
+            wait_until(lambda: ask(gateway.base_url, "sk-user-one", "Tell me about otters").headers["x-semcache"]
+                       == "hit", what="the pass-through tenant's hit")
+            assert ask(gateway.base_url, "sk-user-two", "Tell me about otters").headers["x-semcache"] == "miss"
+            assert "sk-user-one" not in (tmp_path / "gateway.log").read_text()  # keys are never logged
