@@ -63,7 +63,7 @@ from semcache._prometheus import (
 )
 from semcache.errors import SemcacheError
 
-__all__ = ["CacheCollector", "MetricsServer", "register", "serve_metrics"]
+__all__ = ["CacheCollector", "MetricsServer", "register", "serve_metrics", "unregister"]
 
 logger = logging.getLogger("semcache")
 
@@ -115,6 +115,21 @@ class CacheCollector:
                 raise TypeError(f"expected a SemanticCache or a backend with stats(), got {type(cache).__name__}")
             if not any(b is cache for b in self._backends):
                 self._backends.append(cache)
+
+    def remove(self, cache: Any) -> bool:
+        """Stop exporting ``cache``; whether it was exported."""
+        with self._lock:
+            kept = [c for c in self._caches if c is not cache]
+            kept_backends = [b for b in self._backends if b is not cache]
+            removed = len(kept) < len(self._caches) or len(kept_backends) < len(self._backends)
+            self._caches, self._backends = kept, kept_backends
+            return removed
+
+    @property
+    def empty(self) -> bool:
+        """Whether it exports nothing (no cache, no backend)."""
+        with self._lock:
+            return not self._caches and not self._backends
 
     def describe(self) -> Iterator[Metric]:
         """Every family this collector exports, without samples (so registering it reads no stats)."""
@@ -238,10 +253,7 @@ def register(cache: Any, registry: CollectorRegistry | None = None) -> CacheColl
     Returns:
         The registry's :class:`CacheCollector` (made and registered on the first call for that registry).
     """
-    if registry is None:
-        from prometheus_client import REGISTRY
-
-        registry = REGISTRY
+    registry = _default(registry)
     with _COLLECTORS_LOCK:
         collector = _COLLECTORS.get(registry)
         if collector is None:
@@ -249,6 +261,31 @@ def register(cache: Any, registry: CollectorRegistry | None = None) -> CacheColl
             registry.register(collector)
     collector.add(cache)
     return collector
+
+
+def unregister(cache: Any, registry: CollectorRegistry | None = None) -> bool:
+    """Stop exporting ``cache`` from ``registry`` (default ``prometheus_client.REGISTRY``); whether it was.
+
+    The registry's collector is unregistered with its last cache, so a closed
+    cache's series disappear instead of staying at their last values.
+    """
+    registry = _default(registry)
+    with _COLLECTORS_LOCK:
+        collector = _COLLECTORS.get(registry)
+        if collector is None or not collector.remove(cache):
+            return False
+        if collector.empty:
+            registry.unregister(collector)
+            del _COLLECTORS[registry]
+    return True
+
+
+def _default(registry: CollectorRegistry | None) -> CollectorRegistry:
+    if registry is not None:
+        return registry
+    from prometheus_client import REGISTRY
+
+    return REGISTRY
 
 
 def serve_metrics(cache_or_backend: Any, port: int, host: str = "127.0.0.1", *,
