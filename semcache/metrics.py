@@ -22,9 +22,9 @@ True
 
 The metrics (counters end in ``_total`` when scraped):
 
-* ``semcache_cache_*`` from :attr:`SemanticCache.stats <semcache.SemanticCache.stats>`,
-  label ``namespace``: ``lookups``, ``hits`` (label ``kind``: exact, semantic),
-  ``misses``, ``stores``, ``computes``, ``guard_vetoes`` (label ``reason``),
+* ``semcache_cache_*`` from ``SemanticCache.stats``, label ``namespace``:
+  ``lookups``, ``hits`` (label ``kind``: exact, semantic), ``misses``,
+  ``stores``, ``computes``, ``guard_vetoes`` (label ``reason``),
   ``verifier_refusals``, ``wrong_hit_reports``, ``single_flight_waits``.
 * ``semcache_store_*`` from the backend's ``stats()``, label ``namespace``:
   ``up`` (1 when ``stats()`` answered), ``entries``, ``bytes``,
@@ -35,10 +35,10 @@ The metrics (counters end in ``_total`` when scraped):
   they are the sums over the shard leaders that answered, and
   ``missing_shards`` counts those that did not.
 
-A store shared by several registered caches (:meth:`SemanticCache.view
-<semcache.SemanticCache.view>`) is read once per scrape and reported once,
-its ``namespace`` label the caches' namespaces joined by commas; a backend
-registered alone has an empty ``namespace``.
+A store shared by several registered caches (``SemanticCache.view``) is read
+once per scrape and reported once, its ``namespace`` label the caches'
+namespaces joined by commas; a backend registered alone has an empty
+``namespace``.
 """
 
 from __future__ import annotations
