@@ -61,7 +61,7 @@ from semcache._prometheus import (
     serve_registry,
     stat_families,
 )
-from semcache.errors import SemcacheError
+from semcache.errors import InvalidInputError, SemcacheError
 
 __all__ = ["CacheCollector", "MetricsServer", "register", "serve_metrics", "unregister"]
 
@@ -112,7 +112,8 @@ class CacheCollector:
                     self._caches.append(cache)
                 return
             if not callable(getattr(cache, "stats", None)):
-                raise TypeError(f"expected a SemanticCache or a backend with stats(), got {type(cache).__name__}")
+                raise InvalidInputError(
+                    f"expected a SemanticCache or a backend with stats(), got {type(cache).__name__}")
             if not any(b is cache for b in self._backends):
                 self._backends.append(cache)
 

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import semcache.metrics as metrics
 from semcache import SemanticKV
 from semcache.embeddings import HashEmbedding
-from semcache.errors import ConfigurationError, ShardUnavailableError
+from semcache.errors import ConfigurationError, InvalidInputError, ShardUnavailableError
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -168,7 +168,7 @@ def test_a_cluster_client_store_is_the_sum_of_its_shards():
 
 
 def test_only_caches_and_backends_are_exported():
-    with pytest.raises(TypeError, match="SemanticCache or a backend"):
+    with pytest.raises(InvalidInputError, match="SemanticCache or a backend"):
         metrics.CacheCollector(object())
 
 
