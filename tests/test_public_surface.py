@@ -98,6 +98,7 @@ PUBLIC_MODULES = {
     "semcache.errors",
     "semcache.embeddings",
     "semcache.cluster",
+    "semcache.metrics",
     "semcache.testing",
     "semcache.integrations",
     "semcache.integrations.openai",
@@ -130,7 +131,8 @@ def test_importing_semcache_loads_no_optional_dependency():
     code = (
         "import sys, semcache\n"
         "from semcache import SemanticCache, SemanticKV, DistributedSemanticKV\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pyarrow', 'pysyncobj', 'openai', 'langchain_core'}))"
+        "optional = {'pyarrow', 'pysyncobj', 'openai', 'langchain_core', 'prometheus_client'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & optional))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"

@@ -31,6 +31,10 @@ def add_cluster_commands(subparsers: Any) -> None:
     node.add_argument("--force-membership", action="store_true",
                       help="recovery only: the shard's members are the cluster file's, whatever this replica's "
                            "journal says (semcache cluster recover uses it; see docs/operations/nodes.md)")
+    node.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                      help="also serve this node's Prometheus metrics on http://HOST:PORT/metrics (0: a free port)")
+    node.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                      help="the metrics address (default 127.0.0.1; another needs allow_remote in the cluster file)")
     node.set_defaults(func=cmd_node)
 
     cluster = subparsers.add_parser("cluster", help="run a local cluster of node processes")
@@ -94,7 +98,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     from semcache.cluster._node import run_node
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_node(args.config, args.replica, force_membership=args.force_membership)
+    run_node(args.config, args.replica, force_membership=args.force_membership,
+             metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     return 0
 
 

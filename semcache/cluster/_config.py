@@ -273,7 +273,7 @@ class ClusterConfig:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigurationError(f"{what} must be host:port, got {address!r}")
-        if not self.allow_remote and not _is_loopback(host):
+        if not self.allow_remote and not is_loopback(host):
             raise ConfigurationError(
                 f"{what} is {address!r}, not a loopback address: set allow_remote = true to listen beyond this host"
             )
@@ -371,7 +371,8 @@ def _host_port(rpc: str) -> str:
     return rpc.split("://", 1)[-1]
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name, an IPv4 or an IPv6 address, bracketed or not) is this machine only."""
     if host == "localhost":
         return True
     try:

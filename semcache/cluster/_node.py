@@ -71,6 +71,7 @@ from semcache.errors import InvalidInputError, SemcacheError, ShardUnavailableEr
 
 logger = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0005  # seconds; see run_node
+DEFAULT_METRICS_HOST = "127.0.0.1"
 
 Reply = tuple[Header, list[bytes]]
 # A request item of a batch action, its checked form, and its result.
@@ -289,7 +290,8 @@ class SemanticKVNode:
         return [[(m.key, m.entry.value, m.similarity) for m in matches] for matches in found]
 
     # ----------------------------------------------------------------- admin
-    def _stats(self, header: Header, blobs: list[bytes]) -> Reply:
+    def stats(self) -> dict[str, Any]:
+        """This replica's store sizes, its request counters and its settings (the ``stats`` action's reply)."""
         stats = self.shard.read(lambda state, now: state.stats())
         return {
             "node": self.replica_id,
@@ -300,7 +302,10 @@ class SemanticKVNode:
             "capacity": self.config.capacity,
             "eviction": self.config.eviction,
             "embedder_loaded": self._embedder is not None,
-        }, []
+        }
+
+    def _stats(self, header: Header, blobs: list[bytes]) -> Reply:
+        return self.stats(), []
 
     def _health(self, header: Header, blobs: list[bytes]) -> Reply:
         return self.shard.status(), []
@@ -364,8 +369,14 @@ def each_checked(
     return [c if isinstance(c, SemcacheError) else next(results) for c in checked]
 
 
-def run_node(config_path: str | Path, replica_id: str, *, force_membership: bool = False) -> None:
-    """Run one node until SIGTERM or SIGINT, then stop it cleanly (the ``semcache node`` command)."""
+def run_node(config_path: str | Path, replica_id: str, *, force_membership: bool = False,
+             metrics_port: int | None = None, metrics_host: str = DEFAULT_METRICS_HOST) -> None:
+    """Run one node until SIGTERM or SIGINT, then stop it cleanly (the ``semcache node`` command).
+
+    Args:
+        metrics_port: also serve the node's Prometheus metrics on this port (:mod:`semcache.cluster._metrics`).
+        metrics_host: where to serve them; beyond loopback only if the cluster file sets ``allow_remote``.
+    """
     config = ClusterConfig.load(config_path)
     # The applier and RPC threads run Python code between HNSW inserts; with the
     # default 5 ms switch interval the Raft tick thread (heartbeats,
@@ -379,10 +390,18 @@ def run_node(config_path: str | Path, replica_id: str, *, force_membership: bool
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
-    logger.info("node %s serving %s (raft %s)", replica_id, node.rpc_address, config.replica(replica_id).raft)
-    print(f"semcache node {replica_id} serving {node.rpc_address}", flush=True)
+    metrics = None
     try:
+        if metrics_port is not None:
+            from semcache.cluster._metrics import serve_node_metrics  # prometheus-client, only when asked for
+
+            metrics = serve_node_metrics(node, metrics_port, metrics_host, allow_remote=config.allow_remote)
+        logger.info("node %s serving %s (raft %s)", replica_id, node.rpc_address, config.replica(replica_id).raft)
+        metrics_line = "" if metrics is None else f", metrics on {metrics.url}"
+        print(f"semcache node {replica_id} serving {node.rpc_address}{metrics_line}", flush=True)
         while not stop.wait(0.2):
             pass
     finally:
+        if metrics is not None:
+            metrics.close()
         node.stop()

@@ -5,7 +5,7 @@ run in order in one namespace, so a later block may use what an earlier one
 made, as a reader would; each page runs in a fresh temporary directory, so a
 block may write ``./cache-data`` and leave nothing in the checkout.  A block
 that is not meant to run (a shell command, a cluster file, program output)
-uses another fence language: ``bash``, ``toml``, ``json``, ``text``.  Nothing is skipped:
+uses another fence language: ``bash``, ``toml``, ``json``, ``yaml``, ``text``.  Nothing is skipped:
 :func:`test_fences_are_labelled` fails on a fence without a language or with
 one the docs do not use, since mktestdocs would pass such a block over.
 """
@@ -22,7 +22,7 @@ from mktestdocs import grab_code_blocks
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 # The fence languages the docs use.  Only ``python`` runs; the others are shown, never run.
-LANGUAGES = {"python", "bash", "toml", "json", "text"}
+LANGUAGES = {"python", "bash", "toml", "json", "yaml", "text"}
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<info>.*)$")
 
 

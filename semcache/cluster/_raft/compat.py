@@ -137,6 +137,7 @@ __all__ = [
     "ignore_membership_history",
     "is_leader",
     "journal",
+    "last_log_index",
     "leader_node",
     "on_peer_disconnected",
     "raw_status",
@@ -178,6 +179,15 @@ def send_raft_messages_uncompressed() -> None:
 def current_log_index(syncobj: SyncObj) -> int:
     """The index of the last entry in this node's log (committed or not)."""
     return int(syncobj._SyncObj__getCurrentLogIndex())
+
+
+def last_log_index(syncobj: SyncObj) -> int | None:
+    """:func:`current_log_index` read from outside the tick thread: None while that thread has the log empty
+    (a snapshot from the leader replacing it)."""
+    try:
+        return current_log_index(syncobj)
+    except IndexError:
+        return None
 
 
 def send_append_entries(syncobj: SyncObj) -> None:

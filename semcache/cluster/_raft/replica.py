@@ -62,6 +62,7 @@ from semcache.cluster._raft.compat import (
     bound_raft_connections,
     current_log_index,
     ignore_membership_history,
+    last_log_index,
     on_peer_disconnected,
     raw_status,
     replicated,
@@ -319,6 +320,7 @@ class ReplicatedShard(RaftNode):
             snapshots=self._snapshots.stats,
         )
         report["early_elections"] = self._leadership.early_elections  # leader connection drops acted on
+        report["last_log_index"] = last_log_index(self)  # appended, committed or not
         if self._forced is not None:  # recovery: where the forced membership's history ends
             report["membership_forced_at"] = self._forced.startup_index
         return report
