@@ -72,7 +72,9 @@ class AdminEndpoints:
         if denied is not None:
             return denied
         await self.gateway.refresh_size()
-        return Response(self.gateway.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        # Off the event loop: the store's collector asks the backend (a cluster: over the network).
+        text = await anyio.to_thread.run_sync(self.gateway.metrics.exposition)
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def admin_stats(self, request: Request) -> Response:
         denied = self.gateway.admin_denied(request)

@@ -12,6 +12,8 @@ from starlette.responses import JSONResponse, Response
 from semcache._cache.cache import CacheHit
 from semcache._cache.decision import DEFAULT_MAX_WRONG_RATE, wrong_rate_of
 
+from semcache.metrics import register
+
 from .auth import Caller, KeyTable, bearer_key
 from .caching import GatewayCache, tenant_of_key
 from .config import GatewayConfig, Tenant
@@ -62,6 +64,8 @@ class Gateway:
         self._recent_hits: dict[str, CacheHit] = {}  # by key: the pair a wrong-hit report records
         for tenant in config.tenants:
             cache.check_tenant(tenant)
+        # /metrics also carries the cache's own counters and its store's figures, as semcache.metrics exports them.
+        register(cache.cache, registry=self.metrics.registry)
 
     # ------------------------------------------------------------ reading a request
     async def read_body(self, request: Request) -> bytes:
