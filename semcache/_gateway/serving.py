@@ -122,7 +122,7 @@ class CachedEndpoints:
             data = await asyncio.shield(waiting)
             if data is not None:
                 self.gateway.metrics.miss(call.caller.tenant.name, call.model, call.endpoint,
-                                  time.perf_counter() - call.started, looked_up=plan.lookup)
+                                          time.perf_counter() - call.started, looked_up=plan.lookup)
                 return Response(data, media_type="application/json",
                                 headers={"x-semcache": "miss", "x-semcache-key": key})
             return await self._upstream(call, plan, outcome="miss", key=key)  # the leader failed: our own call
@@ -149,7 +149,7 @@ class CachedEndpoints:
         sent = time.perf_counter()
         try:
             response = await self.gateway.upstreams.open(upstream, "POST", path, headers=call.headers, body=call.raw,
-                                                 key=call.caller.forward_key)
+                                                         key=call.caller.forward_key)
         except UpstreamFailure as exc:
             self.gateway.metrics.upstream_errors.labels(upstream.name, str(exc.status)).inc()
             self.gateway.metrics.error(tenant, call.model, call.endpoint)
@@ -185,7 +185,7 @@ class CachedEndpoints:
             self.gateway.metrics.bypass(call.caller.tenant.name, call.model, call.endpoint, reason, seconds)
         else:
             self.gateway.metrics.miss(call.caller.tenant.name, call.model, call.endpoint, seconds,
-                              looked_up=bool(plan and plan.lookup))
+                                      looked_up=bool(plan and plan.lookup))
 
     def _store_answer(self, call: Call, plan: Plan, data: bytes | dict[str, Any]) -> None:
         try:
@@ -240,8 +240,8 @@ class CachedEndpoints:
         upstream = self.gateway.config.upstream_for(model or "") or self.gateway.config.upstreams[0]
         try:
             response = await self.gateway.upstreams.open(upstream, request.method, request.url.path.removeprefix("/v1"),
-                                                 headers=dict(request.headers), body=raw or None,
-                                                 query=request.url.query, key=caller.forward_key)
+                                                         headers=dict(request.headers), body=raw or None,
+                                                         query=request.url.query, key=caller.forward_key)
         except UpstreamFailure as exc:
             self.gateway.metrics.upstream_errors.labels(upstream.name, str(exc.status)).inc()
             return JSONResponse(exc.body, status_code=exc.status)

@@ -11,7 +11,6 @@ from starlette.responses import JSONResponse, Response
 
 from semcache._cache.cache import CacheHit
 from semcache._cache.decision import DEFAULT_MAX_WRONG_RATE, wrong_rate_of
-
 from semcache.metrics import register
 
 from .auth import Caller, KeyTable, bearer_key
