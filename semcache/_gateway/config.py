@@ -65,7 +65,7 @@ def hash_key(key: str) -> str:
     digest is enough: there is nothing to guess from it.
 
     >>> hash_key("sk-x")[:14]
-    'sha256:d1fb9b9'
+    'sha256:9df37f5'
     """
     return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
 
