@@ -17,6 +17,10 @@ key (it refuses to start without one), its local model cost map
 ``LITELLM_LOG=ERROR`` (no access log, as its production page advises).
 ``semcache serve`` runs one tenant over an in-memory store with the packaged
 all-MiniLM-L6-v2 (``--embedding`` changes it), its access log off as always.
+A second ``semcache serve`` with the ``hash:384`` embedding (no model) takes
+part in the misses only: its overhead is the gateway's own, without the model
+call.  Both are read from inside too: their Prometheus latency histograms
+(lookup, upstream call, whole request), read before and after each phase.
 
 **The client** is ``httpx.AsyncClient`` in this process, one per contender,
 keep-alive on; every contender gets the same JSON bodies (only the
@@ -32,7 +36,8 @@ rotates each round), the load average printed beside each table:
   upstream's counter is read around each round;
 * *misses*: a fresh prompt per request (random words, so no two are
   paraphrases), one client, sent to the upstream directly and through both
-  gateways; the miss overhead is a gateway's miss p50 minus the direct p50.
+  gateways (and the no-model semcache); the miss overhead is a gateway's miss
+  p50 minus the direct p50.
   semcache embeds a miss before asking the upstream (its semantic lookup),
   LiteLLM only hashes it;
 * *paraphrases*: the 8 cached prompts reworded, sent to both: semcache serves
@@ -60,11 +65,11 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -73,6 +78,7 @@ import httpx  # noqa: E402
 
 from semcache._cli.latency import CACHED, PARAPHRASES, Summary  # noqa: E402
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "docs" / "benchmarks" / "vs-litellm-output.txt"
 LAB_LITELLM = REPO.parent.parent / "lab" / "litellm-venv" / "bin" / "litellm"  # the development machine's
@@ -133,9 +139,12 @@ def litellm_config(upstream_url: str, master_key: str) -> str:
     return json.dumps(config, indent=2) + "\n"
 
 
-def semcache_config(upstream_url: str, key_hash: str, embedding: str | None) -> str:
-    """``semcache serve``'s TOML config: any free port, one tenant, an in-memory store."""
-    lines = ["[server]", "port = 0", "", "[cache]"]
+def semcache_config(upstream_url: str, key_hash: str, embedding: str | None, admin_hash: str | None = None) -> str:
+    """``semcache serve``'s TOML config: any free port, one tenant, an in-memory store (an admin key reads /metrics)."""
+    lines = ["[server]", "port = 0"]
+    if admin_hash:
+        lines.append(f"admin_key_hashes = [{json.dumps(admin_hash)}]")
+    lines += ["", "[cache]"]
     if embedding:
         lines.append(f"embedding = {json.dumps(embedding)}")
     lines += ["", "[[upstreams]]", 'name = "fake"', f"base_url = {json.dumps(upstream_url)}", "",
@@ -158,6 +167,46 @@ def litellm_outcome(headers: Mapping[str, str]) -> str:
 
 def direct_outcome(headers: Mapping[str, str]) -> str:
     return "miss"
+
+
+# ------------------------------------------------------------------ the gateway's own timings
+_SERIES = re.compile(r"^(\w+)_(sum|count)\{([^}]*)\} (\S+)$", re.MULTILINE)
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+INSIDE = {"lookup": ("semcache_gateway_lookup_seconds", {}),
+          "upstream call": ("semcache_gateway_upstream_seconds", {}),
+          "whole miss": ("semcache_gateway_request_seconds", {"outcome": "miss"}),
+          "whole hit": ("semcache_gateway_request_seconds", {"outcome": "hit"})}
+
+
+def histogram_totals(exposition: str, name: str, labels: Mapping[str, str]) -> tuple[float, float]:
+    """(sum, count) of histogram ``name`` over its series whose labels include ``labels`` (Prometheus text)."""
+    total = {"sum": 0.0, "count": 0.0}
+    for metric, part, label_text, value in _SERIES.findall(exposition):
+        if metric == name and labels.items() <= dict(_LABEL.findall(label_text)).items():
+            total[part] += float(value)
+    return total["sum"], total["count"]
+
+
+def inside_means(before: str, after: str) -> dict[str, float | None]:
+    """The mean of each :data:`INSIDE` histogram between two expositions, in seconds (None: no sample)."""
+    means: dict[str, float | None] = {}
+    for what, (name, labels) in INSIDE.items():
+        (sum0, count0), (sum1, count1) = histogram_totals(before, name, labels), histogram_totals(after, name, labels)
+        means[what] = (sum1 - sum0) / (count1 - count0) if count1 > count0 else None
+    return means
+
+
+def inside_table(by_phase: Mapping[str, Mapping[str, Mapping[str, float | None]]]) -> str:
+    """What semcache's own histograms say its requests took in each phase (gateways it did not serve left out)."""
+    lines = ["Inside semcache (means of its own latency histograms over each phase, ms; the lookup runs in a "
+             "worker thread and includes the model call; a miss's store runs after its answer):", "",
+             "| phase | gateway | " + " | ".join(INSIDE) + " |", "|---|---|" + "---|" * len(INSIDE)]
+    for phase, by_contender in by_phase.items():
+        for name, means in by_contender.items():
+            if any(v is not None for v in means.values()):
+                values = " | ".join("-" if v is None else ms(v) for v in means.values())
+                lines.append(f"| {phase} | {name} | {values} |")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ samples and tables
@@ -454,14 +503,14 @@ def start_semcache(name: str, upstream: str, folder: Path, embedding: str | None
     """``semcache serve`` on a free loopback port, once it says where it listens."""
     from semcache._gateway.config import hash_key, new_key
 
-    key = new_key()
+    key, admin = new_key(), new_key("sk-admin-")
     stem = "semcache-" + re.sub(r"\W+", "-", embedding or "minilm")
     config = folder / f"{stem}.toml"
-    config.write_text(semcache_config(upstream, hash_key(key), embedding), encoding="utf-8")
+    config.write_text(semcache_config(upstream, hash_key(key), embedding, hash_key(admin)), encoding="utf-8")
     service = Service(name, [sys.executable, "-m", "semcache", "serve", "--config", str(config)],
                       env=child_env(), log=folder / f"{stem}.log")
     match = service.wait_for_line(re.compile(r"listening on (http://\S+)"), START_SECONDS)
-    return Contender(name, f"{match.group(1)}/v1", key, semcache_outcome, service.cpu_seconds)
+    return Contender(name, f"{match.group(1)}/v1", key, semcache_outcome, service.cpu_seconds, admin)
 
 
 # ------------------------------------------------------------------ measuring
@@ -474,6 +523,7 @@ class Contender:
     key: str
     outcome: Callable[[Mapping[str, str]], str]
     cpu_seconds: Callable[[], float] | None = None  # the server process's CPU time so far
+    admin_key: str | None = None  # semcache's: reads its /metrics
 
 
 class Bench:
@@ -499,6 +549,24 @@ class Bench:
         if response.status_code != 200:
             raise RuntimeError(f"{name} answered {response.status_code}: {response.text[:500]}")
         return latency, self.contenders[name].outcome(response.headers), response
+
+    async def exposition(self) -> dict[str, str]:
+        """Each semcache contender's Prometheus text (its /metrics, read with its admin key)."""
+        texts = {}
+        for name, contender in self.contenders.items():
+            if contender.admin_key:
+                response = await self.clients[name].get(contender.base_url.removesuffix("/v1") + "/metrics",
+                                                        headers={"authorization": f"Bearer {contender.admin_key}"})
+                response.raise_for_status()
+                texts[name] = response.text
+        return texts
+
+    async def inside(self, measure: Awaitable[T]) -> tuple[T, dict[str, dict[str, float | None]]]:
+        """``measure`` awaited between two reads of semcache's histograms; its result and their means by gateway."""
+        before = await self.exposition()
+        result = await measure
+        after = await self.exposition()
+        return result, {name: inside_means(before[name], after[name]) for name in after}
 
     async def round(self, name: str, prompts: Sequence[str], clients: int, into: Samples) -> None:
         """``prompts`` sent by ``clients`` concurrent clients; latencies, wall time and upstream calls added."""
@@ -666,29 +734,32 @@ async def run(args: argparse.Namespace, litellm: Path, folder: Path) -> str:
         upstream.close()
 
 
+async def phase(what: str, measure: Awaitable[T]) -> tuple[T, str]:
+    """``measure`` awaited with a progress line; its result and the load average around it."""
+    print(f"# {what} ...", file=sys.stderr, flush=True)
+    before = load_average()
+    result = await measure
+    return result, f"{before:.1f} before, {load_average():.1f} after"
+
+
 async def measure_all(bench: Bench, args: argparse.Namespace) -> str:
-    """The three phases, each with its load average; the report's tables."""
+    """Warm-up, then the three phases, each with its load average; the report's tables."""
     await warm_up(bench, [SEMCACHE, LITELLM, SEMCACHE_NO_MODEL])
     _, _, probe = await bench.ask(LITELLM, CACHED[0])
     litellm_version = probe.headers.get("x-litellm-version", "(unknown)")
-    tables, hits, loads = [], {}, []
+    hits, loads, inside = {}, [], {}
     for clients in CONCURRENCY:
-        print(f"# exact hits, {clients} client(s) ...", file=sys.stderr, flush=True)
-        before = load_average()
-        hits[clients] = await measure_hits(bench, args.requests, clients)
-        loads.append(f"{before:.1f} before and {load_average():.1f} after {clients} client(s)")
-    tables.append(hits_table(hits, ", ".join(loads)))
-    print("# misses ...", file=sys.stderr, flush=True)
-    before = load_average()
-    misses = await measure_misses(bench, max(50, args.requests // 10))
-    tables.append(misses_table(misses, f"{before:.1f} before, {load_average():.1f} after"))
-    print("# paraphrases ...", file=sys.stderr, flush=True)
-    before = load_average()
-    paraphrases = await measure_paraphrases(bench, args.passes)
-    tables.append(paraphrase_table(paraphrases, args.passes, f"{before:.1f} before, {load_average():.1f} after"))
-    tables.append(targets_table(hits, misses))
+        label = f"exact hits, {clients} client(s)"
+        (hits[clients], inside[label]), load = await phase(label, bench.inside(
+            measure_hits(bench, args.requests, clients)))
+        loads.append(f"{load} {clients} client(s)")
+    (misses, inside["misses"]), miss_load = await phase("misses", bench.inside(
+        measure_misses(bench, max(50, args.requests // 10))))
+    paraphrases, paraphrase_load = await phase("paraphrases", measure_paraphrases(bench, args.passes))
+    tables = [hits_table(hits, "; ".join(loads)), misses_table(misses, miss_load), inside_table(inside),
+              paraphrase_table(paraphrases, args.passes, paraphrase_load), targets_table(hits, misses)]
     header = [f"Run: `{shown_command(args.argv)}`", "",
-              f"Machine and versions: {versions(litellm_version, args.upstream, args.embedding)}", ""]
+              f"Machine and versions: {versions(litellm_version, args.upstream, args.embedding)}", "", ""]
     return "\n".join(header) + "\n\n".join(tables) + "\n"
 
 

@@ -70,6 +70,7 @@ def serve(config: GatewayConfig, *, host: str | None = None, port: int | None = 
     config.check()
     gateway = Gateway(config, GatewayCache(build_cache(config.cache)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # at INFO it logs a line for every upstream call
     # The socket is bound here, not by uvicorn, so the real port (of --port 0) can be printed for scripts.
     family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
     listener = socket.create_server((server.host, server.port), family=family)

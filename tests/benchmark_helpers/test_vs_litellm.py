@@ -49,9 +49,10 @@ def test_the_litellm_config_turns_its_in_memory_cache_on_in_front_of_the_upstrea
 
 @pytest.mark.parametrize("embedding", [None, "hash:384"])
 def test_the_semcache_config_loads_as_a_gateway_config(embedding):
-    text = bench.semcache_config("http://127.0.0.1:9/v1", hash_key("sk-bench"), embedding)
+    text = bench.semcache_config("http://127.0.0.1:9/v1", hash_key("sk-bench"), embedding, hash_key("sk-admin"))
     config = GatewayConfig.from_dict(tomllib.loads(text))
     assert config.server.port == 0 and config.server.host == "127.0.0.1"
+    assert config.server.admin_key_hashes == (hash_key("sk-admin"),)
     assert config.upstream_for("gpt-4o-mini").base_url == "http://127.0.0.1:9/v1"
     assert config.tenants[0].key_hashes == (hash_key("sk-bench"),)
     assert config.cache.embedding == embedding and config.cache.path is None
@@ -120,6 +121,35 @@ def test_targets_are_reported_met_or_missed_never_asserted():
     assert "| hit throughput >= 2.0x LiteLLM's, 32 client(s) | 3.00x | met |" in table
     assert "| miss overhead <= 2.0 ms p50, semcache serve | 11.00 ms (LiteLLM 1.50 ms) | MISSED |" in table
     assert f"| miss overhead <= 2.0 ms p50, {bench.SEMCACHE_NO_MODEL} | 1.00 ms (LiteLLM 1.50 ms) | met |" in table
+
+
+EXPOSITION = """\
+# HELP semcache_gateway_lookup_seconds Cache lookup time
+semcache_gateway_lookup_seconds_bucket{le="0.001",model="gpt-4o-mini",tenant="bench"} 3.0
+semcache_gateway_lookup_seconds_count{model="gpt-4o-mini",tenant="bench"} 4.0
+semcache_gateway_lookup_seconds_sum{model="gpt-4o-mini",tenant="bench"} 0.02
+semcache_gateway_request_seconds_count{model="gpt-4o-mini",outcome="hit",tenant="bench"} 10.0
+semcache_gateway_request_seconds_sum{model="gpt-4o-mini",outcome="hit",tenant="bench"} 0.01
+semcache_gateway_request_seconds_count{model="gpt-4o-mini",outcome="miss",tenant="bench"} 2.0
+semcache_gateway_request_seconds_sum{model="gpt-4o-mini",outcome="miss",tenant="bench"} 0.03
+semcache_gateway_request_seconds_count{model="other",outcome="miss",tenant="bench"} 1.0
+semcache_gateway_request_seconds_sum{model="other",outcome="miss",tenant="bench"} 0.01
+"""
+
+
+def test_the_gateways_histograms_are_summed_over_the_series_a_phase_is_about():
+    assert bench.histogram_totals(EXPOSITION, "semcache_gateway_lookup_seconds", {}) == (0.02, 4.0)
+    assert bench.histogram_totals(EXPOSITION, "semcache_gateway_request_seconds", {"outcome": "miss"}) == (
+        pytest.approx(0.04), 3.0)
+    assert bench.histogram_totals(EXPOSITION, "semcache_gateway_upstream_seconds", {}) == (0.0, 0.0)
+    later = EXPOSITION.replace("lookup_seconds_count{model=\"gpt-4o-mini\",tenant=\"bench\"} 4.0",
+                               "lookup_seconds_count{model=\"gpt-4o-mini\",tenant=\"bench\"} 8.0").replace(
+        "lookup_seconds_sum{model=\"gpt-4o-mini\",tenant=\"bench\"} 0.02",
+        "lookup_seconds_sum{model=\"gpt-4o-mini\",tenant=\"bench\"} 0.06")
+    means = bench.inside_means(EXPOSITION, later)
+    assert means == {"lookup": pytest.approx(0.01), "upstream call": None, "whole miss": None, "whole hit": None}
+    table = bench.inside_table({"misses": {"a": means, "idle": dict.fromkeys(means)}})
+    assert "| misses | a | 10.00 | - | - | - |" in table and "idle" not in table
 
 
 def test_arguments_and_their_defaults():
