@@ -772,7 +772,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if litellm is None:
         print(INSTALL_HINT, file=sys.stderr)
         return 2
+    # Both raise KeyboardInterrupt, so the processes are stopped in order; SIGINT too, since a shell starts a
+    # background job with SIGINT ignored.
     signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
     with tempfile.TemporaryDirectory(prefix="vs-litellm-") as folder:
         try:
             report = asyncio.run(run(args, litellm, Path(folder)))
