@@ -124,9 +124,13 @@ def serve(config: GatewayConfig, *, host: str | None = None, port: int | None = 
     config.check()
     gateway = Gateway(config, GatewayCache(build_cache(config.cache)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # at INFO it logs a line for every upstream call
     # The socket is bound here, not by uvicorn, so the real port (of --port 0) can be printed for scripts.
     family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
-    sock = socket.create_server((server.host, server.port), family=family)
+    listener = socket.create_server((server.host, server.port), family=family)
+    # create_server leaves the socket's proto 0, and asyncio sets TCP_NODELAY only on connections whose socket says
+    # IPPROTO_TCP: without it every keep-alive answer (headers, then body) waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=listener.detach())
     print(f"semcache gateway listening on http://{server.host}:{sock.getsockname()[1]}", flush=True)
     settings = uvicorn.Config(create_app(gateway), log_level="info", access_log=False, lifespan="on",
                               timeout_graceful_shutdown=GRACEFUL_SECONDS)
