@@ -139,7 +139,8 @@ def litellm_config(upstream_url: str, master_key: str) -> str:
     return json.dumps(config, indent=2) + "\n"
 
 
-def semcache_config(upstream_url: str, key_hash: str, embedding: str | None, admin_hash: str | None = None) -> str:
+def semcache_config(upstream_url: str, key_hash: str, embedding: str | None, admin_hash: str | None = None,
+                    *, speculative: bool = False) -> str:
     """``semcache serve``'s TOML config: any free port, one tenant, an in-memory store (an admin key reads /metrics)."""
     lines = ["[server]", "port = 0"]
     if admin_hash:
@@ -149,6 +150,8 @@ def semcache_config(upstream_url: str, key_hash: str, embedding: str | None, adm
         lines.append(f"embedding = {json.dumps(embedding)}")
     lines += ["", "[[upstreams]]", 'name = "fake"', f"base_url = {json.dumps(upstream_url)}", "",
               "[[tenants]]", 'name = "bench"', f"key_hashes = [{json.dumps(key_hash)}]"]
+    if speculative:
+        lines.append("speculative_upstream = true")
     return "\n".join(lines) + "\n"
 
 
@@ -499,14 +502,16 @@ def start_litellm(executable: Path, upstream: str, folder: Path) -> Contender:
     raise RuntimeError(f"LiteLLM's proxy did not answer in {START_SECONDS:.0f} s: {service.tail()}")
 
 
-def start_semcache(name: str, upstream: str, folder: Path, embedding: str | None) -> Contender:
+def start_semcache(name: str, upstream: str, folder: Path, embedding: str | None, *,
+                   speculative: bool = False) -> Contender:
     """``semcache serve`` on a free loopback port, once it says where it listens."""
     from semcache._gateway.config import hash_key, new_key
 
     key, admin = new_key(), new_key("sk-admin-")
     stem = "semcache-" + re.sub(r"\W+", "-", embedding or "minilm")
     config = folder / f"{stem}.toml"
-    config.write_text(semcache_config(upstream, hash_key(key), embedding, hash_key(admin)), encoding="utf-8")
+    config.write_text(semcache_config(upstream, hash_key(key), embedding, hash_key(admin), speculative=speculative),
+                      encoding="utf-8")
     service = Service(name, [sys.executable, "-m", "semcache", "serve", "--config", str(config)],
                       env=child_env(), log=folder / f"{stem}.log")
     match = service.wait_for_line(re.compile(r"listening on (http://\S+)"), START_SECONDS)
@@ -707,6 +712,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the bundled upstream in its own process (default) or in this one")
     parser.add_argument("--embedding", default=None,
                         help='semcache\'s model (default: the packaged MiniLM; "hash:384" takes the model out)')
+    parser.add_argument("--speculative", action="store_true",
+                        help="semcache's tenant sets speculative_upstream: the upstream call starts beside the "
+                             "semantic lookup (the no-model gateway stays as it is)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where the report goes too ({DEFAULT_OUT})")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -721,7 +729,8 @@ async def run(args: argparse.Namespace, litellm: Path, folder: Path) -> str:
     try:
         print("# starting LiteLLM's proxy and semcache serve ...", file=sys.stderr, flush=True)
         litellm_proxy = start_litellm(litellm, upstream.base_url, folder)
-        semcache_serve = start_semcache(SEMCACHE, upstream.base_url, folder, args.embedding)
+        semcache_serve = start_semcache(SEMCACHE, upstream.base_url, folder, args.embedding,
+                                        speculative=args.speculative)
         no_model = start_semcache(SEMCACHE_NO_MODEL, upstream.base_url, folder, NO_MODEL)
         bench = Bench([Contender(DIRECT, upstream.base_url, "fake", direct_outcome), semcache_serve,
                        litellm_proxy, no_model], upstream)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -198,11 +199,19 @@ class CachedEndpoints:
         return JSONResponse(failure.body, status_code=failure.status)
 
     async def _speculative(self, call: Call, plan: Plan) -> Response:
-        """Look up and call the upstream at the same time; a hit cancels the call (the tenant opted in).
+        """Call the upstream while the semantic lookup runs; a hit cancels the call (the tenant opted in).
 
-        A miss then costs no lookup time on top of the upstream's; a hit may
+        An exact hit is answered first, with no upstream call. After that a
+        miss costs no lookup time on top of the upstream's; a semantic hit may
         still be billed by the provider for the cancelled call.
         """
+        try:  # an exact hit first: it needs no model, so it is answered before any upstream call
+            exact = await anyio.to_thread.run_sync(self.gateway.cache.exact, plan)
+        except Exception:  # noqa: BLE001 - the lookup below meets the same failure and handles it
+            exact = None
+        answer = self._hit(call, plan, exact) if exact is not None else None
+        if answer is not None:
+            return answer
         sent_at = time.perf_counter()
         sending = asyncio.get_running_loop().create_task(self._send(call))
         try:
