@@ -32,6 +32,7 @@ def test_testing_exports():
     assert sorted(testing.__all__) == [
         "Endpoint",
         "FakeOpenAIServer",
+        "demo_gateway",
         "fake_answer",
         "fake_embedding",
         "openai_endpoint",
