@@ -58,7 +58,7 @@ from semcache._engine.local_housekeeping import LocalHousekeeping
 from semcache._engine.local_store import DEFAULT_CHECKPOINT_BYTES, LocalState
 from semcache._engine.state import ShardState
 from semcache._engine.storage import DurableLog
-from semcache.embeddings import BaseEmbedding, as_embedding
+from semcache.embeddings import as_embedding
 from semcache.errors import ConfigurationError
 
 
@@ -121,14 +121,6 @@ class SemanticKV(Conveniences):
 
     # ------------------------------------------------------------- shape
     @property
-    def embedding(self) -> BaseEmbedding:
-        return self._embedding
-
-    @property
-    def model_id(self) -> str:
-        return self._embedding.model_id
-
-    @property
     def limits(self) -> Limits:
         return self._state.limits
 
@@ -144,16 +136,8 @@ class SemanticKV(Conveniences):
         self._local.check_open()
 
     # ----------------------------------------------------------------- API
-    def put(
-        self,
-        key: str,
-        value: bytes | str,
-        ttl_ms: int = 0,
-        text: str | None = None,
-        *,
-        scope: str | None = None,
-        vector: np.ndarray | None = None,
-    ) -> bool:
+    def put(self, key: str, value: bytes | str, ttl_ms: int = 0, text: str | None = None, *,
+            scope: str | None = None, vector: np.ndarray | None = None) -> bool:
         """Store ``value`` under ``key``, searchable by ``text`` (default: the value as UTF-8).
 
         Args:
@@ -168,13 +152,7 @@ class SemanticKV(Conveniences):
         self._calls.store(self._checks.put(key, value, ttl_ms, text, scope, vector))
         return True
 
-    def put_many(
-        self,
-        items: BulkItems,
-        ttl_ms: int = 0,
-        *,
-        scope: str | None = None,
-    ) -> int:
+    def put_many(self, items: BulkItems, ttl_ms: int = 0, *, scope: str | None = None) -> int:
         """Store many values at once, their texts embedded in batches (much faster than a ``put`` each).
 
         ``items`` maps keys to values, or holds ``(key, value)`` or
@@ -223,15 +201,8 @@ class SemanticKV(Conveniences):
         prefix, limit = check_scan_args(prefix, limit)
         return self._calls.scan(prefix, limit)
 
-    def search(
-        self,
-        query: str | None,
-        top_k: int = 5,
-        threshold: float | None = None,
-        *,
-        scope: str | None = None,
-        vector: np.ndarray | None = None,
-    ) -> list[SearchResult]:
+    def search(self, query: str | None, top_k: int = 5, threshold: float | None = None, *,
+               scope: str | None = None, vector: np.ndarray | None = None) -> list[SearchResult]:
         """Entries whose text is nearest to ``query`` (cosine similarity), best first.
 
         Returns:
@@ -298,12 +269,6 @@ class SemanticKV(Conveniences):
             self._local.close()
         finally:
             self._housekeeping.stop()
-
-    def __enter__(self) -> SemanticKV:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __len__(self) -> int:
         return len(self._state.entries)
