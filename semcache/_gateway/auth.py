@@ -17,7 +17,7 @@ import hmac
 import os
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import Passthrough, Tenant, hash_key
 
@@ -91,8 +91,7 @@ class KeyTable:
             return None
         # A keyed hash: the tenant name reveals nothing of the key, and is stable while the secret is.
         name = "pt-" + hmac.new(self._passthrough_secret, key.encode(), hashlib.sha256).hexdigest()[:24]
-        return Caller(Tenant(name, (), default.max_wrong_rate, default.threshold, default.ttl, default.sampling),
-                      forward_key=key, passthrough=True)
+        return Caller(replace(default, name=name, key_hashes=()), forward_key=key, passthrough=True)
 
     def dashboard_cookie(self) -> str:
         """The value of the dashboard's session cookie: a keyed hash, so it opens nothing but this process."""

@@ -20,6 +20,7 @@ import anyio
 
 from semcache._cache.cache import CacheHit, SemanticCache
 from semcache._cache.decision import ThresholdDecision, choose_decision
+from semcache._cache.lookup import exact_hit
 from semcache.embeddings import as_embedding
 from semcache.errors import ConfigurationError, InvalidInputError
 from semcache.integrations.openai._answers import zeroed_usage
@@ -154,6 +155,11 @@ class GatewayCache:
 
     async def lookup_async(self, plan: Plan, tenant: Tenant) -> CacheHit | None:
         return await anyio.to_thread.run_sync(self.lookup, plan, tenant)
+
+    def exact(self, plan: Plan) -> CacheHit | None:
+        """The exact path alone (no embedding): the entry stored for this very prompt, or None (blocking)."""
+        view = self.cache.view(plan.namespace)
+        return exact_hit(view.backend, view.address(plan.prompt, plan.scope), None)
 
     # ----------------------------------------------------------- stores
     def store_later(self, plan: Plan, tenant: Tenant, record: dict[str, Any], on_done: Any) -> None:

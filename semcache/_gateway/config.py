@@ -109,6 +109,8 @@ class Tenant:
         threshold: a cosine threshold instead of the verifier.
         ttl: seconds its answers stay cached (None: the cache's default).
         sampling: ``"deterministic"`` caches only requests with temperature unset or 0; ``"all"`` caches every one.
+        speculative_upstream: call the upstream while the semantic lookup runs, and cancel the call on a
+            hit: a miss then waits for no lookup, but the provider may bill the cancelled calls.
     """
 
     name: str
@@ -117,6 +119,7 @@ class Tenant:
     threshold: float | None = None
     ttl: float | None = None
     sampling: str = "deterministic"
+    speculative_upstream: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,7 +273,8 @@ def _upstream(raw: Any, where: str) -> Upstream:
 
 def _tenant(raw: Any, where: str) -> Tenant:
     table = _mapping(raw, where)
-    _only(table, where, {"name", "key_hashes", "max_wrong_rate", "threshold", "ttl", "sampling"})
+    _only(table, where, {"name", "key_hashes", "max_wrong_rate", "threshold", "ttl", "sampling",
+                         "speculative_upstream"})
     hashes = tuple(_key_hash(h, f"{where}.key_hashes[{i}]") for i, h in enumerate(_strings(table, "key_hashes", where)))
     sampling = table.get("sampling", "deterministic")
     if sampling not in ("deterministic", "all"):
@@ -284,6 +288,7 @@ def _tenant(raw: Any, where: str) -> Tenant:
         threshold=_cosine(table.get("threshold"), f"{where}.threshold"),
         ttl=None if table.get("ttl") is None else _seconds(table["ttl"], f"{where}.ttl"),
         sampling=sampling,
+        speculative_upstream=_bool(table.get("speculative_upstream", False), f"{where}.speculative_upstream"),
     )
 
 

@@ -62,6 +62,15 @@ def demo_upstream() -> Iterator[str]:
         yield server.base_url
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (bound here, not by uvicorn, so the real port of port 0 can be printed)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, port), family=family)
+    # create_server leaves the socket's proto 0, and asyncio sets TCP_NODELAY only on connections whose socket says
+    # IPPROTO_TCP: without it every keep-alive answer (headers, then body) waits ~40 ms for a delayed ACK.
+    return socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=listener.detach())
+
+
 @dataclass(frozen=True)
 class DemoGateway:
     """A running demo gateway: its ``base_url`` (``.../v1``), the tenants' keys and the admin key."""
@@ -80,8 +89,7 @@ def running(config: GatewayConfig) -> Iterator[str]:
     import uvicorn
 
     gateway = Gateway(config, GatewayCache(build_cache(config.cache)))
-    family = socket.AF_INET6 if ":" in config.server.host else socket.AF_INET
-    sock = socket.create_server((config.server.host, config.server.port), family=family)
+    sock = listen(config.server.host, config.server.port)
     server = uvicorn.Server(uvicorn.Config(create_app(gateway), log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="semcache-gateway", daemon=True)
     thread.start()
@@ -124,9 +132,8 @@ def serve(config: GatewayConfig, *, host: str | None = None, port: int | None = 
     config.check()
     gateway = Gateway(config, GatewayCache(build_cache(config.cache)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The socket is bound here, not by uvicorn, so the real port (of --port 0) can be printed for scripts.
-    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
-    sock = socket.create_server((server.host, server.port), family=family)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # at INFO it logs a line for every upstream call
+    sock = listen(server.host, server.port)
     print(f"semcache gateway listening on http://{server.host}:{sock.getsockname()[1]}", flush=True)
     settings = uvicorn.Config(create_app(gateway), log_level="info", access_log=False, lifespan="on",
                               timeout_graceful_shutdown=GRACEFUL_SECONDS)

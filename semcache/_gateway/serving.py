@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -77,12 +79,12 @@ class CachedEndpoints:
         call = Call(caller, endpoint, model, body, raw, dict(request.headers), started)
         if plan is None:
             return await self._upstream(call, None, outcome="bypass", reason="policy")
+        if plan.lookup and caller.tenant.speculative_upstream:
+            return await self._speculative(call, plan)
         hit = None
         if plan.lookup:
             try:
-                looked = time.perf_counter()
-                hit = await self.gateway.cache.lookup_async(plan, caller.tenant)
-                self.gateway.metrics.lookup_took(caller.tenant.name, model, time.perf_counter() - looked)
+                hit = await self._lookup(call, plan)
             except Exception as exc:  # noqa: BLE001 - a failing cache never fails the call
                 log.warning("semcache gateway: the cache lookup failed, serving uncached: %s", exc)
                 self.gateway.metrics.cache_errors.labels("lookup").inc()
@@ -142,42 +144,99 @@ class CachedEndpoints:
         flight: asyncio.Future[bytes | None] | None = None,
     ) -> Response:
         """Send ``call`` upstream and answer with what it says (relayed as a stream when it is one)."""
+        sent = time.perf_counter()
+        return await self._answer(call, plan, await self._send(call), sent, outcome=outcome, reason=reason,
+                                  key=key, flight=flight)
+
+    async def _send(self, call: Call) -> httpx.Response | UpstreamFailure:
+        """The upstream's response to ``call``, its body not yet read; or why there is none."""
         upstream = self.gateway.config.upstream_for(call.model)
         assert upstream is not None  # checked before
         path = call.endpoint.replace("chat.completions", "/chat/completions").replace("responses", "/responses")
-        tenant = call.caller.tenant.name
-        sent = time.perf_counter()
         try:
-            response = await self.gateway.upstreams.open(upstream, "POST", path, headers=call.headers, body=call.raw,
-                                                         key=call.caller.forward_key)
+            return await self.gateway.upstreams.open(upstream, "POST", path, headers=call.headers, body=call.raw,
+                                                     key=call.caller.forward_key)
         except UpstreamFailure as exc:
-            self.gateway.metrics.upstream_errors.labels(upstream.name, str(exc.status)).inc()
-            self.gateway.metrics.error(tenant, call.model, call.endpoint)
-            return JSONResponse(exc.body, status_code=exc.status)
-        headers = {**response_headers(response), "x-semcache": "bypass" if outcome == "bypass" else "miss"}
+            return exc
+
+    async def _answer(
+        self, call: Call, plan: Plan | None, sent: httpx.Response | UpstreamFailure, sent_at: float, *,
+        outcome: str, reason: str = "", key: str | None = None, flight: asyncio.Future[bytes | None] | None = None,
+    ) -> Response:
+        """The answer to ``call`` from what the upstream sent: relayed, stored, or its error passed through."""
+        upstream = self.gateway.config.upstream_for(call.model)
+        assert upstream is not None
+        tenant = call.caller.tenant.name
+        if isinstance(sent, UpstreamFailure):
+            return self._failed(call, upstream.name, sent)
+        headers = {**response_headers(sent), "x-semcache": "bypass" if outcome == "bypass" else "miss"}
         if key:
             headers["x-semcache-key"] = key
-        is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
-        if response.status_code == 200 and is_stream:
-            return StreamingResponse(self._relay(call, plan, response, upstream, outcome, reason, sent),
+        is_stream = sent.headers.get("content-type", "").startswith("text/event-stream")
+        if sent.status_code == 200 and is_stream:
+            return StreamingResponse(self._relay(call, plan, sent, upstream, outcome, reason, sent_at),
                                      status_code=200, headers=headers)
         try:
-            data = await self.gateway.upstreams.read(response, upstream)
+            data = await self.gateway.upstreams.read(sent, upstream)
         except UpstreamFailure as exc:
-            self.gateway.metrics.upstream_errors.labels(upstream.name, str(exc.status)).inc()
+            return self._failed(call, upstream.name, exc)
+        self.gateway.metrics.upstream_took(tenant, call.model, time.perf_counter() - sent_at)
+        if sent.status_code != 200:
+            self.gateway.metrics.upstream_errors.labels(upstream.name, str(sent.status_code)).inc()
             self.gateway.metrics.error(tenant, call.model, call.endpoint)
-            return JSONResponse(exc.body, status_code=exc.status)
-        self.gateway.metrics.upstream_took(tenant, call.model, time.perf_counter() - sent)
-        if response.status_code != 200:
-            self.gateway.metrics.upstream_errors.labels(upstream.name, str(response.status_code)).inc()
-            self.gateway.metrics.error(tenant, call.model, call.endpoint)
-            return Response(data, status_code=response.status_code, headers=headers)  # never cached
+            return Response(data, status_code=sent.status_code, headers=headers)  # never cached
         self._finish(call, plan, outcome, reason)
         if plan is not None and plan.store:
             self._store_answer(call, plan, data)
         if flight is not None and not flight.done():
             flight.set_result(data)
         return Response(data, status_code=200, headers=headers)
+
+    def _failed(self, call: Call, upstream: str, failure: UpstreamFailure) -> Response:
+        """A timeout (504) or an unreachable upstream (502), counted."""
+        self.gateway.metrics.upstream_errors.labels(upstream, str(failure.status)).inc()
+        self.gateway.metrics.error(call.caller.tenant.name, call.model, call.endpoint)
+        return JSONResponse(failure.body, status_code=failure.status)
+
+    async def _speculative(self, call: Call, plan: Plan) -> Response:
+        """Call the upstream while the semantic lookup runs; a hit cancels the call (the tenant opted in).
+
+        An exact hit is answered first, with no upstream call. After that a
+        miss costs no lookup time on top of the upstream's; a semantic hit may
+        still be billed by the provider for the cancelled call.
+        """
+        try:  # an exact hit first: it needs no model, so it is answered before any upstream call
+            exact = await anyio.to_thread.run_sync(self.gateway.cache.exact, plan)
+        except Exception:  # noqa: BLE001 - the lookup below meets the same failure and handles it
+            exact = None
+        answer = self._hit(call, plan, exact) if exact is not None else None
+        if answer is not None:
+            return answer
+        sent_at = time.perf_counter()
+        sending = asyncio.get_running_loop().create_task(self._send(call))
+        try:
+            hit = await self._lookup(call, plan)
+        except Exception as exc:  # noqa: BLE001 - a failing cache never fails the call
+            log.warning("semcache gateway: the cache lookup failed, serving uncached: %s", exc)
+            self.gateway.metrics.cache_errors.labels("lookup").inc()
+            return await self._answer(call, None, await sending, sent_at, outcome="bypass", reason="cache_error")
+        answer = self._hit(call, plan, hit) if hit is not None else None
+        if answer is None:
+            return await self._answer(call, plan, await sending, sent_at, outcome="miss",
+                                      key=self.gateway.cache.key_of(plan))
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            sent = await sending
+            if isinstance(sent, httpx.Response):
+                await sent.aclose()  # it answered before the lookup ended: drop it unread
+        return answer
+
+    async def _lookup(self, call: Call, plan: Plan) -> CacheHit | None:
+        """The cache's hit for ``plan``, timed."""
+        looked = time.perf_counter()
+        hit = await self.gateway.cache.lookup_async(plan, call.caller.tenant)
+        self.gateway.metrics.lookup_took(call.caller.tenant.name, call.model, time.perf_counter() - looked)
+        return hit
 
     def _finish(self, call: Call, plan: Plan | None, outcome: str, reason: str) -> None:
         seconds = time.perf_counter() - call.started

@@ -467,6 +467,8 @@ def _check_markers(text: str) -> None:
 def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as real clients expect
+        # Headers and body go out in separate writes: with Nagle on, a keep-alive answer waits ~40 ms for an ACK.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
             pass  # quiet: tests read counters, not logs
