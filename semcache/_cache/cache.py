@@ -26,17 +26,22 @@ How a lookup decides:
    of the scope is judged (:mod:`semcache._cache.decision`): by the learned
    verifier at the cache's operating point (the default with the packaged
    all-MiniLM-L6-v2), or by a cosine threshold and the hit guard.
+
+The parts: :mod:`~semcache._cache.keys` (scopes, prompts, keys),
+:mod:`~semcache._cache.lookup` (both paths, counted), :mod:`~semcache._cache.storing`
+(what a store writes), :mod:`~semcache._cache.compute` (``get_or_compute``'s
+single flight), :mod:`~semcache._cache.feedback` (wrong-hit reports, the refitted point).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from semcache._cache import feedback
+from semcache._cache.compute import ComputeOnce
 from semcache._cache.decision import (
     DEFAULT_THRESHOLD,
     Decision,
@@ -50,28 +55,26 @@ from semcache._cache.keys import (
     Scope,
     _AllScopes,
     canonical_scope,
+    check_namespace,
     check_prompt,
     entry_key,
     normalize_prompt,
     scope_id,
     ttl_ms,
 )
-from semcache._cache.lookup import Explanation, embed, exact_hit, semantic
+from semcache._cache.lookup import Explanation, Lookups
 from semcache._cache.memo import HitMemo
-from semcache._cache.records import CacheHit, read_record, record_bytes
-from semcache._cache.single_flight import Follow, SingleFlight
-from semcache._cache.storing import bulk_items, checked_pairs, keeps_verifier_data, verifier_data
+from semcache._cache.records import CacheHit
+from semcache._cache.storing import write_entry, write_pairs
 from semcache._engine.backend import Backend
 from semcache._engine.inputs import similarity
 from semcache.embeddings import BaseEmbedding, as_embedding
-from semcache.errors import ConfigurationError, InvalidInputError
+from semcache.errors import ConfigurationError
 
 __all__ = [
     "ALL_SCOPES", "DEFAULT_NAMESPACE", "DEFAULT_THRESHOLD", "Address", "CacheHit", "CacheStats", "Explanation",
     "HitMemo", "Scope", "SemanticCache", "canonical_scope", "normalize_prompt",
 ]
-
-log = logging.getLogger("semcache")
 
 DEFAULT_NAMESPACE = "semcache"
 
@@ -136,27 +139,21 @@ class SemanticCache:
         max_wrong_rate: float | str | None = None,
     ) -> None:
         self.backend = _backend(backend, embedding)
-        if not isinstance(namespace, str) or not namespace or "/" in namespace or "~" in namespace:
-            raise ConfigurationError(f"namespace must be a non-empty str without '/' or '~', got {namespace!r}")
-        self.namespace = namespace
+        self.namespace = check_namespace(namespace)
         self.guard = guard
         self.default_ttl_ms = ttl_ms(ttl)
         self.decision = choose_decision(self.embedding, threshold=threshold, max_wrong_rate=max_wrong_rate,
                                         guard=guard)
         if threshold is None and max_wrong_rate is None and isinstance(self.decision, VerifierDecision):
-            self.decision = self._refitted(self.decision)
+            self.decision = feedback.refitted(self.decision, self.backend, self.namespace)
+        self._start_counting()
+
+    def _start_counting(self) -> None:
+        """Fresh counters, and the paths that count into them (a :meth:`view` counts apart from its cache)."""
         self.stats = CacheStats()
         self._stats_lock = threading.Lock()
-        self._flights: SingleFlight[Any] = SingleFlight()
-
-    def _refitted(self, decision: VerifierDecision) -> VerifierDecision:
-        """The namespace's refitted operating point, when one was written (stricter than the default only)."""
-        point = feedback.read_operating_point(self.backend, self.namespace)
-        if point is None or point.score_threshold <= decision.score_threshold:
-            return decision
-        log.info("semcache: namespace %s serves from verifier score %.3f (refitted from %d wrong-hit reports)",
-                 self.namespace, point.score_threshold, point.reports)
-        return replace(decision, score_threshold=point.score_threshold)
+        self._lookups = Lookups(self.backend, self._count)
+        self._misses = ComputeOnce(self.backend, self._count)
 
     @property
     def embedding(self) -> BaseEmbedding:
@@ -171,17 +168,14 @@ class SemanticCache:
         """A cache over the same backend and settings, in another namespace (an adapter's own entries)."""
         other = SemanticCache.__new__(SemanticCache)
         other.__dict__.update(self.__dict__)
-        if not isinstance(namespace, str) or not namespace or "/" in namespace or "~" in namespace:
-            raise ConfigurationError(f"namespace must be a non-empty str without '/' or '~', got {namespace!r}")
-        other.namespace = namespace
-        other.stats = CacheStats()
-        other._stats_lock = threading.Lock()
-        other._flights = SingleFlight()
+        other.namespace = check_namespace(namespace)
+        other._start_counting()
         return other
 
-    def _count(self, name: str, reason: str | None = None) -> None:
+    def _count(self, name: str, reason: str | None = None, amount: int = 1) -> None:
+        """Add to a :class:`CacheStats` counter (and, for a guard veto, to its reason's), under the lock."""
         with self._stats_lock:
-            setattr(self.stats, name, getattr(self.stats, name) + 1)
+            setattr(self.stats, name, getattr(self.stats, name) + amount)
             if reason:
                 self.stats.vetoes_by_reason[reason] = self.stats.vetoes_by_reason.get(reason, 0) + 1
 
@@ -223,13 +217,7 @@ class SemanticCache:
             memo: reuse exact hits decoded earlier while their stored bytes are
                 unchanged (see :class:`HitMemo`); its hits are shared, read-only.
         """
-        decision = self._decision_for(threshold)
-        self._count("lookups")
-        hit = exact_hit(self.backend, address, memo)
-        if hit is not None:
-            self._count("exact_hits")
-            return hit
-        return self._semantic(address, decision).hit
+        return self._lookups.find(address, self._decision_for(threshold), memo)
 
     def explain(self, prompt: str, *, scope: Scope = None, threshold: float | None = None) -> Explanation:
         """Look ``prompt`` up and say why it hit or missed: the nearest prompt, its similarity and score.
@@ -237,30 +225,12 @@ class SemanticCache:
         It decides exactly as :meth:`lookup` does (and counts in :attr:`stats` as one).
         """
         decision = self._decision_for(threshold)
-        address = self.address(prompt, scope)
-        self._count("lookups")
-        hit = exact_hit(self.backend, address, None)
-        if hit is not None:
-            self._count("exact_hits")
-            return Explanation(hit, True, decision.describe(), hit.cached_prompt, hit.response, 1.0)
-        return self._semantic(address, decision)
+        return self._lookups.explain(self.address(prompt, scope), decision)
 
     def _decision_for(self, threshold: float | None) -> Decision:
         if threshold is None:
             return self.decision
         return ThresholdDecision(similarity(threshold, "threshold", lowest=0.0), self.guard)
-
-    def _semantic(self, address: Address, decision: Decision) -> Explanation:
-        explanation, verdict = semantic(self.backend, self.embedding, address, decision)
-        if explanation.hit is not None:
-            self._count("semantic_hits")
-            return explanation
-        if verdict is not None and verdict.reason and verdict.reason.startswith("guard: "):
-            self._count("guard_vetoes", verdict.reason.removeprefix("guard: "))
-        elif verdict is not None and verdict.score is not None:
-            self._count("verifier_refusals")
-        self._count("misses")
-        return explanation
 
     # ------------------------------------------------------------- storing
     def store(
@@ -278,11 +248,7 @@ class SemanticCache:
             InvalidInputError: the prompt, scope, TTL, response or metadata is invalid.
         """
         address = self.address(prompt, scope)
-        lifetime = self.default_ttl_ms if ttl is None else ttl_ms(ttl)
-        record_bytes(prompt, response, metadata, None)  # refuse what cannot be stored before embedding it
-        vector, tokens = embed(self.embedding, address.normalized, keeps_verifier_data(self.embedding))
-        value = record_bytes(prompt, response, metadata, verifier_data(tokens))
-        self.backend.put(address.key, value, lifetime, scope=address.scope_id, vector=vector)
+        write_entry(self.backend, address, response, metadata, self.default_ttl_ms if ttl is None else ttl_ms(ttl))
         self._count("stores")
         return address.key
 
@@ -312,13 +278,9 @@ class SemanticCache:
             InvalidInputError: a bad pair (named by its position), scope or TTL; nothing is stored.
         """
         scope_name = self.scope_id(scope)
-        lifetime = self.default_ttl_ms if ttl is None else ttl_ms(ttl)
-        items = bulk_items(self.embedding, checked_pairs(pairs), scope_name)
-        # A record over the backend's value limit is refused there, as "put_many item <the same position>".
-        self.backend.put_many(items, lifetime, scope=scope_name)
-        with self._stats_lock:
-            self.stats.stores += len(items)
-        return [key for key, _, _ in items]
+        keys = write_pairs(self.backend, pairs, scope_name, self.default_ttl_ms if ttl is None else ttl_ms(ttl))
+        self._count("stores", amount=len(keys))
+        return keys
 
     def get_or_compute(
         self,
@@ -339,33 +301,8 @@ class SemanticCache:
         hit = self.lookup(prompt, scope=scope)
         if hit is not None:
             return hit.response
-        key = self.key_for(prompt, scope)
-        flight = self._flights.begin(key)
-        if isinstance(flight, Follow):
-            self._count("single_flight_waits")
-            landed = flight.wait()
-            if landed is not None:
-                return landed.value
-            return self._compute(prompt, fn, scope=scope, ttl=ttl, metadata=metadata)  # the leader failed
-        with flight:
-            # A previous leader may have stored the answer between our lookup and
-            # taking the lead; re-check the exact key so fn still runs only once.
-            record = read_record(key, self.backend.get(key))
-            if record is not None and normalize_prompt(record.prompt) == normalize_prompt(prompt):
-                response = record.response
-            else:
-                response = self._compute(prompt, fn, scope=scope, ttl=ttl, metadata=metadata)
-            flight.land(response)
-            return response
-
-    def _compute(
-        self, prompt: str, fn: Callable[[], Any], *, scope: Scope, ttl: float | None, metadata: Mapping[str, Any] | None
-    ) -> Any:
-        """``fn()``, stored for ``prompt`` in ``scope`` and returned."""
-        self._count("computes")
-        response = fn()
-        self.store(prompt, response, scope=scope, ttl=ttl, metadata=metadata)
-        return response
+        return self._misses.run(self.address(prompt, scope), fn,
+                                lambda response: self.store(prompt, response, scope=scope, ttl=ttl, metadata=metadata))
 
     # ------------------------------------------------------------ removal
     def delete(self, prompt: str, *, scope: Scope = None) -> bool:
@@ -402,11 +339,7 @@ class SemanticCache:
         Raises:
             InvalidInputError: not a hit of this cache's namespace.
         """
-        key = hit.key if isinstance(hit, CacheHit) else hit
-        if not isinstance(key, str) or not key.startswith(f"{self.namespace}/"):
-            raise InvalidInputError(f"report_wrong_hit needs a CacheHit or key of namespace {self.namespace!r}")
-        if isinstance(hit, CacheHit):
-            feedback.record_report(self.backend, self.namespace, feedback.report_of(hit, key.rsplit("/", 1)[0]))
+        key = feedback.record_wrong_hit(self.backend, self.namespace, hit)
         self._count("wrong_hits_reported")
         return self.backend.delete(key)
 

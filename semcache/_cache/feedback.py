@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from semcache._cache.decision import VerifierDecision
+from semcache._cache.records import CacheHit
 from semcache._engine.backend import Backend
+from semcache.errors import InvalidInputError
+
+log = logging.getLogger("semcache")
 
 # Reports kept per scan (the log of a namespace is read whole; it holds a few hundred reports at most).
 MAX_REPORTS = 100_000
@@ -121,3 +127,28 @@ def refit(reports: list[Report], current: float) -> OperatingPoint:
 def report_of(hit: Any, scope: str) -> Report:
     """The :class:`Report` of a :class:`~semcache._cache.records.CacheHit` that was wrong."""
     return Report(hit.prompt, hit.cached_prompt, scope, float(hit.similarity), hit.score, time.time())
+
+
+def record_wrong_hit(backend: Backend, namespace: str, hit: CacheHit | str) -> str:
+    """The key of a hit reported wrong, its pair recorded in the namespace's log first when ``hit`` is a
+    :class:`~semcache._cache.records.CacheHit` (a bare key carries no pair).
+
+    Raises:
+        InvalidInputError: not a hit of ``namespace``.
+    """
+    key = hit.key if isinstance(hit, CacheHit) else hit
+    if not isinstance(key, str) or not key.startswith(f"{namespace}/"):
+        raise InvalidInputError(f"report_wrong_hit needs a CacheHit or key of namespace {namespace!r}")
+    if isinstance(hit, CacheHit):
+        record_report(backend, namespace, report_of(hit, key.rsplit("/", 1)[0]))
+    return key
+
+
+def refitted(decision: VerifierDecision, backend: Backend, namespace: str) -> VerifierDecision:
+    """``decision`` at the namespace's refitted operating point, when one was written (stricter only)."""
+    point = read_operating_point(backend, namespace)
+    if point is None or point.score_threshold <= decision.score_threshold:
+        return decision
+    log.info("semcache: namespace %s serves from verifier score %.3f (refitted from %d wrong-hit reports)",
+             namespace, point.score_threshold, point.reports)
+    return replace(decision, score_threshold=point.score_threshold)

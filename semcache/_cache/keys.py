@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from semcache._engine.inputs import check_ttl_ms
-from semcache.errors import InvalidInputError
+from semcache.errors import ConfigurationError, InvalidInputError
 
 Scope = str | Mapping[str, Any] | None
 
@@ -81,6 +81,14 @@ def scope_id(namespace: str, scope: Scope) -> str:
 def entry_key(scope: str, normalized: str) -> str:
     """The backend key of a normalised prompt in a backend scope."""
     return f"{scope}/{hashlib.sha256(normalized.encode('utf-8')).hexdigest()[:32]}"
+
+
+def check_namespace(namespace: object) -> str:
+    """A cache's namespace: a non-empty str without ``/`` (it ends scope ids) or ``~`` (it names the
+    namespace's own feedback and settings scopes)."""
+    if not isinstance(namespace, str) or not namespace or "/" in namespace or "~" in namespace:
+        raise ConfigurationError(f"namespace must be a non-empty str without '/' or '~', got {namespace!r}")
+    return namespace
 
 
 def check_prompt(prompt: object) -> str:

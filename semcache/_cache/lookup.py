@@ -1,13 +1,14 @@
 """The two paths of a lookup: the exact key, then the nearest entry judged by the cache's decision.
 
-:class:`~semcache.SemanticCache` calls these and counts what they found; they
-hold no state of their own.
+:class:`Lookups` runs them for a :class:`~semcache.SemanticCache` and counts
+what they found in its :class:`~semcache.CacheStats`; the paths themselves
+(:func:`exact_hit`, :func:`semantic`) hold no state of their own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from semcache._cache.decision import Decision, Verdict
 from semcache._cache.guard import conflict
@@ -43,6 +44,12 @@ class Explanation:
     score: float | None = None
     reason: str | None = None
     guard: str | None = None
+
+
+class Count(Protocol):
+    """Adds one to a :class:`~semcache.CacheStats` counter (and, for ``guard_vetoes``, to its reason's)."""
+
+    def __call__(self, name: str, reason: str | None = None) -> None: ...
 
 
 def exact_hit(backend: Backend, address: Address, memo: HitMemo | None) -> CacheHit | None:
@@ -83,3 +90,47 @@ def semantic(
         hit = hit_of(found[0].key, record, verdict.similarity, exact=False, prompt=address.prompt, score=verdict.score)
         explanation = replace(explanation, hit=hit)
     return explanation, verdict
+
+
+class Lookups:
+    """A cache's lookups down both paths, each counted: a lookup, then an exact hit, a semantic hit or a miss (and
+    why the nearest entry was refused: a guard veto or a verifier refusal).
+
+    Args:
+        backend: the cache's store (and its embedder).
+        count: adds one to the cache's counter of that name.
+    """
+
+    def __init__(self, backend: Backend, count: Count) -> None:
+        self._backend = backend
+        self._count = count
+
+    def find(self, address: Address, decision: Decision, memo: HitMemo | None) -> CacheHit | None:
+        """The hit for ``address`` (exact, else semantic by ``decision``), or None."""
+        self._count("lookups")
+        hit = exact_hit(self._backend, address, memo)
+        if hit is not None:
+            self._count("exact_hits")
+            return hit
+        return self._semantic(address, decision).hit
+
+    def explain(self, address: Address, decision: Decision) -> Explanation:
+        """As :meth:`find`, and why it decided as it did."""
+        self._count("lookups")
+        hit = exact_hit(self._backend, address, None)
+        if hit is not None:
+            self._count("exact_hits")
+            return Explanation(hit, True, decision.describe(), hit.cached_prompt, hit.response, 1.0)
+        return self._semantic(address, decision)
+
+    def _semantic(self, address: Address, decision: Decision) -> Explanation:
+        explanation, verdict = semantic(self._backend, self._backend.embedding, address, decision)
+        if explanation.hit is not None:
+            self._count("semantic_hits")
+            return explanation
+        if verdict is not None and verdict.reason and verdict.reason.startswith("guard: "):
+            self._count("guard_vetoes", verdict.reason.removeprefix("guard: "))
+        elif verdict is not None and verdict.score is not None:
+            self._count("verifier_refusals")
+        self._count("misses")
+        return explanation

@@ -1,4 +1,9 @@
-"""What a store writes: each entry's record (with the verifier's data) and its vector, one or many at a time."""
+"""What a store writes: each entry's record (with the verifier's data) and its vector, one or many at a time.
+
+:meth:`SemanticCache.store <semcache.SemanticCache.store>` writes one entry
+(:func:`write_entry`), ``store_many`` many with the backend's ``put_many``
+(:func:`write_pairs`); both refuse what cannot be stored before embedding anything.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from semcache._cache.decision import verifier_fits
-from semcache._cache.keys import check_prompt, entry_key, normalize_prompt
+from semcache._cache.keys import Address, check_prompt, entry_key, normalize_prompt
+from semcache._cache.lookup import embed
 from semcache._cache.records import record_bytes
+from semcache._engine.backend import Backend
 from semcache._engine.bulk import EMBED_BATCH, bulk_entries, entry_at
 from semcache.embeddings import BaseEmbedding, TokenVectors, check_texts
 from semcache.errors import InvalidInputError
@@ -62,3 +69,26 @@ def bulk_items(embedding: BaseEmbedding, checked: list[Checked], scope: str) -> 
             items.append((entry_key(scope, normalized), record_bytes(prompt, response, None, verifier_data(pieces)),
                           vector))
     return items
+
+
+def write_entry(backend: Backend, address: Address, response: Any, metadata: Mapping[str, Any] | None,
+                lifetime_ms: int) -> None:
+    """Store ``response`` for the prompt at ``address``: its record, with the verifier's data, and its vector."""
+    embedding = backend.embedding
+    record_bytes(address.prompt, response, metadata, None)  # refuse what cannot be stored before embedding it
+    vector, tokens = embed(embedding, address.normalized, keeps_verifier_data(embedding))
+    value = record_bytes(address.prompt, response, metadata, verifier_data(tokens))
+    backend.put(address.key, value, lifetime_ms, scope=address.scope_id, vector=vector)
+
+
+def write_pairs(backend: Backend, pairs: Mapping[str, Any] | Iterable[tuple[str, Any]], scope: str,
+                lifetime_ms: int) -> list[str]:
+    """Store every ``(prompt, response)`` pair in ``scope`` with one ``put_many``; their keys, in order.
+
+    Raises:
+        InvalidInputError: a bad pair (named by its position); nothing is stored.
+    """
+    items = bulk_items(backend.embedding, checked_pairs(pairs), scope)
+    # A record over the backend's value limit is refused there, as "put_many item <the same position>".
+    backend.put_many(items, lifetime_ms, scope=scope)
+    return [key for key, _, _ in items]

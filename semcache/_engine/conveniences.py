@@ -1,26 +1,50 @@
-"""String and JSON conveniences over any store with ``put``/``get`` (the seed's ``put_string``, ``get_json``...).
+"""What both stores of the seed API share: string and JSON conveniences (``put_string``, ``get_json``...), the
+embedder and its model id, and ``with``.
+
+:class:`~semcache.SemanticKV` and :class:`~semcache.DistributedSemanticKV` derive
+from :class:`Conveniences`, so these are written once.
 
 A stored value that is not what the getter expects (bytes that are not UTF-8,
 text that is not JSON) raises :class:`~semcache.errors.InvalidInputError`
 naming the key, never a bare ``UnicodeDecodeError`` or ``JSONDecodeError``.
 """
-
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Self
 
+from semcache.embeddings import BaseEmbedding
 from semcache.errors import InvalidInputError
 
 
 class Conveniences:
-    """``put_string``/``get_string`` and ``put_json``/``get_json``, for every store with ``put`` and ``get``."""
+    """``put_string``/``get_string``, ``put_json``/``get_json``, ``embedding``, ``model_id`` and ``with`` (which
+    closes), for every store with ``put``, ``get``, ``close`` and an ``_embedding``."""
+
+    _embedding: BaseEmbedding
 
     def put(self, key: str, value: bytes | str, ttl_ms: int = 0, text: str | None = None) -> bool:
         raise NotImplementedError
 
     def get(self, key: str) -> bytes | None:
         raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def embedding(self) -> BaseEmbedding:
+        return self._embedding
+
+    @property
+    def model_id(self) -> str:
+        return self._embedding.model_id
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def put_string(self, key: str, value: str, ttl_ms: int = 0) -> bool:
         """Store a str (UTF-8)."""

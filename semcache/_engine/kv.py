@@ -23,12 +23,16 @@ Every mutation becomes a command (:mod:`semcache._engine.commands`) applied to a
 appended to a write-ahead log (:mod:`semcache._engine.storage`).  Embedding happens
 before the command is made, outside the lock, so threads embed in parallel and
 their single-text calls are micro-batched.
+
+The parts: :mod:`~semcache._engine.calls` checks every argument and embeds (the
+same checks as the cluster client's), :mod:`~semcache._engine.local_calls` runs
+the checked call on the state and counts it, :mod:`~semcache._engine.local_store`
+holds the state, its lock and its log, and
+:mod:`~semcache._engine.local_housekeeping` expires and evicts.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,36 +40,26 @@ from typing import Any
 import numpy as np
 
 from semcache._engine.backend import BulkItems, SearchResult
-from semcache._engine.bulk import BulkPut, bulk_puts, load_in_chunks
+from semcache._engine.calls import CallChecks
 from semcache._engine.clock import SteadyClock
-from semcache._engine.commands import Clear, Command, Delete, Put
 from semcache._engine.conveniences import Conveniences
-from semcache._engine.eviction import AccessLog, check_policy
-from semcache._engine.housekeeping import ExpiryHeap, Housekeeping, MaintenanceLoop
+from semcache._engine.eviction import check_policy
 from semcache._engine.index import IndexSettings
 from semcache._engine.inputs import (
     Limits,
     check_key,
     check_scan_args,
-    check_scope,
     check_scope_prefix,
-    check_search_args,
-    check_ttl_ms,
-    check_value_size,
-    coerce_value,
     positive_seconds,
-    put_vector,
-    search_vector,
     whole_number,
 )
+from semcache._engine.local_calls import LocalCalls
+from semcache._engine.local_housekeeping import LocalHousekeeping
 from semcache._engine.local_store import DEFAULT_CHECKPOINT_BYTES, LocalState
 from semcache._engine.state import ShardState
 from semcache._engine.storage import DurableLog
-from semcache.embeddings import BaseEmbedding, as_embedding
-from semcache.errors import ClosedError, ConfigurationError
-
-log = logging.getLogger("semcache")
-
+from semcache.embeddings import as_embedding
+from semcache.errors import ConfigurationError
 
 
 class SemanticKV(Conveniences):
@@ -113,35 +107,19 @@ class SemanticKV(Conveniences):
         if clock is not None and not callable(clock):
             raise ConfigurationError(f"clock must be a callable returning ms, got {type(clock).__name__}")
         self._embedding = as_embedding(embedding)
-        self._eviction = check_policy(eviction)
-        self._capacity = capacity
-        self._clock = clock or SteadyClock()
+        policy = check_policy(eviction)
+        clock = clock or SteadyClock()
         self.node_id = node_id
         self._local = LocalState(
             path, self._embedding, IndexSettings(max_entries, hnsw_m, hnsw_ef_construction, ef_search), limits,
             fsync=fsync, checkpoint_bytes=checkpoint_bytes,
         )
-        self._access = AccessLog()
-        self._expiries = ExpiryHeap()
-        self._expiries.rebuild(self._state.entries)
-        self._counters = dict.fromkeys(
-            ("puts", "gets", "get_hits", "deletes", "searches", "search_hits", "expired", "evicted"), 0
-        )
-        self._housekeeping = Housekeeping(
-            read=self._local.read, submit=self._submit, access=self._access, policy=self._eviction, capacity=capacity
-        )
-        self._purger = MaintenanceLoop("semcache-purge", purge_interval, self._purge_round)
-        self._purger.start()
+        self._checks = CallChecks(self._embedding, self._state.limits, scope_limits=self._state.limits)
+        self._housekeeping = LocalHousekeeping(self._local, clock, policy=policy, capacity=capacity,
+                                               purge_interval=purge_interval)
+        self._calls = LocalCalls(self._local, clock, self._housekeeping)
 
-    # ------------------------------------------------------------- plumbing
-    @property
-    def embedding(self) -> BaseEmbedding:
-        return self._embedding
-
-    @property
-    def model_id(self) -> str:
-        return self._embedding.model_id
-
+    # ------------------------------------------------------------- shape
     @property
     def limits(self) -> Limits:
         return self._state.limits
@@ -151,30 +129,15 @@ class SemanticKV(Conveniences):
         return self._local.state
 
     @property
-    def _lock(self) -> threading.RLock:
-        return self._local.lock
-
-    @property
     def _log(self) -> DurableLog | None:
         return self._local.log
 
     def _check_open(self) -> None:
         self._local.check_open()
 
-    def _submit(self, command: Command) -> int:
-        return self._local.submit(command)
-
     # ----------------------------------------------------------------- API
-    def put(
-        self,
-        key: str,
-        value: bytes | str,
-        ttl_ms: int = 0,
-        text: str | None = None,
-        *,
-        scope: str | None = None,
-        vector: np.ndarray | None = None,
-    ) -> bool:
+    def put(self, key: str, value: bytes | str, ttl_ms: int = 0, text: str | None = None, *,
+            scope: str | None = None, vector: np.ndarray | None = None) -> bool:
         """Store ``value`` under ``key``, searchable by ``text`` (default: the value as UTF-8).
 
         Args:
@@ -186,22 +149,10 @@ class SemanticKV(Conveniences):
             InvalidInputError: bad key, value, TTL, text or vector (nothing is stored).
         """
         self._check_open()
-        check_key(key, self._state.limits)
-        data = coerce_value(value)
-        ttl_ms = check_ttl_ms(ttl_ms)
-        scope = check_scope(scope, self._state.limits)
-        check_value_size(data, self._state.limits)  # before paying for the embedding
-        vector_bytes = put_vector(self._embedding, data, text, vector)
-        self._store(self._put_command(key, data, scope, vector_bytes, ttl_ms))
+        self._calls.store(self._checks.put(key, value, ttl_ms, text, scope, vector))
         return True
 
-    def put_many(
-        self,
-        items: BulkItems,
-        ttl_ms: int = 0,
-        *,
-        scope: str | None = None,
-    ) -> int:
+    def put_many(self, items: BulkItems, ttl_ms: int = 0, *, scope: str | None = None) -> int:
         """Store many values at once, their texts embedded in batches (much faster than a ``put`` each).
 
         ``items`` maps keys to values, or holds ``(key, value)`` or
@@ -226,103 +177,49 @@ class SemanticKV(Conveniences):
                 closed); the items before are stored, and the error says how many.
         """
         self._check_open()
-        ttl_ms = check_ttl_ms(ttl_ms)
-        scope = check_scope(scope, self._state.limits)
-
-        def write(chunk: list[BulkPut], vectors: list[bytes | None]) -> tuple[int, BaseException | None]:
-            for done, (item, vector) in enumerate(zip(chunk, vectors, strict=True)):
-                try:
-                    self._store(self._put_command(item.key, item.value, scope, vector, ttl_ms))
-                except Exception as exc:  # a full disk, or close() meanwhile: report how far it got
-                    return done, exc
-            return len(chunk), None
-
-        return load_in_chunks(bulk_puts(items, self._state.limits), self._embedding, write)
-
-    def _put_command(self, key: str, data: bytes, scope: str, vector: bytes | None, ttl_ms: int) -> Put:
-        now = self._clock()
-        return Put(key, data, scope, vector, now, now + ttl_ms if ttl_ms else 0)
-
-    def _store(self, command: Put) -> None:
-        """Log and apply a put, then account for it: counters, access order, expiry, capacity."""
-        self._submit(command)
-        with self._lock:
-            self._counters["puts"] += 1
-            self._access.touch(command.key, command.created_at_ms)
-            if command.expires_at_ms:
-                self._expiries.add(command.expires_at_ms, command.key, self._state.entries)
-            self._evict_if_over_capacity()
+        return self._checks.put_many(items, ttl_ms, scope, self._calls.store_in_order)
 
     def get(self, key: str) -> bytes | None:
         """The value of ``key``, or None if absent or expired."""
         self._check_open()
         check_key(key, self._state.limits)
-        now = self._clock()
-        with self._lock:
-            entry = self._state.get(key, now)
-            self._counters["gets"] += 1
-            if entry is None:
-                return None
-            self._counters["get_hits"] += 1
-            self._access.touch(key, now)
-            return entry.value
+        return self._calls.get(key)
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; True if it was there."""
         check_key(key, self._state.limits)
-        with self._lock:
-            removed = bool(self._submit_removal(Delete(key), [key]))
-            self._counters["deletes"] += 1
-        return removed
+        return self._calls.delete(key)
 
     def exists(self, key: str) -> bool:
         self._check_open()
         check_key(key, self._state.limits)
-        with self._lock:
-            return self._state.get(key, self._clock()) is not None
+        return self._calls.exists(key)
 
     def scan(self, prefix: str = "", limit: int = 100) -> list[str]:
         """Keys starting with ``prefix``, sorted, at most ``limit``."""
         self._check_open()
         prefix, limit = check_scan_args(prefix, limit)
-        with self._lock:
-            return self._state.scan(prefix, limit, self._clock())
+        return self._calls.scan(prefix, limit)
 
-    def search(
-        self,
-        query: str | None,
-        top_k: int = 5,
-        threshold: float | None = None,
-        *,
-        scope: str | None = None,
-        vector: np.ndarray | None = None,
-    ) -> list[SearchResult]:
+    def search(self, query: str | None, top_k: int = 5, threshold: float | None = None, *,
+               scope: str | None = None, vector: np.ndarray | None = None) -> list[SearchResult]:
         """Entries whose text is nearest to ``query`` (cosine similarity), best first.
 
         Returns:
             ``SearchResult(key, value, similarity, node)`` tuples.
         """
         self._check_open()
-        check_search_args(top_k, threshold)
-        scope = check_scope(scope, self._state.limits)
-        query_vector = search_vector(self._embedding, query, vector)
-        now = self._clock()
-        with self._lock:
-            self._check_open()
-            matches = self._state.search(query_vector, scope, top_k, threshold, now)
-            self._counters["searches"] += 1
-            self._counters["search_hits"] += bool(matches)
-            for match in matches:
-                self._access.touch(match.key, now)
-            return [SearchResult(m.key, m.entry.value, m.similarity, self.node_id) for m in matches]
+        query_vector, scope = self._checks.search(query, top_k, threshold, scope, vector)
+        matches = self._calls.search(query_vector, scope, top_k, threshold)
+        return [SearchResult(m.key, m.entry.value, m.similarity, self.node_id) for m in matches]
 
     def clear_scope(self, scope_prefix: str) -> int:
         """Remove every entry in scopes starting with ``scope_prefix``; returns how many."""
-        return self._clear(check_scope_prefix(scope_prefix))
+        return self._calls.clear(check_scope_prefix(scope_prefix))
 
     def clear_all(self) -> int:
         """Remove everything; returns how many entries were removed."""
-        return self._clear("")
+        return self._calls.clear("")
 
     def set_ef_search(self, ef_search: int) -> None:
         """Use another query-time HNSW ``ef`` from now on: more finds more, at more search time.
@@ -340,31 +237,18 @@ class SemanticKV(Conveniences):
             ConfigurationError: ``ef_search`` is not a positive int.
         """
         whole_number(ef_search, "ef_search", minimum=1, error=ConfigurationError)
-        with self._lock:
+        with self._local.lock:
             self._check_open()
             self._state.set_ef_search(ef_search)
 
-    def _clear(self, scope_prefix: str) -> int:
-        with self._lock:
-            doomed = [key for key, entry in self._state.entries.items() if entry.scope.startswith(scope_prefix)]
-            return self._submit_removal(Clear(scope_prefix), doomed)
-
-    def _submit_removal(self, command: Command, doomed: list[str]) -> int:
-        """Apply a command that removes ``doomed`` and drop their local access records."""
-        removed = self._submit(command)
-        for key in doomed:
-            self._access.forget(key)
-        return removed
-
     def stats(self) -> dict[str, Any]:
         """Counters, sizes and settings."""
-        with self._lock:
+        with self._local.lock:
             return {
                 "node": self.node_id,
                 **self._state.stats(),
-                **self._counters,
-                "capacity": self._capacity,
-                "eviction": self._eviction,
+                **self._calls.counters,
+                **self._housekeeping.counts(),
                 **self._local.where(),
                 "embedding_model_calls": self._embedding.model_calls,
                 "embedding_memo_hits": self._embedding.memo_hits,
@@ -372,7 +256,7 @@ class SemanticKV(Conveniences):
 
     def digest(self) -> str:
         """SHA-256 of the replicated state's snapshot: equal digests mean identical stores."""
-        with self._lock:
+        with self._local.lock:
             return self._state.digest()
 
     def checkpoint(self) -> None:
@@ -384,13 +268,7 @@ class SemanticKV(Conveniences):
         try:
             self._local.close()
         finally:
-            self._purger.stop()
-
-    def __enter__(self) -> SemanticKV:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            self._housekeeping.stop()
 
     def __len__(self) -> int:
         return len(self._state.entries)
@@ -399,32 +277,6 @@ class SemanticKV(Conveniences):
         where = self._log.path if self._log else "memory"
         return f"SemanticKV({where}, entries={len(self._state.entries)}, model={self.model_id})"
 
-    # ------------------------------------------------- expiry and eviction
-    # What leaves, and the commands that remove it, are decided by the shared
-    # driver (semcache._engine.housekeeping); the heap only says cheaply whether
-    # anything may have expired, and the counters are this store's.
     def purge_expired(self) -> int:
         """Remove expired entries now (the background thread does this every ``purge_interval``)."""
-        now = self._clock()
-        with self._lock:
-            self._check_open()
-            if not self._expiries.due(now):
-                return 0
-            self._expiries.drop_due(now)
-            removed = self._housekeeping.expire(now)
-            self._counters["expired"] += removed
-            return removed
-
-    def _purge_round(self) -> None:
-        """One background purge; a store closed meanwhile has nothing left to purge."""
-        try:
-            self.purge_expired()
-        except ClosedError:
-            return
-
-    def _evict_if_over_capacity(self) -> None:
-        """Expired entries first, whatever the policy (they are dead already); then evict 1 % below capacity."""
-        if not self._housekeeping.over_capacity():
-            return
-        self.purge_expired()
-        self._counters["evicted"] += self._housekeeping.evict_over_capacity()
+        return self._housekeeping.purge_expired()

@@ -18,8 +18,7 @@ b'v'
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +33,8 @@ from semcache._engine.inputs import (
     check_value_size,
     utf8_size,
 )
+from semcache._engine.scope_indexes import ScopeIndexes
 from semcache.errors import EmbeddingMismatchError, InvalidInputError
-
-SNAPSHOT_FORMAT = 1
 
 
 @dataclass(slots=True)
@@ -63,7 +61,8 @@ class Match:
 
 
 class ShardState:
-    """Key-value entries plus one HNSW index per scope, changed only by commands."""
+    """Key-value entries plus one HNSW index per scope (:class:`~semcache._engine.scope_indexes.ScopeIndexes`),
+    changed only by commands."""
 
     def __init__(
         self,
@@ -76,17 +75,21 @@ class ShardState:
     ) -> None:
         self.dim = dim
         self.model_id = model_id
-        self.settings = settings or IndexSettings()
         self.limits = limits or Limits()
-        # hnswlib inserts the indexes may defer in all (see semcache._engine.index); never part of the replicated state.
-        self.index_backlog = index_backlog
-        self._queued_total = 0  # deferred hnswlib calls over all indexes...
-        self._scopes_queued: set[str] = set()  # ...and the scopes whose index has some
         self.entries: dict[str, Entry] = {}
-        self.indexes: dict[str, VectorIndex] = {}
-        # Derived from entries (rebuilt on restore): which key holds each label, per scope.
-        self._key_of_label: dict[str, dict[int, str]] = {}
+        # hnswlib inserts the indexes may defer in all (index_backlog) are never part of the replicated state.
+        self._scopes = ScopeIndexes(dim, settings or IndexSettings(), index_backlog)
         self.applied = 0  # commands applied so far: the position in the command stream
+
+    @property
+    def settings(self) -> IndexSettings:
+        """The HNSW settings of new indexes; ``ef_search`` is every index's."""
+        return self._scopes.settings
+
+    @property
+    def indexes(self) -> dict[str, VectorIndex]:
+        """Each scope's index."""
+        return self._scopes.indexes
 
     # ----------------------------------------------------------------- writes
     def validate(self, command: Command) -> None:
@@ -136,8 +139,8 @@ class ShardState:
         """Apply one command; returns True for a put, whether a delete found its key,
         and the number of entries removed for clear, expire and evict."""
         result = self._apply(command)
-        if self.index_backlog:
-            self._bound_backlog()
+        if self._scopes.backlog:
+            self._scopes.bound_backlog()
         return result
 
     def _apply(self, command: Command) -> int:
@@ -156,9 +159,7 @@ class ShardState:
                 self._remove(command.key)
                 label = None
                 if command.vector is not None:
-                    index = self._index_for(command.scope)
-                    label = index.add(np.frombuffer(command.vector, dtype=np.float32))
-                    self._key_of_label[command.scope][label] = command.key
+                    label = self._scopes.add(command.scope, command.key, command.vector)
                 self.entries[command.key] = Entry(
                     command.value, command.scope, label, command.created_at_ms, command.expires_at_ms
                 )
@@ -182,38 +183,23 @@ class ShardState:
         old = self.entries.get(put.key)
         if old is None or old.label is None or put.vector is None or old.scope != put.scope:
             return False
-        stored = self.indexes[old.scope].vector(old.label)
+        stored = self._scopes.vector(old.scope, old.label)
         new = np.frombuffer(put.vector, dtype=np.float32)
         # hnswlib stores cosine vectors normalised; compare after the same normalisation.
         return bool(np.allclose(stored, new / np.linalg.norm(new), rtol=0.0, atol=1e-6))
 
     def set_ef_search(self, ef_search: int) -> None:
         """Use another query-time ``ef`` in every index (search effort only, never the graph)."""
-        self.settings = replace(self.settings, ef_search=ef_search)
-        for index in self.indexes.values():
-            index.set_ef_search(ef_search)
+        self._scopes.set_ef_search(ef_search)
 
     def set_index_backlog(self, backlog: int) -> None:
         """Let the indexes defer up to ``backlog`` hnswlib calls in all (0: index every vector as it is applied)."""
-        self.index_backlog = backlog
-        for index in self.indexes.values():
-            index.backlog = self._per_index_backlog()
-        self._bound_backlog()
-
-    def _per_index_backlog(self) -> int:
-        # The bound is over all scopes together (a store may hold thousands of
-        # scopes), so an index itself never indexes early unless nothing may wait.
-        return sys.maxsize if self.index_backlog else 0
-
-    def _bound_backlog(self) -> None:
-        excess = self.queued_index_ops - self.index_backlog
-        if excess > 0:
-            self.index_pending(excess)
+        self._scopes.set_backlog(backlog)
 
     @property
     def queued_index_ops(self) -> int:
         """hnswlib calls deferred by the indexes (their vectors are already searchable)."""
-        return self._queued_total
+        return self._scopes.queued
 
     def index_pending(self, max_ops: int = 1) -> int:
         """Run up to ``max_ops`` deferred hnswlib calls; return how many ran.
@@ -221,50 +207,21 @@ class ShardState:
         It changes when the graph is built, never what it becomes: the owner calls
         it whenever it has a spare moment (the order across scopes does not matter).
         """
-        done = 0
-        for scope in list(self._scopes_queued):
-            if done >= max_ops:
-                break
-            done += self.indexes[scope].index_pending(max_ops - done)
-        return done
-
-    def _index_for(self, scope: str) -> VectorIndex:
-        index = self.indexes.get(scope)
-        if index is None:
-            index = VectorIndex(self.dim, self.settings, backlog=self._per_index_backlog())
-            self._add_index(scope, index)
-        return index
-
-    def _add_index(self, scope: str, index: VectorIndex) -> None:
-        """Hold ``index`` for ``scope`` and keep the running count of its deferred calls."""
-        self.indexes[scope] = index
-        self._key_of_label[scope] = {}
-        index.on_queue_change = lambda delta: self._queue_changed(scope, delta)
-
-    def _queue_changed(self, scope: str, delta: int) -> None:
-        self._queued_total += delta
-        if self.indexes[scope].queued:  # the index tells after its queue changed
-            self._scopes_queued.add(scope)
-        else:
-            self._scopes_queued.discard(scope)
+        return self._scopes.index_pending(max_ops)
 
     def _remove(self, key: str) -> bool:
         entry = self.entries.pop(key, None)
         if entry is None:
             return False
         if entry.label is not None:
-            self.indexes[entry.scope].remove(entry.label)
-            del self._key_of_label[entry.scope][entry.label]
+            self._scopes.remove(entry.scope, entry.label)
         return True
 
     def _clear(self, scope_prefix: str) -> int:
         doomed = [key for key, entry in self.entries.items() if entry.scope.startswith(scope_prefix)]
         for key in doomed:
             del self.entries[key]
-        for scope in [scope for scope in self.indexes if scope.startswith(scope_prefix)]:
-            self._queued_total -= self.indexes.pop(scope).queued  # its deferred calls go with it
-            self._scopes_queued.discard(scope)
-            del self._key_of_label[scope]
+        self._scopes.drop(scope_prefix)
         return len(doomed)
 
     # ------------------------------------------------------------------ reads
@@ -282,10 +239,10 @@ class ShardState:
         self, vector: np.ndarray, scope: str, top_k: int, threshold: float | None, now_ms: int
     ) -> list[Match]:
         """The ``top_k`` live entries of ``scope`` nearest to ``vector``, at or above ``threshold``."""
-        index = self.indexes.get(scope)
-        if index is None or top_k <= 0:
+        found = self._scopes.of_scope(scope)
+        if found is None or top_k <= 0:
             return []
-        key_of = self._key_of_label[scope]
+        index, key_of = found
 
         def live(label: int) -> bool:
             key = key_of.get(label)
@@ -305,10 +262,7 @@ class ShardState:
     def stats(self) -> dict[str, object]:
         return {
             "entries": len(self.entries),
-            "searchable": sum(len(index) for index in self.indexes.values()),
-            "scopes": len(self.indexes),
-            "index_slots": sum(index.slots for index in self.indexes.values()),
-            "index_queue": self.queued_index_ops,
+            **self._scopes.stats(),
             "ef_search": self.settings.ef_search,
             "applied": self.applied,
             "model_id": self.model_id,
@@ -345,8 +299,4 @@ class ShardState:
         """Take restored ``entries`` and per-scope ``indexes`` as this (empty) state's, at position ``applied``."""
         self.entries = entries
         self.applied = applied
-        for scope, index in indexes.items():
-            self._add_index(scope, index)
-        for key, entry in entries.items():
-            if entry.label is not None:
-                self._key_of_label[entry.scope][entry.label] = key
+        self._scopes.adopt(indexes, ((key, e.scope, e.label) for key, e in entries.items() if e.label is not None))

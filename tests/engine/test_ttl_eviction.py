@@ -198,9 +198,9 @@ def test_the_access_log_forgets_every_key_that_leaves():
         for i in range(60):  # 10 over capacity: evictions
             kv.put(f"e{i}", f"evictable {i}")
         kv.delete("e59")
-        assert len(kv._access) == len(kv) <= 50
+        assert len(kv._housekeeping.access) == len(kv) <= 50
         kv.clear_all()
-        assert len(kv._access) == 0
+        assert len(kv._housekeeping.access) == 0
 
 
 def test_refreshing_a_ttl_does_not_grow_the_expiry_heap_without_bound():
@@ -209,6 +209,6 @@ def test_refreshing_a_ttl_does_not_grow_the_expiry_heap_without_bound():
         for i in range(5_000):  # one hot key, its TTL refreshed on every write
             clock.advance(1)
             kv.put("hot", f"value {i}", ttl_ms=86_400_000)
-        assert len(kv._expiries) <= 2 * len(kv) + 1024
+        assert len(kv._housekeeping.expiries) <= 2 * len(kv) + 1024
         clock.advance(86_400_001)
         assert kv.purge_expired() == 1 and kv.get("hot") is None

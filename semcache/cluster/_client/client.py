@@ -28,7 +28,9 @@ The parts: :mod:`~semcache.cluster._client.connections` (the connection pool and
 the transport seam), :mod:`~semcache.cluster._client.topology` (shard routes),
 :mod:`~semcache.cluster._client.retry` (the retry loop),
 :mod:`~semcache.cluster._client.fanout` (every shard at once),
-:mod:`~semcache.cluster._client.batches` (coalesced requests).
+:mod:`~semcache.cluster._client.batches` (coalesced requests),
+:mod:`~semcache.cluster._client.admin` (the admin calls); the arguments are
+checked as the embedded store checks them (:mod:`semcache._engine.calls`).
 
 >>> from semcache import DistributedSemanticKV   # doctest: +SKIP
 >>> kv = DistributedSemanticKV(nodes=["grpc://127.0.0.1:8815"])   # doctest: +SKIP
@@ -40,7 +42,6 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -48,33 +49,25 @@ from typing import Any, TypeVar
 import numpy as np
 
 from semcache._engine.backend import BulkItems, SearchResult
-from semcache._engine.bulk import BulkPut, bulk_puts, load_in_chunks
+from semcache._engine.calls import CallChecks, CheckedPut
 from semcache._engine.conveniences import Conveniences
 from semcache._engine.inputs import (
     Limits,
     check_key,
     check_scan_args,
-    check_scope,
     check_scope_prefix,
-    check_search_args,
-    check_ttl_ms,
-    check_value_size,
-    coerce_value,
     positive_seconds,
-    put_vector,
-    search_vector,
     whole_number,
 )
-from semcache.cluster._client.admin import leader_report, replica_health
+from semcache.cluster._client.admin import ClusterAdmin, stats_report
 from semcache.cluster._client.batches import BatchSender
 from semcache.cluster._client.connections import Connect, ConnectionPool, NodeConnection, default_connect
 from semcache.cluster._client.fanout import FanOut, ShardResults, merge_hits, merge_keys
 from semcache.cluster._client.retry import ShardCaller
-from semcache.cluster._client.topology import embedding_for_cluster, first_topology, refresh_members, routes_of
+from semcache.cluster._client.topology import embedding_for_cluster, join_routes
 from semcache.cluster._routing import DEFAULT_VNODES, HashRing
 from semcache.cluster._wire import PutItem, SearchQuery
-from semcache.embeddings import BaseEmbedding
-from semcache.errors import ConfigurationError, ShardUnavailableError
+from semcache.errors import ConfigurationError
 
 T = TypeVar("T")
 
@@ -137,15 +130,7 @@ class DistributedSemanticKV(Conveniences):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         seeds = seed_addresses(nodes)
-        for name, value in (
-            ("connection_timeout", connection_timeout),
-            ("search_timeout", search_timeout),
-            ("request_timeout", request_timeout),
-        ):
-            positive_seconds(value, name)
-        whole_number(max_workers, "max_workers", minimum=1, error=ConfigurationError)
-        if read_from not in READ_FROM:
-            raise ConfigurationError(f"read_from must be one of {READ_FROM}, got {read_from!r}")
+        check_settings(connection_timeout, search_timeout, request_timeout, max_workers, read_from)
         self.connection_timeout = float(connection_timeout)
         self.search_timeout = float(search_timeout)
         self.request_timeout = float(request_timeout)
@@ -164,15 +149,8 @@ class DistributedSemanticKV(Conveniences):
     def _join(self, seeds: list[str], embedding: Any, limits: Limits | None, vnodes: int,
               clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
         """Learn the cluster (routes, model, limits) from the seeds and set up the per-shard machinery."""
-        topology = first_topology(self._pool, seeds)
-        routes = routes_of(topology)
+        topology, self._routes = join_routes(self._pool, seeds)
         self.limits = limits or Limits(max_value_bytes=topology.max_value_bytes)
-        self._routes = {route.id: route for route in routes}
-        for route in routes:
-            if route.id != topology.answered_for:
-                # The seed knows its own shard's live members, others only from the cluster file.
-                with contextlib.suppress(ShardUnavailableError):
-                    refresh_members(self._pool, route)
         self.ring = HashRing(self._routes, vnodes=vnodes)
         self._caller = ShardCaller(self._routes, self._pool, clock=clock, sleep=sleep)
         self._sender = BatchSender(self._caller, read_from=self.read_from, request_timeout=self.request_timeout,
@@ -181,16 +159,12 @@ class DistributedSemanticKV(Conveniences):
         self._writers = self._sender.put_combiners(self._routes)
         self._searchers = self._sender.search_combiners(self._routes)
         self._embedding = embedding_for_cluster(embedding, topology.model_id, topology.dim)
+        # Scopes are left to the nodes' limit: the client's limits are for keys and values.
+        self._checks = CallChecks(self._embedding, self.limits)
+        self._admin = ClusterAdmin(self._routes, self._pool, self._fan_out, self._caller,
+                                   connection_timeout=self.connection_timeout, request_timeout=self.request_timeout)
 
     # ------------------------------------------------------------- shape
-    @property
-    def embedding(self) -> BaseEmbedding:
-        return self._embedding
-
-    @property
-    def model_id(self) -> str:
-        return self._embedding.model_id
-
     @property
     def shard_ids(self) -> tuple[str, ...]:
         return self.ring.shard_ids
@@ -212,24 +186,14 @@ class DistributedSemanticKV(Conveniences):
         Raises:
             ShardUnavailableError: no known replica of some shard answered.
         """
-        self._check_open()
-        for route in self._routes.values():
-            refresh_members(self._pool, route)
+        self._admin.refresh_topology()
 
     def _check_open(self) -> None:
         self._pool.check_open()
 
     # ------------------------------------------------------------- keys
-    def put(
-        self,
-        key: str,
-        value: bytes | str,
-        ttl_ms: int = 0,
-        text: str | None = None,
-        *,
-        scope: str | None = None,
-        vector: np.ndarray | None = None,
-    ) -> bool:
+    def put(self, key: str, value: bytes | str, ttl_ms: int = 0, text: str | None = None, *,
+            scope: str | None = None, vector: np.ndarray | None = None) -> bool:
         """Store ``value`` under ``key`` on its shard; True once a majority committed it.
 
         Args:
@@ -244,13 +208,8 @@ class DistributedSemanticKV(Conveniences):
                 the write may still happen.
         """
         self._check_open()
-        check_key(key, self.limits)
-        data = coerce_value(value)
-        ttl_ms = check_ttl_ms(ttl_ms)
-        scope = check_scope(scope)
-        check_value_size(data, self.limits)  # before paying for the embedding
-        item = PutItem(key, data, scope, put_vector(self._embedding, data, text, vector), ttl_ms)
-        self._writers[self.ring.shard_for(key)].submit(item)
+        put = self._checks.put(key, value, ttl_ms, text, scope, vector)
+        self._writers[self.ring.shard_for(key)].submit(put_item(put))
         return True
 
     def put_many(self, items: BulkItems, ttl_ms: int = 0, *, scope: str | None = None) -> int:
@@ -270,16 +229,12 @@ class DistributedSemanticKV(Conveniences):
                 sending the same items again is safe.
         """
         self._check_open()
-        ttl_ms = check_ttl_ms(ttl_ms)
-        scope = check_scope(scope)
+        return self._checks.put_many(items, ttl_ms, scope, self._send_puts)
 
-        def write(chunk: list[BulkPut], vectors: list[bytes | None]) -> tuple[int, BaseException | None]:
-            self._check_open()
-            puts = [PutItem(item.key, item.value, scope, vector, ttl_ms) for item, vector in zip(chunk, vectors,
-                                                                                                 strict=True)]
-            return self._sender.put_on_shards(puts, self.ring.shard_for)
-
-        return load_in_chunks(bulk_puts(items, self.limits), self._embedding, write)
+    def _send_puts(self, puts: list[CheckedPut]) -> tuple[int, BaseException | None]:
+        """One chunk of ``put_many``: each shard's puts to its leader in order, the shards in parallel."""
+        self._check_open()
+        return self._sender.put_on_shards([put_item(put) for put in puts], self.ring.shard_for)
 
     def get(self, key: str) -> bytes | None:
         """The value of ``key``, or None if absent or expired."""
@@ -310,15 +265,8 @@ class DistributedSemanticKV(Conveniences):
         answers, missing = self._on_every_shard(lambda node: node.scan(prefix, limit, read_from=self.read_from))
         return merge_keys(answers, limit, missing)
 
-    def search(
-        self,
-        query: str | None,
-        top_k: int = 5,
-        threshold: float | None = None,
-        *,
-        scope: str | None = None,
-        vector: np.ndarray | None = None,
-    ) -> ShardResults[SearchResult]:
+    def search(self, query: str | None, top_k: int = 5, threshold: float | None = None, *,
+               scope: str | None = None, vector: np.ndarray | None = None) -> ShardResults[SearchResult]:
         """The ``top_k`` entries nearest to ``query`` over all shards, best first.
 
         Each shard returns its own top ``top_k``; the client keeps the best
@@ -330,9 +278,8 @@ class DistributedSemanticKV(Conveniences):
             ShardUnavailableError: no shard answered.
         """
         self._check_open()
-        check_search_args(top_k, threshold)
-        scope = check_scope(scope)
-        request = SearchQuery(search_vector(self._embedding, query, vector).tobytes(), scope, top_k, threshold)
+        query_vector, scope = self._checks.search(query, top_k, threshold, scope, vector)
+        request = SearchQuery(query_vector.tobytes(), scope, top_k, threshold)
         outcome = self._fan_out.run(self.shard_ids, lambda shard_id: self._searchers[shard_id].submit(request),
                                     timeout=self.search_timeout)
         answers, missing = outcome.partial()
@@ -360,40 +307,18 @@ class DistributedSemanticKV(Conveniences):
         Raises:
             AuthenticationError: this client has no (or the wrong) admin token.
         """
-        scope_prefix = check_scope_prefix(scope_prefix)
-        return self._clear(scope_prefix)
+        return self._admin.clear(check_scope_prefix(scope_prefix))
 
     def clear_all(self) -> int:
         """Remove everything on every shard; returns how many entries were removed (an admin call, as
         :meth:`clear_scope`)."""
-        return self._clear("")
-
-    def _clear(self, scope_prefix: str) -> int:
-        """A clear on every shard's leader; fails if any shard fails, after trying them all."""
-        self._check_open()
-        outcome = self._fan_out.run(
-            self.shard_ids,
-            lambda shard_id: self._caller.run(shard_id, lambda node: node.clear(scope_prefix), leader=True,
-                                              timeout=self.request_timeout),
-            timeout=self.request_timeout,
-        )
-        return sum(outcome.complete().values())
+        return self._admin.clear("")
 
     # ------------------------------------------------------------- admin
     def stats(self) -> dict[str, Any]:
         """Per-shard stats from each leader plus totals; shards that did not answer are listed."""
         answers, missing = self._on_every_shard(lambda node: node.stats())
-        return {
-            "node": "cluster",
-            "shards": answers,
-            "missing_shards": missing,
-            "entries": sum(int(s.get("entries", 0)) for s in answers.values()),
-            "model_id": self.model_id,
-            "dim": self._embedding.dim,
-            "read_from": self.read_from,
-            "embedding_model_calls": self._embedding.model_calls,
-            "embedding_memo_hits": self._embedding.memo_hits,
-        }
+        return stats_report(answers, missing, self._embedding, self.read_from)
 
     def cluster_stats(self) -> dict[str, dict[str, Any]]:
         """Raft state of every replica: ``{shard: {replica: health dict or {"error": ...}}}``.
@@ -401,8 +326,7 @@ class DistributedSemanticKV(Conveniences):
         A replica's health dict has its role, the leader it knows, term, commit
         index, applied index and entries (see ``NodeClient.health``).
         """
-        self._check_open()
-        return replica_health(self._routes.values(), self._pool, self._fan_out, timeout=self.connection_timeout)
+        return self._admin.replica_health()
 
     def health_check(self) -> dict[str, Any]:
         """Whether every shard has a leader that answers (the leaders found are cached).
@@ -411,11 +335,7 @@ class DistributedSemanticKV(Conveniences):
             ``{"healthy": bool, "shards": {shard: {"leader": addr|None, "replicas_up": n,
             "replicas": n}}}``; ``healthy`` is True when every shard has a reachable leader.
         """
-        report = leader_report(self.cluster_stats())
-        for shard_id, shard in report["shards"].items():
-            if shard["leader"]:
-                self._routes[shard_id].leader = shard["leader"]
-        return report
+        return self._admin.health_check()
 
     # ------------------------------------------------------------- life
     def close(self) -> None:
@@ -423,14 +343,31 @@ class DistributedSemanticKV(Conveniences):
         if self._pool.close():
             self._fan_out.close()
 
-    def __enter__(self) -> DistributedSemanticKV:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"DistributedSemanticKV(shards={list(self.ring.shard_ids)}, model={self.model_id})"
+
+
+def put_item(put: CheckedPut) -> PutItem:
+    """The wire record of a checked put (its text is embedded already: none is sent)."""
+    return PutItem(put.key, put.value, put.scope, put.vector, put.ttl_ms)
+
+
+def check_settings(connection_timeout: float, search_timeout: float, request_timeout: float, max_workers: int,
+                   read_from: str) -> None:
+    """Refuse a client's bad timeouts (seconds > 0), ``max_workers`` (an int >= 1) or ``read_from``.
+
+    Raises:
+        ConfigurationError: the first bad one, named.
+    """
+    for name, value in (
+        ("connection_timeout", connection_timeout),
+        ("search_timeout", search_timeout),
+        ("request_timeout", request_timeout),
+    ):
+        positive_seconds(value, name)
+    whole_number(max_workers, "max_workers", minimum=1, error=ConfigurationError)
+    if read_from not in READ_FROM:
+        raise ConfigurationError(f"read_from must be one of {READ_FROM}, got {read_from!r}")
 
 
 def seed_addresses(nodes: Sequence[str] | str) -> list[str]:

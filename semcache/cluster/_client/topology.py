@@ -19,6 +19,7 @@ members as Raft has them (after ``add-replica``/``remove-replica``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,3 +117,22 @@ def refresh_members(pool: ConnectionPool, route: ShardRoute) -> None:
         route.replicas = list(fresh.replicas)
         if route.leader not in {r.rpc for r in fresh.replicas}:
             route.leader = None
+
+
+def join_routes(pool: ConnectionPool, seeds: Sequence[str]) -> tuple[Topology, dict[str, ShardRoute]]:
+    """The topology from the first seed that answers, and a route per shard with its live members.
+
+    The seed knows its own shard's live members, the others only from its cluster
+    file: each other shard's members are asked of its replicas (kept as the file
+    has them when none answers).
+
+    Raises:
+        as :func:`first_topology`.
+    """
+    topology = first_topology(pool, seeds)
+    routes = {route.id: route for route in routes_of(topology)}
+    for route in routes.values():
+        if route.id != topology.answered_for:
+            with contextlib.suppress(ShardUnavailableError):
+                refresh_members(pool, route)
+    return topology, routes

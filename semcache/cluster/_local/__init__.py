@@ -2,7 +2,9 @@
 
 * :mod:`.files`: the directory, the cluster file (free ports, the generated secret), pid/command/log files;
 * :mod:`.supervisor`: starting, finding (pid files), signalling and stopping node processes;
+* :mod:`.watch`: asking the nodes how they are (health, leaders, status) and waiting until they are as needed;
 * :mod:`.status`: what the replicas report, as ``cluster status`` shows it;
+* :mod:`.recovery`: bringing back a shard that lost its quorum for good;
 * :mod:`.cluster`: :class:`LocalCluster`, the facade the CLI, the harness and the benchmarks use.
 """
 

@@ -3,8 +3,9 @@
 :class:`LocalCluster` is what ``semcache cluster up/status/down/add-replica/
 remove-replica`` run, and what the fault tests build on.  It puts together the
 directory's files (:mod:`~semcache.cluster._local.files`), the node processes
-(:mod:`~semcache.cluster._local.supervisor`) and what the nodes report
-(:mod:`~semcache.cluster._local.status`).  A node killed in any way and started
+(:mod:`~semcache.cluster._local.supervisor`), what the nodes report and the
+waits on it (:mod:`~semcache.cluster._local.watch`, formatted by
+:mod:`~semcache.cluster._local.status`).  A node killed in any way and started
 again with the same command line rejoins its shard with its data.
 
 >>> import tempfile
@@ -20,25 +21,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from semcache.cluster._client.connections import ConnectionPool
 from semcache.cluster._config import ClusterConfig, Replica, ShardConfig
 from semcache.cluster._local.files import DEFAULT_REPLICAS, DEFAULT_SHARDS, ClusterDirectory, free_ports
 from semcache.cluster._local.recovery import Recovery, recover_shard
-from semcache.cluster._local.status import ShardStatus, agreed_leader, shard_status
+from semcache.cluster._local.status import ShardStatus
 from semcache.cluster._local.supervisor import DEFAULT_STOP_TIMEOUT, NodeSupervisor
-from semcache.errors import ClusterError, ConfigurationError, InvalidInputError
+from semcache.cluster._local.watch import ClusterWatch
+from semcache.errors import ConfigurationError, InvalidInputError
 
 if TYPE_CHECKING:
     from semcache.cluster._flight import NodeClient
 
 DEFAULT_UP_TIMEOUT = 60.0
-POLL = 0.1
 
 
 class LocalCluster:
@@ -54,6 +53,7 @@ class LocalCluster:
                  env: dict[str, str] | None = None) -> None:
         self.files = ClusterDirectory(directory)
         self.nodes = NodeSupervisor(self.files, python=python or sys.executable, env=dict(env or {}))
+        self.watch = ClusterWatch(self.files, self.nodes)
 
     # ----------------------------------------------------------- the file
     @property
@@ -126,25 +126,15 @@ class LocalCluster:
     def connect(self, address: str, timeout: float = 2.0) -> NodeClient:
         """A NodeClient for ``address`` with this cluster's admin token (the operator's credential: it admits
         every call), or its data token when the file has no admin token; the caller closes it."""
-        from semcache.cluster._flight import NodeClient
-
-        config = self.config()
-        return NodeClient(address, token=config.admin_token or config.token or None, timeout=timeout)
-
-    def _pool(self, timeout: float) -> ConnectionPool:
-        """Connections with this cluster's admin token, closed when the pool is."""
-        return ConnectionPool(lambda address: self.connect(address, timeout), owner="this LocalCluster's pool")
+        return self.watch.connect(address, timeout)
 
     def health(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
         """``{replica id: health dict}`` of every replica; ``{"error": ...}`` for those that did not answer."""
-        with self._pool(timeout) as pool:
-            return {replica.id: pool.health_of(replica.rpc) for replica in self.config().replicas()}
+        return self.watch.health(timeout)
 
     def leaders(self, timeout: float = 2.0) -> dict[str, str | None]:
         """``{shard id: leader rpc address or None}``, as the replicas report it."""
-        health = self.health(timeout)
-        return {shard.id: agreed_leader([health[r.id] for r in shard.replicas], shard.replicas)
-                for shard in self.config().shards}
+        return self.watch.leaders(timeout)
 
     def wait_for_leaders(self, timeout: float = DEFAULT_UP_TIMEOUT,
                          on_wait: Callable[[dict[str, str | None]], None] | None = None, *,
@@ -160,34 +150,11 @@ class LocalCluster:
             ClusterError: a watched node exited (its last log line is quoted), or
                 some shard had no leader after ``timeout`` seconds (the logs say why).
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            leaders = self.leaders(timeout=1.0)
-            if all(leaders.values()):
-                return {shard: leader for shard, leader in leaders.items() if leader}
-            missing = [shard for shard, leader in leaders.items() if not leader]
-            exited = self.nodes.exited(watch)
-            if exited:
-                raise ClusterError(f"no leader for {missing}: {self._exit_report(exited)}")
-            if on_wait is not None:
-                on_wait(leaders)
-            if time.monotonic() >= deadline:
-                raise ClusterError(f"no leader after {timeout:.0f}s for {missing}; see the logs in {self.files.logs}")
-            time.sleep(POLL * 3)
-
-    def _exit_report(self, exited: Sequence[str]) -> str:
-        """Which nodes exited and, for each, the last line of its log (the reason, usually)."""
-        reports = []
-        for replica_id in exited:
-            tail = " / ".join(self.files.log_tail(replica_id))
-            said = f"its log ends with: {tail}" if tail else "its log is empty"
-            reports.append(f"node {replica_id} exited; {said} (log: {self.files.log_file(replica_id)})")
-        return "; ".join(reports)
+        return self.watch.wait_for_leaders(timeout, on_wait, watch=watch)
 
     def status(self, timeout: float = 2.0) -> list[ShardStatus]:
         """Per shard: leader, term, commit index, entries, and each replica's lag behind the leader."""
-        health = self.health(timeout)
-        return [shard_status(shard, health, self.pid) for shard in self.config().shards]
+        return self.watch.status(timeout)
 
     def wait_caught_up(self, replica_id: str, timeout: float = DEFAULT_UP_TIMEOUT) -> int:
         """Block until ``replica_id`` has applied everything its leader had committed when asked; the lag seen.
@@ -195,20 +162,7 @@ class LocalCluster:
         Raises:
             ClusterError: it did not catch up within ``timeout``.
         """
-        shard = self.config().shard_of(replica_id)
-        deadline = time.monotonic() + timeout
-        target: int | None = None
-        while time.monotonic() < deadline:
-            with self._pool(1.0) as pool:
-                health = {r.id: pool.health_of(r.rpc) for r in shard.replicas}
-            lead = next((h for h in health.values() if h.get("role") == "leader"), None)
-            if lead is not None and target is None:
-                target = int(lead.get("commit_index", 0))
-            mine = health.get(replica_id, {})
-            if target is not None and "error" not in mine and int(mine.get("applied", -1)) >= target:
-                return 0
-            time.sleep(POLL * 2)
-        raise ClusterError(f"{replica_id} did not catch up to index {target} within {timeout:.0f}s")
+        return self.watch.wait_caught_up(replica_id, timeout)
 
     # -------------------------------------------------------- membership
     def add_replica(self, shard_id: str, *, timeout: float = DEFAULT_UP_TIMEOUT) -> Replica:
@@ -244,7 +198,7 @@ class LocalCluster:
         self.files.save(config.with_shard(replace(shard, replicas=(*shard.replicas, new))))
         try:
             self.start(new.id)
-            self._wait_answering(new, timeout)
+            self.watch.wait_answering(new, timeout)
             with self.connect(leader, timeout=max(5.0, config.commit_timeout + 1)) as node:
                 node.add_replica(new.id, new.raft, new.rpc)
         except BaseException:
@@ -259,17 +213,6 @@ class LocalCluster:
         if shard is None:
             raise ConfigurationError(f"no shard {shard_id!r} in {self.config_path}")
         return shard
-
-    def _wait_answering(self, replica: Replica, timeout: float) -> None:
-        """Wait until ``replica``'s node answers on its RPC address (so its Raft port listens too)."""
-        deadline = time.monotonic() + timeout
-        with self._pool(1.0) as pool:
-            while "error" in pool.health_of(replica.rpc):
-                if self.nodes.exited([replica.id]):
-                    raise ClusterError(f"node {replica.id} did not start: {self._exit_report([replica.id])}")
-                if time.monotonic() >= deadline:
-                    raise ClusterError(f"node {replica.id} did not answer within {timeout:.0f}s")
-                time.sleep(POLL)
 
     def recover(self, shard_id: str, *, survivors: Sequence[str] | None = None, seed: str | None = None,
                 timeout: float = DEFAULT_UP_TIMEOUT) -> Recovery:
