@@ -199,11 +199,12 @@ class CachedEndpoints:
         return JSONResponse(failure.body, status_code=failure.status)
 
     async def _speculative(self, call: Call, plan: Plan) -> Response:
-        """Call the upstream while the semantic lookup runs; a hit cancels the call (the tenant opted in).
+        """Race the upstream call against the semantic lookup (the tenant opted in).
 
-        An exact hit is answered first, with no upstream call. After that a
-        miss costs no lookup time on top of the upstream's; a semantic hit may
-        still be billed by the provider for the cancelled call.
+        An exact hit is answered first, with no upstream call.  Then the
+        upstream call and the semantic lookup start together: a hit that comes
+        first cancels the call (which the provider may still bill); an answer
+        that comes first is served (and stored) without waiting for the lookup.
         """
         try:  # an exact hit first: it needs no model, so it is answered before any upstream call
             exact = await anyio.to_thread.run_sync(self.gateway.cache.exact, plan)
@@ -214,8 +215,16 @@ class CachedEndpoints:
             return answer
         sent_at = time.perf_counter()
         sending = asyncio.get_running_loop().create_task(self._send(call))
+        looking = asyncio.get_running_loop().create_task(self._lookup(call, plan))
+        done, _ = await asyncio.wait({sending, looking}, return_when=asyncio.FIRST_COMPLETED)
+        if looking not in done:
+            # The upstream answered first: its fresh answer is served (and stored); the lookup, in a worker
+            # thread that cannot be stopped, ends unheard.
+            looking.add_done_callback(_discard)
+            return await self._answer(call, plan, sending.result(), sent_at, outcome="miss",
+                                      key=self.gateway.cache.key_of(plan))
         try:
-            hit = await self._lookup(call, plan)
+            hit = looking.result()
         except Exception as exc:  # noqa: BLE001 - a failing cache never fails the call
             log.warning("semcache gateway: the cache lookup failed, serving uncached: %s", exc)
             self.gateway.metrics.cache_errors.labels("lookup").inc()
@@ -309,6 +318,12 @@ class CachedEndpoints:
                                  headers=headers)
 
     # ------------------------------------------------------------ feedback
+
+
+def _discard(task: asyncio.Task[Any]) -> None:
+    """Retrieve a finished task's outcome that nobody waits for (so asyncio does not warn of it)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _model_of(raw: bytes) -> str | None:
