@@ -24,10 +24,13 @@ from semcache._engine.index import IndexSettings
 from semcache.embeddings import BaseEmbedding
 from semcache.errors import ConfigurationError, SemcacheError
 
-# The packaged model loads offline; never let sentence-transformers reach for the hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+def offline_defaults() -> None:
+    """The packaged model loads offline: never let sentence-transformers reach for the hub (set when the CLI runs,
+    not when this module is imported, so importing it changes nothing in the caller's process)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def load_model(model: str | None = None, *, memo_size: int | None = None, progress: bool = True) -> Any:
@@ -518,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for usage errors, 1 for semcache errors)."""
+    offline_defaults()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -55,7 +55,10 @@ class CachedEndpoints:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._flights: dict[str, asyncio.Future[bytes | None]] = {}  # plain misses in flight, by entry key
+        # Plain misses in flight, by entry key. SingleFlight (semcache._cache.single_flight) blocks a thread while
+        # it waits, which an event loop must not; this keeps its semantics: when the leader fails, each follower
+        # makes its own call.
+        self._flights: dict[str, asyncio.Future[bytes | None]] = {}
 
     async def cached(self, request: Request) -> Response:
         """``POST /v1/chat/completions`` and ``POST /v1/responses``."""
