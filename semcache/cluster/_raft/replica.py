@@ -24,7 +24,8 @@ How pysyncobj 0.3.17 is configured here, and why:
   otherwise bind ``0.0.0.0``.
 * ``appendEntriesUseBatch`` is on when new entries can be sent by a tick
   callback (:data:`.compat.EAGER_SEND`, see :mod:`.group_commit`).
-* Messages go out uncompressed (:func:`.compat.send_raft_messages_uncompressed`).
+* Messages go out uncompressed (:func:`.compat.send_raft_messages_uncompressed`)
+  and pickled with protocol 4 (:func:`.compat.pickle_raft_messages_with_protocol_4`).
 * Snapshots use the hooks of :mod:`.snapshots`; the journal is on disk
   (checksummed, :mod:`.journal`; fsynced with ``raft_fsync``), so a restarted
   replica replays snapshot + journal.
@@ -62,7 +63,9 @@ from semcache.cluster._raft.compat import (
     bound_raft_connections,
     current_log_index,
     ignore_membership_history,
+    leader_commit_index,
     on_peer_disconnected,
+    pickle_raft_messages_with_protocol_4,
     raw_status,
     replicated,
     send_raft_messages_uncompressed,
@@ -73,7 +76,8 @@ from semcache.cluster._raft.journal import JOURNAL_FILE, JournalFile
 from semcache.cluster._raft.leadership import Leadership
 from semcache.cluster._raft.membership import ForcedMembership, Membership, MemberTable
 from semcache.cluster._raft.snapshots import SNAPSHOT_FILE, Snapshots
-from semcache.cluster._raft.status import StateCounts, replica_status
+from semcache.cluster._raft.status import StateCounts, catch_up_reason, replica_status
+from semcache.cluster._raft.transfer import SnapshotTransfer
 from semcache.cluster._sizes import MAX_ENTRY_BYTES, RAFT_MESSAGE_LIMIT
 from semcache.errors import ClusterError, SemcacheError
 
@@ -124,12 +128,15 @@ class ReplicatedShard(RaftNode):
             fork=config.fork_snapshots, restore_state=self._restore_state,
             election_timeout=config.election_timeout_max,
         )
+        self.snapshot_transfer = SnapshotTransfer(self._snapshots, data_dir=data_dir, send=self.send_snapshot_payload,
+                                                  backlog=self.snapshot_backlog, heartbeat=config.heartbeat)
         self._membership = Membership(self, self._members, commit_timeout=config.commit_timeout)
         self._housekeeping = Housekeeping(
             read=lambda fn: self.read(lambda state, _now: fn(state)), submit=self.submit, access=self._access,
             policy=config.eviction, capacity=config.capacity, evict_budget=MAX_ENTRY_BYTES // 2,
         )
         send_raft_messages_uncompressed()
+        pickle_raft_messages_with_protocol_4()
         use_checksummed_journals()
         bound_raft_connections()
         on_peer_disconnected(self, self._leadership.on_peer_disconnected)
@@ -145,6 +152,7 @@ class ReplicatedShard(RaftNode):
         except BaseException:  # e.g. a damaged journal (CorruptDataError): stop what already runs
             self._stopping.set()
             self._applier.close()
+            self.snapshot_transfer.close()
             raise
         if self._forced is not None:
             self._forced.startup_index = current_log_index(self)
@@ -319,9 +327,23 @@ class ReplicatedShard(RaftNode):
             snapshots=self._snapshots.stats,
         )
         report["early_elections"] = self._leadership.early_elections  # leader connection drops acted on
+        report["catching_up"] = self.catching_up()
+        report["ready"] = report["healthy"] and report["catching_up"] is None
+        report["snapshot_receive"] = self.snapshot_transfer.receiver.status()
+        report["snapshot_sends"] = self.snapshot_transfer.sender.status()
         if self._forced is not None:  # recovery: where the forced membership's history ends
             report["membership_forced_at"] = self._forced.startup_index
         return report
+
+    def catching_up(self) -> str | None:
+        """Why this replica must not serve ``read_from="any"`` now (see :func:`.status.catch_up_reason`), or None."""
+        receiver = self.snapshot_transfer.receiver
+        heard = leader_commit_index(self)
+        return catch_up_reason(
+            leader=self.is_leader(), receiving=receiver.status() if receiver.active() else None,
+            applied=int(self.raftLastApplied or 0),
+            leader_commit=None if heard is None else max(heard, receiver.leader_commit),
+        )
 
     # ----------------------------------------------- expiry and eviction
     def _maintenance_round(self) -> None:
@@ -348,6 +370,7 @@ class ReplicatedShard(RaftNode):
         self._stopping.set()
         self._maintenance.stop()
         self.destroy_synchronous()
+        self.snapshot_transfer.close()
         self._applier.close()
 
 
