@@ -51,3 +51,6 @@ MAX_RAFT_FRAME_BYTES = 1 * MIB
 # One chunk of a snapshot file sent to a replica (semcache.cluster._raft.transfer): big enough that the per-message
 # cost (pickle, Fernet, a tick) is small beside the bytes, small enough to stay well under the frame limit.
 SNAPSHOT_CHUNK_BYTES = 256 * KIB
+# The Raft sockets' kernel buffers (SO_SNDBUF, SO_RCVBUF) and pysyncobj's read size: pysyncobj's 64 KiB default made a
+# snapshot chunk (and a full append_entries) leave in several trips through the tick loop.
+RAFT_SOCKET_BUFFER_BYTES = 1 * MIB

@@ -78,7 +78,7 @@ from semcache.cluster._raft.membership import ForcedMembership, Membership, Memb
 from semcache.cluster._raft.snapshots import SNAPSHOT_FILE, Snapshots
 from semcache.cluster._raft.status import StateCounts, catch_up_reason, replica_status
 from semcache.cluster._raft.transfer import SnapshotTransfer
-from semcache.cluster._sizes import MAX_ENTRY_BYTES, RAFT_MESSAGE_LIMIT
+from semcache.cluster._sizes import MAX_ENTRY_BYTES, RAFT_MESSAGE_LIMIT, RAFT_SOCKET_BUFFER_BYTES
 from semcache.errors import ClusterError, SemcacheError
 
 logger = logging.getLogger(__name__)
@@ -389,6 +389,8 @@ def raft_conf(config: ClusterConfig, replica_id: str, data_dir: Path, snapshots:
         raftMaxTimeout=config.election_timeout_max,
         connectionTimeout=max(3.5, config.election_timeout_max * 1.5),
         connectionRetryTime=0.5,
+        sendBufferSize=RAFT_SOCKET_BUFFER_BYTES,
+        recvBufferSize=RAFT_SOCKET_BUFFER_BYTES,
         leaderFallbackTimeout=config.election_timeout_max * 2,
         journalFile=JournalFile(data_dir / JOURNAL_FILE, fsync=config.raft_fsync),
         fullDumpFile=str(data_dir / SNAPSHOT_FILE),

@@ -13,7 +13,9 @@ Leader (:class:`SnapshotSender`, tick thread)
     For each connected follower whose next index lies in the compacted prefix
     of the log, it opens the snapshot file (an open file stays readable when a
     newer snapshot replaces it) and sends it in :data:`CHUNK_BYTES` chunks, each
-    with its offset and SHA-256, the last with the whole file's SHA-256: at most
+    with its offset and SHA-256, the last with the whole file's checksum (the
+    SHA-256 of its size and every chunk's SHA-256, in order, which binds the
+    whole content as a hash of the file would, for one hash per byte): at most
     :data:`WINDOW_BYTES` ahead of what the follower acknowledged, and never
     more than about a chunk queued on the connection.  When there is no chunk
     to send, a ``poll`` every heartbeat stands in for pysyncobj's heartbeat
@@ -24,7 +26,7 @@ Follower (:class:`SnapshotReceiver`, tick thread and one background thread)
     Writes each chunk at the offset it expects (anything else is refused) to a
     ``raft.snapshot.incoming.<id>`` file and acknowledges every message, which
     keeps the leader's connection alive.  After the last chunk it compares the
-    whole file's SHA-256; only then, in the background, it fsyncs the file,
+    whole file's checksum; only then, in the background, it fsyncs the file,
     renames it over ``raft.snapshot`` and unpacks and restores it
     (:meth:`.snapshots.Snapshots.prepare`).  The next ``poll`` installs it
     (:meth:`.snapshots.Snapshots.deserialize` swaps the prepared state in).
@@ -34,10 +36,13 @@ While either side has a transfer in progress no new snapshot is started
 (:meth:`.snapshots.Snapshots.hold_compaction_while`): the journal entries
 after the file being sent must still be there once it is installed.
 
+A chunk that does not start a transfer the receiver knows is refused:
+
 >>> import tempfile
->>> receiver = SnapshotReceiver(directory=Path(tempfile.mkdtemp()), prepare=None, stage=None, busy=lambda: False)
->>> ack, install = receiver.on_message({"kind": "chunk", "transfer": "t1", "offset": 512, "size": 9,
-...                                     "data": b"x", "sha256": b"", "leader_commit": 7})
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     receiver = SnapshotReceiver(directory=Path(tmp), prepare=None, stage=None, busy=lambda: False)
+...     ack, install = receiver.on_message({"kind": "chunk", "transfer": "t1", "offset": 512, "size": 9,
+...                                         "data": b"x", "sha256": b"", "leader_commit": 7})
 >>> ack["error"], install, receiver.leader_commit
 ('no transfer t1 in progress here (a transfer starts at offset 0)', False, 7)
 """
@@ -116,8 +121,19 @@ class Outgoing:
     progress: Progress
     last_heard: float
     sent: int = 0
-    whole: Any = field(default_factory=hashlib.sha256)
+    whole: Any = field(default_factory=hashlib.sha256)  # over the chunks' digests: see file_checksum
     next_report: float = 0.0
+
+
+def chunk_checksum(data: bytes) -> bytes:
+    """A chunk's SHA-256."""
+    return hashlib.sha256(data).digest()
+
+
+def file_checksum(size: int, chunk_digests: Any) -> bytes:
+    """The whole file's checksum: SHA-256 over its size and its chunks' SHA-256s in order (``chunk_digests``
+    is a sha256 object fed with them)."""
+    return hashlib.sha256(size.to_bytes(8, "big") + chunk_digests.digest()).digest()
 
 
 class SnapshotSender:
@@ -203,14 +219,15 @@ class SnapshotSender:
         data = out.file.read(CHUNK_BYTES)
         if not data:
             return False  # the file is shorter than it was when opened: cannot happen to a renamed-in file
-        out.whole.update(data)
+        digest = chunk_checksum(data)
+        out.whole.update(digest)
         out.sent += len(data)
         payload: dict[str, Any] = {
             "kind": "chunk", "transfer": out.progress.transfer, "offset": offset, "size": out.progress.size,
-            "data": data, "sha256": hashlib.sha256(data).digest(), "leader_commit": leader_commit,
+            "data": data, "sha256": digest, "leader_commit": leader_commit,
         }
         if out.sent >= out.progress.size:
-            payload["file_sha256"] = out.whole.digest()
+            payload["file_sha256"] = file_checksum(out.progress.size, out.whole)
         return self._send(node, payload)
 
     def on_ack(self, node: Any, ack: Mapping[str, Any]) -> None:
@@ -277,7 +294,7 @@ class Incoming:
     progress: Progress
     path: Path
     file: BinaryIO | None
-    whole: Any = field(default_factory=hashlib.sha256)
+    whole: Any = field(default_factory=hashlib.sha256)  # over the chunks' digests: see file_checksum
     last_index: int | None = None  # of the snapshot, once prepared
     next_report: float = 0.0
 
@@ -357,12 +374,13 @@ class SnapshotReceiver:
             return f"transfer {transfer} is {current.progress.phase}, not receiving"
         if offset != current.progress.done:
             return self._fail(current, f"a chunk at offset {offset}, expected {current.progress.done}")
-        if hashlib.sha256(data).digest() != payload.get("sha256"):
+        digest = chunk_checksum(data)
+        if digest != payload.get("sha256"):
             return self._fail(current, f"the chunk at offset {offset} does not match its checksum")
         if offset + len(data) > size:
             return self._fail(current, f"a chunk ends at {offset + len(data)}, past the file's {size} bytes")
         current.file.write(data)
-        current.whole.update(data)
+        current.whole.update(digest)
         current.progress.done += len(data)
         now = self._clock()
         if "file_sha256" in payload:
@@ -392,7 +410,7 @@ class SnapshotReceiver:
         """The last chunk arrived: check the whole file, then check, rename and restore it in the background."""
         if current.progress.done != current.progress.size:
             return self._fail(current, f"the file ends at {current.progress.done} of {current.progress.size} bytes")
-        if current.whole.digest() != file_sha256:
+        if file_checksum(current.progress.size, current.whole) != file_sha256:
             return self._fail(current, "the whole file does not match its checksum")
         assert current.file is not None
         current.file.close()
