@@ -12,14 +12,15 @@ just under :data:`RAFT_MESSAGE_LIMIT` plus the one entry that crosses it
 size); pickling at most doubles an entry (its index, term and framing next to
 the smallest command semcache logs), and Fernet adds a third (base64) and a
 header.  A snapshot travels in chunks of :data:`SNAPSHOT_CHUNK_BYTES`: pickled
-(up to twice that, plus a few hundred bytes of framing and checksums) and
+by the transport with protocol 4 (bytes as they are, plus a few hundred bytes
+of framing and checksums; ``compat.pickle_raft_messages_with_protocol_4``) and
 encrypted (a third more), a chunk stays under the frame limit too.
 
 >>> MAX_ENTRY_BYTES < RAFT_MESSAGE_LIMIT and DEFAULT_MAX_VALUE_BYTES == BATCH_MAX_BYTES < MAX_VALUE_BYTES_CEILING
 True
 >>> LARGEST_RAFT_MESSAGE < MAX_RAFT_FRAME_BYTES < 4 * LARGEST_RAFT_MESSAGE
 True
->>> (2 * SNAPSHOT_CHUNK_BYTES + KIB) * 4 // 3 + KIB < MAX_RAFT_FRAME_BYTES
+>>> (SNAPSHOT_CHUNK_BYTES + KIB) * 4 // 3 + KIB < MAX_RAFT_FRAME_BYTES
 True
 """
 
@@ -50,7 +51,7 @@ LARGEST_RAFT_MESSAGE = (RAFT_MESSAGE_LIMIT + MAX_ENTRY_BYTES) * 2 * 4 // 3 + KIB
 MAX_RAFT_FRAME_BYTES = 1 * MIB
 # One chunk of a snapshot file sent to a replica (semcache.cluster._raft.transfer): big enough that the per-message
 # cost (pickle, Fernet, a tick) is small beside the bytes, small enough to stay well under the frame limit.
-SNAPSHOT_CHUNK_BYTES = 256 * KIB
+SNAPSHOT_CHUNK_BYTES = 512 * KIB
 # The Raft sockets' kernel buffers (SO_SNDBUF, SO_RCVBUF) and pysyncobj's read size: pysyncobj's 64 KiB default made a
 # snapshot chunk (and a full append_entries) leave in several trips through the tick loop.
 RAFT_SOCKET_BUFFER_BYTES = 1 * MIB

@@ -66,7 +66,7 @@ from semcache.cluster._sizes import MIB, SNAPSHOT_CHUNK_BYTES
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = SNAPSHOT_CHUNK_BYTES
-WINDOW_BYTES = 32 * CHUNK_BYTES  # sent but not yet acknowledged, at most (8 MiB)
+WINDOW_BYTES = 16 * CHUNK_BYTES  # sent but not yet acknowledged, at most (8 MiB)
 STALL_SECONDS = 10.0  # a follower that acknowledges nothing for this long: the transfer ends (and starts again)
 RESTART_PAUSE = 1.0  # seconds between a failed transfer and the next one to the same follower
 REPORT_SECONDS = 5.0  # progress is logged this often on both sides
