@@ -60,8 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from semcache.cluster._raft.snapshots import SNAPSHOT_FILE, PreparedRestore
-from semcache.cluster._sizes import MIB, SNAPSHOT_CHUNK_BYTES
+from semcache.cluster._raft.snapshots import SNAPSHOT_FILE, PreparedRestore, Snapshots
+from semcache.cluster._sizes import SNAPSHOT_CHUNK_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ WINDOW_BYTES = 16 * CHUNK_BYTES  # sent but not yet acknowledged, at most (8 MiB
 STALL_SECONDS = 10.0  # a follower that acknowledges nothing for this long: the transfer ends (and starts again)
 RESTART_PAUSE = 1.0  # seconds between a failed transfer and the next one to the same follower
 REPORT_SECONDS = 5.0  # progress is logged this often on both sides
+MB = 1_000_000  # progress is reported in decimal megabytes, as the benchmarks report it
 INCOMING_PREFIX = SNAPSHOT_FILE + ".incoming."
 STOCK_INCOMING = SNAPSHOT_FILE + ".1.tmp"  # pysyncobj's own partial file, left by older versions
 
@@ -78,7 +79,7 @@ IDLE, RECEIVING, PREPARING, READY, INSTALLED, FAILED = "idle", "receiving", "pre
 
 
 def _megabytes(size: int) -> float:
-    return round(size / MIB, 1)
+    return round(size / MB, 1)
 
 
 @dataclass
@@ -102,7 +103,7 @@ class Progress:
             "size_mb": _megabytes(self.size),
             "percent": round(100.0 * self.done / self.size, 1) if self.size else 100.0,
             "seconds": round(seconds, 1),
-            "mb_per_s": round(self.done / MIB / seconds, 1) if seconds > 0 else None,
+            "mb_per_s": round(self.done / MB / seconds, 1) if seconds > 0 else None,
             "error": self.error,
         }
 
@@ -211,7 +212,7 @@ class SnapshotSender:
         out = Outgoing(handle, Progress(uuid.uuid4().hex[:12], size, now), last_heard=now,
                        next_report=now + REPORT_SECONDS)
         self._out[node] = out
-        logger.info("sending snapshot %s (%.1f MB) to %s", out.progress.transfer, size / MIB, node.id)
+        logger.info("sending snapshot %s (%.1f MB) to %s", out.progress.transfer, size / MB, node.id)
         return out
 
     def _send_chunk(self, node: Any, out: Outgoing, leader_commit: int) -> bool:
@@ -403,7 +404,7 @@ class SnapshotReceiver:
             self._current = current
         if self._stage is not None:
             self._stage(None)
-        logger.info("receiving snapshot %s (%.1f MB) from the leader", transfer, size / MIB)
+        logger.info("receiving snapshot %s (%.1f MB) from the leader", transfer, size / MB)
         return current
 
     def _received(self, current: Incoming, file_sha256: Any, now: float) -> str | None:
@@ -525,7 +526,7 @@ class SnapshotTransfer:
         send, backlog, heartbeat: as for :class:`SnapshotSender` (the Raft node provides them).
     """
 
-    def __init__(self, snapshots: Any, *, data_dir: Path, send: Callable[[Any, dict[str, Any]], bool],
+    def __init__(self, snapshots: Snapshots, *, data_dir: Path, send: Callable[[Any, dict[str, Any]], bool],
                  backlog: Callable[[Any], int], heartbeat: float) -> None:
         self.sender = SnapshotSender(source=snapshots.path, busy=lambda: snapshots.writing, send=send,
                                      backlog=backlog, heartbeat=heartbeat)
