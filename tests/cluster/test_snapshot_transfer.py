@@ -190,6 +190,16 @@ def test_a_snapshot_crosses_whole_and_is_installed_at_the_first_poll_once_prepar
     assert len(pair.link.transfers) == 1
 
 
+def test_a_transfer_the_leader_gave_up_for_log_entries_is_dropped_with_its_partial_file(tmp_path: Path) -> None:
+    pair = Pair(tmp_path, lambda payload, transfer: None if payload["offset"] >= 3 * CHUNK_BYTES else payload)
+    pair.step()  # every chunk but the last arrives
+    assert pair.receiver.active() and len(pair.leftovers()) == 1
+    pair.receiver.abandon("the leader sends log entries instead")
+    assert not pair.receiver.active() and pair.leftovers() == []
+    assert pair.receiver.status()["phase"] == FAILED  # type: ignore[index]
+    assert (pair.directory / SNAPSHOT_FILE).read_bytes() == Pair.OLD
+
+
 def test_a_restarted_replica_drops_partial_transfers_it_finds(tmp_path: Path) -> None:
     (tmp_path / f"{INCOMING_PREFIX}abc").write_bytes(b"half a snapshot")
     (tmp_path / STOCK_INCOMING).write_bytes(b"pysyncobj's half a snapshot")

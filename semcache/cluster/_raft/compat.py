@@ -371,6 +371,9 @@ class RaftNode(SyncObj):
                 self._on_snapshot_message(node, message)
                 return
         plan = self._append_plan(message)
+        if plan is not None and self.snapshot_transfer is not None:
+            # A leader sends log entries only to a follower it is not sending a snapshot: any transfer is over.
+            self.snapshot_transfer.receiver.abandon("the leader sends log entries instead")
         if plan is not None:
             message = {**message, "prevLogIdx": plan.prev_index, "prevLogTerm": plan.prev_term,
                        "entries": plan.entries, "commit_index": plan.leader_commit}

@@ -475,6 +475,18 @@ class SnapshotReceiver:
             logger.warning("snapshot %s did not install (expected index %s); the leader starts again",
                            current.progress.transfer, current.last_index)
 
+    def abandon(self, reason: str) -> None:
+        """Drop the transfer in progress (tick thread): the leader is sending log entries instead, so it is not
+        sending this replica a snapshot any more (a new leader whose log still holds what this replica lacks)."""
+        current = self._current
+        if current is None or current.progress.phase not in (RECEIVING, PREPARING, READY):
+            return
+        with self._lock:
+            self._end(current, FAILED, reason, self._clock())
+        if self._stage is not None:
+            self._stage(None)
+        logger.info("snapshot %s dropped: %s", current.progress.transfer, reason)
+
     def _fail(self, current: Incoming, reason: str) -> str:
         with self._lock:
             self._end(current, FAILED, reason, self._clock())
