@@ -98,6 +98,10 @@ def cmd_node(args: argparse.Namespace) -> int:
     from semcache.cluster._node import run_node
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    transfers = logging.getLogger("semcache.cluster._raft.transfer")
+    if transfers.getEffectiveLevel() == logging.WARNING:
+        # Snapshot transfers are rare and long: their progress is logged at the default level too.
+        transfers.setLevel(logging.INFO)
     run_node(args.config, args.replica, force_membership=args.force_membership,
              metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     return 0

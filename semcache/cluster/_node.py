@@ -15,7 +15,12 @@ Behaviour at the boundary:
 * Reads with ``read_from="leader"`` (the default) are refused by followers the
   same way, so a client reading after its own acknowledged write sees it.
   ``read_from="any"`` answers from the local replica, which may lag the
-  leader by about one heartbeat (0.1 s), longer while a replica catches up.
+  leader by about one heartbeat (0.1 s).  A replica that is catching up
+  (installing a snapshot, or more than
+  :data:`~semcache.cluster._raft.status.CATCH_UP_BOUND` entries behind the
+  leader's commit index, or not yet in touch with a leader since it started)
+  refuses them with ``ShardUnavailableError``, and the client asks another
+  replica; its ``health`` says why (``catching_up``) and ``ready`` is false.
 * The leader picks ``created_at_ms``/``expires_at_ms`` and puts them in the
   command; nodes never embed on the write path unless a request carries text
   and no vector (then the embedder named in the cluster file loads, once).
@@ -168,11 +173,17 @@ class SemanticKVNode:
             raise
 
     def _read_guard(self, read_from: str) -> None:
-        """Refuse a bad ``read_from``; on a follower, refuse a read that must come from the leader."""
+        """Refuse a bad ``read_from``; on a follower, refuse a read that must come from the leader, and on a
+        replica that is catching up, any read (the client then asks another replica)."""
         if read_from not in ("leader", "any"):
             raise InvalidInputError(f"read_from must be 'leader' or 'any', got {read_from!r}")
         if read_from == "leader":
             self.shard.require_leader(for_read=True)
+            return
+        reason = self.shard.catching_up()
+        if reason is not None:
+            raise ShardUnavailableError(f"replica {self.replica_id} is catching up: {reason}",
+                                        shard_id=self.shard.shard_id)
 
     # ---------------------------------------------------------------- writes
     def _put(self, header: Header, blobs: list[bytes]) -> Reply:

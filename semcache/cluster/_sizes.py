@@ -11,11 +11,16 @@ just under :data:`RAFT_MESSAGE_LIMIT` plus the one entry that crosses it
 (pysyncobj's ``__getEntries`` stops after the entry that reaches the batch
 size); pickling at most doubles an entry (its index, term and framing next to
 the smallest command semcache logs), and Fernet adds a third (base64) and a
-header.  Snapshot chunks are one batch of file bytes, smaller still.
+header.  A snapshot travels in chunks of :data:`SNAPSHOT_CHUNK_BYTES`: pickled
+by the transport with protocol 4 (bytes as they are, plus a few hundred bytes
+of framing and checksums; ``compat.pickle_raft_messages_with_protocol_4``) and
+encrypted (a third more), a chunk stays under the frame limit too.
 
 >>> MAX_ENTRY_BYTES < RAFT_MESSAGE_LIMIT and DEFAULT_MAX_VALUE_BYTES == BATCH_MAX_BYTES < MAX_VALUE_BYTES_CEILING
 True
 >>> LARGEST_RAFT_MESSAGE < MAX_RAFT_FRAME_BYTES < 4 * LARGEST_RAFT_MESSAGE
+True
+>>> (SNAPSHOT_CHUNK_BYTES + KIB) * 4 // 3 + KIB < MAX_RAFT_FRAME_BYTES
 True
 """
 
@@ -44,3 +49,9 @@ MAX_METADATA_BYTES = 8 * KIB  # gRPC metadata (headers) of one call; the token n
 # The largest Raft message semcache sends, encrypted (see the module docstring), and the frame limit above it.
 LARGEST_RAFT_MESSAGE = (RAFT_MESSAGE_LIMIT + MAX_ENTRY_BYTES) * 2 * 4 // 3 + KIB
 MAX_RAFT_FRAME_BYTES = 1 * MIB
+# One chunk of a snapshot file sent to a replica (semcache.cluster._raft.transfer): big enough that the per-message
+# cost (pickle, Fernet, a tick) is small beside the bytes, small enough to stay well under the frame limit.
+SNAPSHOT_CHUNK_BYTES = 512 * KIB
+# The Raft sockets' kernel buffers (SO_SNDBUF, SO_RCVBUF) and pysyncobj's read size: pysyncobj's 64 KiB default made a
+# snapshot chunk (and a full append_entries) leave in several trips through the tick loop.
+RAFT_SOCKET_BUFFER_BYTES = 1 * MIB

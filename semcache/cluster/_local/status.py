@@ -8,6 +8,21 @@ shard-0: leader grpc://h:1  term 3  commit 10  entries 5
   replica              pid role        term  applied   lag to index  rpc
   shard-0-r0           101 leader         3       10     0        -  grpc://h:1
   shard-0-r1             - DOWN           -        -     -        -  grpc://h:2
+
+A replica catching up says why, and a leader sending a snapshot says how far it got, under its row:
+
+>>> print(format_status([ShardStatus("shard-0", "grpc://h:1", 3, 9000, 5, (
+...     ReplicaStatus("shard-0-r0", "grpc://h:1", 101, "leader", 3, 9000, 9000, 5, 0,
+...                   sending=("a snapshot to shard-0-r1: 340.0 of 1020.0 MB (33 %), 85.0 MB/s",)),
+...     ReplicaStatus("shard-0-r1", "grpc://h:2", 102, "follower", 3, 0, 0, 0, 9000,
+...                   catching_up="installing a snapshot from the leader (receiving, 339.5 of 1020.0 MB)"),
+... ))]))
+shard-0: leader grpc://h:1  term 3  commit 9000  entries 5
+  replica              pid role        term  applied   lag to index  rpc
+  shard-0-r0           101 leader         3     9000     0        -  grpc://h:1
+      sending a snapshot to shard-0-r1: 340.0 of 1020.0 MB (33 %), 85.0 MB/s
+  shard-0-r1           102 follower       3        0  9000        -  grpc://h:2
+      catching up: installing a snapshot from the leader (receiving, 339.5 of 1020.0 MB)
 """
 
 from __future__ import annotations
@@ -34,6 +49,8 @@ class ReplicaStatus:
     lag: int | None = None
     error: str | None = None
     index_queue: int | None = None  # HNSW inserts deferred to idle moments (the vectors are already searchable)
+    catching_up: str | None = None  # why it serves no read_from="any" read now (its health's "catching_up")
+    sending: tuple[str, ...] = ()  # snapshots it is sending to other replicas, with their progress
 
 
 @dataclass(frozen=True)
@@ -63,7 +80,7 @@ def shard_status(shard: ShardConfig, health: Mapping[str, dict[str, Any]],
         replicas.append(ReplicaStatus(
             replica.id, replica.rpc, pid_of(replica.id), h.get("role"), h.get("term"),
             h.get("commit_index"), h.get("applied"), h.get("entries"), lag, h.get("error"),
-            h.get("index_queue"),
+            h.get("index_queue"), h.get("catching_up"), snapshots_sent(shard, h.get("snapshot_sends") or {}),
         ))
     return ShardStatus(
         shard.id,
@@ -72,6 +89,19 @@ def shard_status(shard: ShardConfig, health: Mapping[str, dict[str, Any]],
         None if lead is None else lead.get("commit_index"),
         None if lead is None else lead.get("entries"),
         tuple(replicas),
+    )
+
+
+SENDING_PHASES = ("receiving", "preparing", "ready")  # a transfer's phases before it is installed or fails
+
+
+def snapshots_sent(shard: ShardConfig, sends: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...]:
+    """The snapshot transfers a leader has in progress (its health's ``snapshot_sends``), one line each."""
+    names = {replica.raft: replica.id for replica in shard.replicas}
+    return tuple(
+        f"a snapshot to {names.get(raft, raft)}: {s['mb']} of {s['size_mb']} MB ({s['percent']:.0f} %), "
+        f"{s['mb_per_s'] or 0} MB/s"
+        for raft, s in sorted(sends.items()) if s.get("phase") in SENDING_PHASES
     )
 
 
@@ -100,6 +130,9 @@ def format_status(shards: Sequence[ShardStatus]) -> str:
                 f"  {r.id:<16} {_show(r.pid):>7} {role:<10} {_show(r.term):>5} {_show(r.applied):>8} "
                 f"{_show(r.lag):>5} {_show(r.index_queue):>8}  {r.rpc}"
             )
+            lines.extend(f"      sending {line}" for line in r.sending)
+            if r.catching_up:
+                lines.append(f"      catching up: {r.catching_up}")
     return "\n".join(lines)
 
 

@@ -10,6 +10,8 @@
 - ``leadership``: who leads, and the read barrier a new leader passes before serving reads.
 - ``membership``: the replicated member table; adding and removing replicas.
 - ``snapshots``: snapshot hooks (forked writes, tar of state + Raft metadata) and journal alignment.
+- ``transfer``: sending a snapshot to a replica that needs one and receiving it (chunked, checksummed,
+  acknowledged, installed only whole), in place of pysyncobj's transmission.
 - ``status``: the health report.
 
 Expiry and eviction use the engine's shared driver, :mod:`semcache._engine.housekeeping`.

@@ -35,6 +35,13 @@ Private accesses, and why each is needed:
 ``pysyncobj.tcp_connection.zlib`` (:func:`send_raft_messages_uncompressed`)
     Replaced by a stand-in whose ``compress`` stores (level 0): embeddings do
     not compress, and zlib cost CPU on every message.
+``pysyncobj.tcp_connection.pickle`` (:func:`pickle_raft_messages_with_protocol_4`)
+    Replaced by a stand-in whose ``dumps`` uses pickle protocol 4: pysyncobj's
+    protocol 2 writes every byte from 0x80 up as two (bytes go through a
+    latin-1 string), which made a snapshot chunk half as big again and its
+    pickling a thousand times slower (4 ms for 256 KiB); every message an
+    entry carries shrinks too.  ``loads`` is pysyncobj's, which reads any
+    protocol, so stock peers and these read each other's messages.
 ``SyncObj._isLeader`` / ``SyncObj._getLeader`` (:func:`is_leader`, :func:`leader_node`)
     Protected, but documented for subclasses; routed through here all the same.
 ``SyncObj.getStatus`` (:func:`raw_status`)
@@ -64,6 +71,30 @@ pysyncobj code paths semcache replaces (each also says so where it is done):
     connection before anything is buffered, and one read stops once a full
     frame's worth is buffered.  Installed in ``pysyncobj.transport`` and
     ``pysyncobj.tcp_server`` (:func:`bound_raft_connections`).
+``TcpConnection.send`` (:meth:`BoundedTcpConnection.send`)
+    pysyncobj stops watching a socket for "writable" once its write buffer
+    first empties, so what one ``send`` could not hand to the socket waited for
+    the next ``send``: a message larger than the socket buffer (a snapshot
+    chunk, a full ``append_entries``) went out one buffer per heartbeat.  The
+    socket is watched again whenever bytes are left waiting.
+Snapshot transfer: ``SyncObj.__sendAppendEntries``, ``__onMessageReceived``, ``__loadDumpFile`` (:class:`RaftNode`)
+    pysyncobj streams a snapshot in unnumbered pieces that the follower never
+    acknowledges, so the leader's connection times out mid-transfer (3.5 s
+    without reading) and the transfer starts over for ever, or goes on mid-file
+    into the old partial file, which is installed truncated.  semcache sends and
+    receives snapshots itself (:mod:`.transfer`): a follower that needs one is
+    left out of pysyncobj's send loop (taken out of ``__connectedNodes`` for the
+    call; ``isNodeConnected`` and ``hasQuorum`` still count it) and gets
+    numbered, checksummed chunks as ``append_entries`` messages whose
+    ``serialized`` is a dict (pysyncobj sees them as heartbeats; a dict never
+    reaches its ``Serializer``), and acknowledges each one
+    (:data:`SNAPSHOT_ACK`, which also counts as a response for
+    ``__lastResponseTime``).  A verified, restored snapshot is installed
+    through ``__loadDumpFile`` and answered with ``__sendNextNodeIdx`` (with
+    ``reset``, so the leader's next index moves even when its match index for
+    the node is stale), as pysyncobj does at the end of its own transfer.
+    Those messages carry the leader's commit index capped at the follower's
+    match index (``__raftMatchIndex``): they prove nothing about its log.
 ``TCPTransport._unknownConnections`` (:meth:`RaftNode.reap_idle_connections`)
     pysyncobj checks a connection's timeout only when it has an event, so a
     connection that never sends anything stays open for ever.  Connections
@@ -85,6 +116,7 @@ apply loop (``apply_batch`` never raises).
 from __future__ import annotations
 
 import logging
+import pickle
 import struct
 import time
 import zlib
@@ -93,6 +125,7 @@ from pathlib import Path
 from typing import Any
 
 try:
+    import pysyncobj.pickle as pysyncobj_pickle
     import pysyncobj.syncobj as syncobj_module
     from pysyncobj import (
         FAIL_REASON,
@@ -108,6 +141,7 @@ try:
     from pysyncobj.monotonic import monotonic as raft_clock
     from pysyncobj.node import TCPNode
     from pysyncobj.pipe_notifier import PipeNotifier
+    from pysyncobj.poller import POLL_EVENT_TYPE
     from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     from semcache.errors import missing_extra
@@ -138,8 +172,10 @@ __all__ = [
     "is_leader",
     "journal",
     "last_log_index",
+    "leader_commit_index",
     "leader_node",
     "on_peer_disconnected",
+    "pickle_raft_messages_with_protocol_4",
     "raw_status",
     "replicated",
     "restart_election_timer",
@@ -174,6 +210,21 @@ def send_raft_messages_uncompressed() -> None:
     running stock pysyncobj read these messages unchanged.
     """
     tcp_connection.zlib = _StoredZlib
+
+
+class _Protocol4Pickle:
+    """The ``pickle`` pysyncobj's transport sees: ``dumps`` writes protocol 4, ``loads`` is pysyncobj's."""
+
+    @staticmethod
+    def dumps(obj: Any, protocol: int | None = None) -> bytes:
+        return pickle.dumps(obj, protocol=4)
+
+    loads = staticmethod(pysyncobj_pickle.loads)
+
+
+def pickle_raft_messages_with_protocol_4() -> None:
+    """Make pysyncobj's transport in this process pickle messages with protocol 4 (bytes stored as they are)."""
+    tcp_connection.pickle = _Protocol4Pickle
 
 
 def current_log_index(syncobj: SyncObj) -> int:
@@ -226,6 +277,12 @@ def is_leader(syncobj: SyncObj) -> bool:
 def leader_node(syncobj: SyncObj) -> TCPNode | None:
     """The node ``syncobj`` last heard lead (``.id`` is its Raft address), or None."""
     return syncobj._getLeader()
+
+
+def leader_commit_index(syncobj: SyncObj) -> int | None:
+    """The commit index the leader last sent this follower (None: none heard since this node started)."""
+    value = getattr(syncobj, "_SyncObj__leaderCommitIndex", None)
+    return None if value is None else int(value)
 
 
 def raw_status(syncobj: SyncObj) -> dict[str, Any]:
@@ -287,6 +344,7 @@ def hasten_election(syncobj: SyncObj, seconds: float) -> None:
     syncobj._SyncObj__raftElectionDeadline = min(syncobj._SyncObj__raftElectionDeadline, deadline)
 # ------------------------------------------------------ the replica's SyncObj
 REAP_INTERVAL = 0.25  # seconds between two looks for idle connections (in the tick thread)
+SNAPSHOT_ACK = "semcache_snapshot_ack"  # a follower's answer to a snapshot chunk or poll (see .transfer)
 MAX_UNIDENTIFIED_CONNECTIONS = 64  # connections to the Raft port not yet known as a member; the oldest go first
 
 
@@ -298,11 +356,15 @@ class RaftNode(SyncObj):
       follower acknowledges anything and at every tick of a leader, which
       counts its own copy at the next tick (a no-op unless it fsyncs);
     * unidentified and idle read-only connections to the Raft port are closed
-      (:meth:`reap_idle_connections`).
+      (:meth:`reap_idle_connections`);
+    * snapshots travel through :attr:`snapshot_transfer` (a :class:`.transfer.SnapshotTransfer`,
+      set by the subclass before ``SyncObj.__init__``), not pysyncobj's transmission.
     """
 
     _ack_index: int | None = None  # while a planned append_entries is processed: the last entry it may acknowledge
     _next_reap = 0.0
+    snapshot_transfer: Any = None
+    _hidden_from_send_loop: frozenset[Any] = frozenset()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -311,7 +373,17 @@ class RaftNode(SyncObj):
     # Replaces SyncObj.__onMessageReceived for append_entries: pysyncobj deletes every entry after
     # prevLogIdx; Raft deletes only from a conflict (see log_matching, and bakwc/PySyncObj#166).
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        if isinstance(message, dict) and self.snapshot_transfer is not None:
+            if message.get("type") == SNAPSHOT_ACK:
+                self._on_snapshot_ack(node, message)
+                return
+            if message.get("type") == "append_entries" and isinstance(message.get("serialized"), dict):
+                self._on_snapshot_message(node, message)
+                return
         plan = self._append_plan(message)
+        if plan is not None and self.snapshot_transfer is not None:
+            # A leader sends log entries only to a follower it is not sending a snapshot: any transfer is over.
+            self.snapshot_transfer.receiver.abandon("the leader sends log entries instead")
         if plan is not None:
             message = {**message, "prevLogIdx": plan.prev_index, "prevLogTerm": plan.prev_term,
                        "entries": plan.entries, "commit_index": plan.leader_commit}
@@ -349,7 +421,92 @@ class RaftNode(SyncObj):
         SyncObj._SyncObj__onBecomeLeader(self)
         sync_journal(self)
 
+    # ------------------------------------------------------------ snapshot transfer (see .transfer)
+    # Wraps SyncObj.__sendAppendEntries: followers that need the snapshot are taken out of pysyncobj's loop
+    # (it skips nodes missing from __connectedNodes) and served by the transfer instead.
+    def _SyncObj__sendAppendEntries(self) -> None:
+        if self.snapshot_transfer is None:
+            SyncObj._SyncObj__sendAppendEntries(self)
+            return
+        needing = self._nodes_needing_snapshot()
+        connected = self._SyncObj__connectedNodes
+        self._hidden_from_send_loop = frozenset(needing)  # still connected, for isNodeConnected and hasQuorum
+        connected.difference_update(needing)
+        try:
+            SyncObj._SyncObj__sendAppendEntries(self)
+        finally:
+            connected.update(needing)  # only the tick thread changes the set; the loop sends to other nodes only
+            self._hidden_from_send_loop = frozenset()
+        self.snapshot_transfer.sender.pump(needing, self._SyncObj__connectedNodes, self._SyncObj__raftCommitIndex)
+
+    def isNodeConnected(self, node: Any) -> bool:  # noqa: N802 - pysyncobj's name
+        """pysyncobj's, counting a node hidden from its send loop for a moment (other threads may ask meanwhile)."""
+        return bool(SyncObj.isNodeConnected(self, node)) or node in self._hidden_from_send_loop
+
+    @property
+    def hasQuorum(self) -> bool:  # noqa: N802 - pysyncobj's name
+        """pysyncobj's, counting the nodes hidden from its send loop for a moment as connected."""
+        others = self._SyncObj__otherNodes
+        connected = sum(1 for node in others if self.isNodeConnected(node))
+        if self._SyncObj__selfNode is None:
+            return connected > len(others) / 2
+        return connected + 1 > (len(others) + 1) / 2
+
+    def _nodes_needing_snapshot(self) -> set[Any]:
+        """Connected followers whose next entry was compacted away (pysyncobj would send them its snapshot)."""
+        first = self._SyncObj__raftLog[0][1]
+        next_index = self._SyncObj__raftNextIndex
+        return {node for node in self._SyncObj__otherNodes
+                if node in self._SyncObj__connectedNodes and next_index.get(node, first + 1) <= first}
+
+    def send_snapshot_payload(self, node: Any, payload: dict[str, Any]) -> bool:
+        """Leader: send a transfer payload to ``node`` as an ``append_entries`` (False: the link is down)."""
+        commit = min(self._SyncObj__raftCommitIndex, self._SyncObj__raftMatchIndex.get(node, 0))
+        message = {"type": "append_entries", "term": self._SyncObj__raftCurrentTerm, "commit_index": commit,
+                   "serialized": payload}
+        return bool(self._SyncObj__transport.send(node, message))
+
+    def snapshot_backlog(self, node: Any) -> int:
+        """Bytes queued on the link to ``node`` that the socket has not taken yet."""
+        conn = getattr(self._SyncObj__transport, "_connections", {}).get(node)
+        return 0 if conn is None else int(conn.getSendBufferSize())
+
+    def _on_snapshot_ack(self, node: Any, message: dict[str, Any]) -> None:
+        if not self._isLeader():
+            return
+        self._SyncObj__lastResponseTime[node] = raft_clock()  # a live follower, for leaderFallbackTimeout
+        self.snapshot_transfer.sender.on_ack(node, message)
+
+    def _on_snapshot_message(self, node: Any, message: dict[str, Any]) -> None:
+        """Follower: a chunk or poll; pysyncobj handles it as a heartbeat first (term, leader, election timer)."""
+        SyncObj._SyncObj__onMessageReceived(self, node, {**message, "serialized": None})
+        if message["term"] != self._SyncObj__raftCurrentTerm or self._SyncObj__raftLeader != node:
+            return  # a deposed leader's: pysyncobj ignored it too
+        receiver = self.snapshot_transfer.receiver
+        ack, install = receiver.on_message(message["serialized"])
+        if install:
+            receiver.installed(self._install_received_snapshot(node, receiver.expected_index()))
+            ack = receiver.describe(ack["transfer"])
+        self._SyncObj__transport.send(node, {**ack, "type": SNAPSHOT_ACK})
+
+    def _install_received_snapshot(self, node: Any, expected_index: int | None) -> bool:
+        """Install the staged snapshot as pysyncobj installs its own, and tell the leader; True if it took."""
+        self._SyncObj__loadDumpFile(clearJournal=True)  # calls the deserializer hook; logs and swallows errors
+        if expected_index is None or self._SyncObj__raftLastApplied != expected_index:
+            return False
+        # reset=True: the leader takes this next index even when its match index for this node is no lower (a
+        # replica wiped and restarted keeps its old match index there, and pysyncobj moves the next index only
+        # with a higher match), as pysyncobj's own transfer sets it at its last chunk.
+        self._SyncObj__sendNextNodeIdx(node, reset=True, nextNodeIdx=expected_index + 1, success=True)
+        return True
+
     def _on_raft_tick(self) -> None:
+        if self.snapshot_transfer is not None:  # acknowledgements arrived: send what the windows allow now
+            if self._isLeader():
+                self.snapshot_transfer.sender.pump(self._nodes_needing_snapshot(), self._SyncObj__connectedNodes,
+                                                   self._SyncObj__raftCommitIndex)
+            elif self.snapshot_transfer.sender.active():
+                self.snapshot_transfer.sender.clear()
         sync_journal(self)  # a leader counts its own entries at the next tick
         now = raft_clock()
         if now >= self._next_reap:
@@ -439,6 +596,16 @@ class BoundedTcpConnection(TcpConnection):
     def disconnect(self) -> None:
         self._unchecked_from = 0
         super().disconnect()
+
+    # Wraps TcpConnection.send: watch the socket for "writable" while bytes are left waiting (see the module doc).
+    def send(self, message: Any) -> None:
+        super().send(message)
+        fileno = self._TcpConnection__fileno
+        if self.state == CONNECTION_STATE.CONNECTED and fileno is not None and self.getSendBufferSize() > 0:
+            self._TcpConnection__poller.subscribe(
+                fileno, self._TcpConnection__processConnection,
+                POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR,
+            )
 
     # Replaces TcpConnection.__processRead (one recv into the read buffer): check the frame headers it completed.
     def _TcpConnection__processRead(self) -> bool:

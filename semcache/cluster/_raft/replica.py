@@ -24,7 +24,8 @@ How pysyncobj 0.3.17 is configured here, and why:
   otherwise bind ``0.0.0.0``.
 * ``appendEntriesUseBatch`` is on when new entries can be sent by a tick
   callback (:data:`.compat.EAGER_SEND`, see :mod:`.group_commit`).
-* Messages go out uncompressed (:func:`.compat.send_raft_messages_uncompressed`).
+* Messages go out uncompressed (:func:`.compat.send_raft_messages_uncompressed`)
+  and pickled with protocol 4 (:func:`.compat.pickle_raft_messages_with_protocol_4`).
 * Snapshots use the hooks of :mod:`.snapshots`; the journal is on disk
   (checksummed, :mod:`.journal`; fsynced with ``raft_fsync``), so a restarted
   replica replays snapshot + journal.
@@ -63,7 +64,9 @@ from semcache.cluster._raft.compat import (
     current_log_index,
     ignore_membership_history,
     last_log_index,
+    leader_commit_index,
     on_peer_disconnected,
+    pickle_raft_messages_with_protocol_4,
     raw_status,
     replicated,
     send_raft_messages_uncompressed,
@@ -74,8 +77,9 @@ from semcache.cluster._raft.journal import JOURNAL_FILE, JournalFile
 from semcache.cluster._raft.leadership import Leadership
 from semcache.cluster._raft.membership import ForcedMembership, Membership, MemberTable
 from semcache.cluster._raft.snapshots import SNAPSHOT_FILE, Snapshots
-from semcache.cluster._raft.status import StateCounts, replica_status
-from semcache.cluster._sizes import MAX_ENTRY_BYTES, RAFT_MESSAGE_LIMIT
+from semcache.cluster._raft.status import StateCounts, catch_up_reason, replica_status
+from semcache.cluster._raft.transfer import SnapshotTransfer
+from semcache.cluster._sizes import MAX_ENTRY_BYTES, RAFT_MESSAGE_LIMIT, RAFT_SOCKET_BUFFER_BYTES
 from semcache.errors import ClusterError, SemcacheError
 
 logger = logging.getLogger(__name__)
@@ -125,12 +129,15 @@ class ReplicatedShard(RaftNode):
             fork=config.fork_snapshots, restore_state=self._restore_state,
             election_timeout=config.election_timeout_max,
         )
+        self.snapshot_transfer = SnapshotTransfer(self._snapshots, data_dir=data_dir, send=self.send_snapshot_payload,
+                                                  backlog=self.snapshot_backlog, heartbeat=config.heartbeat)
         self._membership = Membership(self, self._members, commit_timeout=config.commit_timeout)
         self._housekeeping = Housekeeping(
             read=lambda fn: self.read(lambda state, _now: fn(state)), submit=self.submit, access=self._access,
             policy=config.eviction, capacity=config.capacity, evict_budget=MAX_ENTRY_BYTES // 2,
         )
         send_raft_messages_uncompressed()
+        pickle_raft_messages_with_protocol_4()
         use_checksummed_journals()
         bound_raft_connections()
         on_peer_disconnected(self, self._leadership.on_peer_disconnected)
@@ -146,6 +153,7 @@ class ReplicatedShard(RaftNode):
         except BaseException:  # e.g. a damaged journal (CorruptDataError): stop what already runs
             self._stopping.set()
             self._applier.close()
+            self.snapshot_transfer.close()
             raise
         if self._forced is not None:
             self._forced.startup_index = current_log_index(self)
@@ -321,9 +329,23 @@ class ReplicatedShard(RaftNode):
         )
         report["early_elections"] = self._leadership.early_elections  # leader connection drops acted on
         report["last_log_index"] = last_log_index(self)  # appended, committed or not
+        report["catching_up"] = self.catching_up()
+        report["ready"] = report["healthy"] and report["catching_up"] is None
+        report["snapshot_receive"] = self.snapshot_transfer.receiver.status()
+        report["snapshot_sends"] = self.snapshot_transfer.sender.status()
         if self._forced is not None:  # recovery: where the forced membership's history ends
             report["membership_forced_at"] = self._forced.startup_index
         return report
+
+    def catching_up(self) -> str | None:
+        """Why this replica must not serve ``read_from="any"`` now (see :func:`.status.catch_up_reason`), or None."""
+        receiver = self.snapshot_transfer.receiver
+        heard = leader_commit_index(self)
+        return catch_up_reason(
+            leader=self.is_leader(), receiving=receiver.status() if receiver.active() else None,
+            applied=int(self.raftLastApplied or 0),
+            leader_commit=None if heard is None else max(heard, receiver.leader_commit),
+        )
 
     # ----------------------------------------------- expiry and eviction
     def _maintenance_round(self) -> None:
@@ -350,6 +372,7 @@ class ReplicatedShard(RaftNode):
         self._stopping.set()
         self._maintenance.stop()
         self.destroy_synchronous()
+        self.snapshot_transfer.close()
         self._applier.close()
 
 
@@ -368,6 +391,8 @@ def raft_conf(config: ClusterConfig, replica_id: str, data_dir: Path, snapshots:
         raftMaxTimeout=config.election_timeout_max,
         connectionTimeout=max(3.5, config.election_timeout_max * 1.5),
         connectionRetryTime=0.5,
+        sendBufferSize=RAFT_SOCKET_BUFFER_BYTES,
+        recvBufferSize=RAFT_SOCKET_BUFFER_BYTES,
         leaderFallbackTimeout=config.election_timeout_max * 2,
         journalFile=JournalFile(data_dir / JOURNAL_FILE, fsync=config.raft_fsync),
         fullDumpFile=str(data_dir / SNAPSHOT_FILE),

@@ -14,6 +14,15 @@ forks: the child writes that copy-on-write image and exits, while the parent
 applies on.  Without fork the applier writes the snapshot itself (writes
 wait, heartbeats do not).  The serialize checker tells pysyncobj when the
 file is complete; only then does it drop the journal entries it covers.
+
+Restoring is split in two so that a large snapshot received from the leader
+never holds up the tick thread: :meth:`Snapshots.prepare` unpacks a file and
+restores its state (any thread; :mod:`.transfer` runs it in the background),
+:meth:`Snapshots.stage` keeps the result, and pysyncobj's deserializer hook
+(:meth:`Snapshots.deserialize`, tick thread) installs a staged restore of the
+very file it is asked for, or prepares one there and then (a restart).  While
+a transfer reads or writes the snapshot file no new snapshot is started
+(:meth:`Snapshots.hold_compaction_while`).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import logging
 import os
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +52,27 @@ SNAPSHOT_FILE = "raft.snapshot"
 
 LogEntry = tuple[bytes, int, int]  # pysyncobj's (command, index, term)
 RaftData = tuple[Any, Any, Any]  # what pysyncobj hands the serializer: (last entry, previous entry, cluster nodes)
+
+
+@dataclass
+class PreparedRestore:
+    """A snapshot file unpacked and its state restored, ready to be swapped in (:meth:`Snapshots.deserialize`)."""
+
+    source: Path
+    identity: tuple[int, int, int]  # the file's (inode, size, mtime in ns) when it was read
+    meta: dict[str, Any]
+    state: ShardState
+
+    @property
+    def last_index(self) -> int:
+        """The Raft index of the last entry the snapshot covers."""
+        return int(self.meta["last"][1])
+
+
+def file_identity(path: Path) -> tuple[int, int, int]:
+    """What tells one version of a file from another it was replaced with (inode, size, mtime in ns)."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 @dataclass
@@ -92,10 +123,22 @@ class Snapshots:
         self._pending = False
         self._child: tuple[int, float] | None = None
         self._outcome = SERIALIZER_STATE.NOT_SERIALIZING
+        self._held_by: Callable[[], bool] = lambda: False
+        self._staged: PreparedRestore | None = None
+        self._staged_lock = threading.Lock()
 
     @property
     def path(self) -> Path:
         return self._data_dir / SNAPSHOT_FILE
+
+    @property
+    def writing(self) -> bool:
+        """Whether a snapshot is being written now (queued, or its forked child still running)."""
+        return self._pending or self._child is not None
+
+    def hold_compaction_while(self, busy: Callable[[], bool]) -> None:
+        """Start no new snapshot while ``busy()``: a transfer is reading this file or about to replace it."""
+        self._held_by = busy
 
     # ------------------------------------------------------------ writing
     def serialize(self, filename: str, raft_data: RaftData) -> None:
@@ -155,18 +198,43 @@ class Snapshots:
             logger.error("snapshot child writing %s failed with status %s", self.path, status)
             return int(SERIALIZER_STATE.FAILED)
         outcome, self._outcome = self._outcome, SERIALIZER_STATE.NOT_SERIALIZING
+        if outcome == SERIALIZER_STATE.NOT_SERIALIZING and self._held_by():
+            # pysyncobj starts no compaction while one is "serializing"; a transfer in progress would
+            # otherwise lose the journal entries that follow the file it sends.
+            return int(SERIALIZER_STATE.SERIALIZING)
         return int(outcome)
 
     # ---------------------------------------------------------- restoring
-    def deserialize(self, filename: str) -> RaftData:
-        """pysyncobj's deserializer hook: restore the state and members; return the Raft metadata."""
+    def prepare(self, source: Path) -> PreparedRestore:
+        """Unpack ``source`` and restore its state, without installing it (any thread; slow for a large file)."""
+        identity = file_identity(source)
         with tempfile.TemporaryDirectory(prefix="restore-", dir=self._data_dir) as tmp:
-            meta = read_snapshot(Path(filename), Path(tmp))
+            meta = read_snapshot(source, Path(tmp))
             state = self._restore_state(Path(tmp) / "state")
+        return PreparedRestore(source, identity, meta, state)
+
+    def stage(self, prepared: PreparedRestore | None) -> None:
+        """Keep ``prepared`` for the next :meth:`deserialize` of the same file (None: drop what is staged)."""
+        with self._staged_lock:
+            self._staged = prepared
+
+    def _take_staged(self, source: Path) -> PreparedRestore | None:
+        """The staged restore if it was made from ``source`` as the file is now."""
+        with self._staged_lock:
+            prepared, self._staged = self._staged, None
+        if prepared is None or prepared.source != source or prepared.identity != file_identity(source):
+            return None
+        return prepared
+
+    def deserialize(self, filename: str) -> RaftData:
+        """pysyncobj's deserializer hook: install the state and members (staged, or restored now); the Raft metadata."""
+        source = Path(filename)
+        prepared = self._take_staged(source) or self.prepare(source)
         self._applier.wait_applied()  # nothing older may land on the new state
         with self._guarded.lock:
-            self._guarded.state = state
-            self._members.restore(meta["members"])
+            self._guarded.state = prepared.state
+            self._members.restore(prepared.meta["members"])
+        meta = prepared.meta
         last, prev = _entry_from_json(meta["last"]), _entry_from_json(meta["prev"])
         self._align_journal(prev, last)
         # We are inside the leader's snapshot message, i.e. we just heard from it:

@@ -6,6 +6,10 @@
 ...                         counts=StateCounts(4, 9, 0), role_changes=1, snapshots=SnapshotStats())
 >>> report["role"], report["healthy"], report["replicas"]["r0"]["lag"]
 ('leader', True, 0)
+>>> catch_up_reason(leader=False, receiving=None, applied=90, leader_commit=1200)
+"1110 entries behind the leader's commit index (the bound is 1000)"
+>>> catch_up_reason(leader=False, receiving=None, applied=1100, leader_commit=1200) is None
+True
 """
 
 from __future__ import annotations
@@ -16,6 +20,33 @@ from typing import Any
 from semcache.cluster._config import Replica
 from semcache.cluster._raft.leadership import ROLES
 from semcache.cluster._raft.snapshots import SnapshotStats
+
+# A follower further behind its leader's commit index than this serves no read_from="any" read (the client asks
+# another replica).  Entries, not writes: one entry carries a batch of writes (up to 64 KiB of them).
+CATCH_UP_BOUND = 1000
+
+
+def catch_up_reason(*, leader: bool, receiving: dict[str, Any] | None, applied: int,
+                    leader_commit: int | None) -> str | None:
+    """Why a replica is catching up, so serves no ``read_from="any"`` read; None when it may serve them.
+
+    Args:
+        leader: the replica leads (a leader is never behind).
+        receiving: the snapshot transfer it is receiving or installing (:meth:`.transfer.SnapshotReceiver.status`).
+        applied: the last log index it applied.
+        leader_commit: the highest commit index a leader sent it (None: no leader heard since it started).
+    """
+    if leader:
+        return None
+    if receiving is not None:
+        return (f"installing a snapshot from the leader ({receiving['phase']}, {receiving['mb']} of "
+                f"{receiving['size_mb']} MB)")
+    if leader_commit is None:
+        return "no leader heard from since this replica started"
+    behind = leader_commit - applied
+    if behind > CATCH_UP_BOUND:
+        return f"{behind} entries behind the leader's commit index (the bound is {CATCH_UP_BOUND})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -79,6 +110,7 @@ def replica_progress(raw: dict[str, Any], members: dict[str, Replica], replica_i
         match = raw.get("match_idx_server_" + member.raft)
         replicas[member.id] = {
             "match_index": match,
+            "next_index": raw.get("next_node_idx_server_" + member.raft),
             "connected": raw.get("partner_node_status_server_" + member.raft) == 2,
             "lag": None if match is None else max(0, commit - int(match)),
         }
