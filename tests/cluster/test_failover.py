@@ -160,14 +160,16 @@ def test_a_killed_leader_is_replaced_by_an_early_election_and_the_other_shard_ke
     keys = {shard: [k for k in (f"key-{i}" for i in range(400)) if kv.shard_for(k) == shard][:20]
             for shard in kv.shard_ids}
 
-    def write(shard: str) -> None:
+    def write(shard: str, writer: int) -> None:
         seq = 0
         while not stop.is_set():
             key = keys[shard][seq % len(keys[shard])]
-            history.write(kv, key, f"{key}#{seq}".encode())
+            # Every value unique (the writer's number in it): the history check finds a read's write by its value.
+            history.write(kv, key, f"{key}#{writer}.{seq}".encode())
             seq += 1
 
-    writers = [threading.Thread(target=write, args=(shard,), daemon=True) for shard in kv.shard_ids for _ in (0, 1)]
+    writers = [threading.Thread(target=write, args=(shard, n), daemon=True)
+               for shard in kv.shard_ids for n in (0, 1)]
     for writer in writers:
         writer.start()
     try:
