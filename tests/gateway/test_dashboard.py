@@ -21,6 +21,9 @@ from selenium.webdriver.common.by import By
 from support.gateway import GatewayProcess
 from support.wait import wait_until
 
+# Real gateway processes with the real model: not in the quick loop.
+pytestmark = [pytest.mark.slow, pytest.mark.model]
+
 MODEL = "gpt-4o-mini"
 
 

@@ -16,6 +16,9 @@ from support.gateway import GatewayProcess
 
 from semcache.testing import FakeOpenAIServer, fake_answer
 
+# Real gateway processes with the real model: not in the quick loop.
+pytestmark = [pytest.mark.slow, pytest.mark.model]
+
 MODEL = "gpt-4o-mini"
 
 

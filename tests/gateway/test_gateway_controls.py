@@ -11,6 +11,9 @@ from support.wait import wait_until
 
 from semcache.testing import FakeOpenAIServer
 
+# Real gateway processes with the real model: not in the quick loop.
+pytestmark = [pytest.mark.slow, pytest.mark.model]
+
 MODEL = "gpt-4o-mini"
 
 

@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from support.gateway import GatewayProcess
 
 from semcache.testing import fake_answer
+
+# Real gateway processes with the real model: not in the quick loop.
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 MODEL = "gpt-4o-mini"
 CLIENTS = 64

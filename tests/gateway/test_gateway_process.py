@@ -19,6 +19,9 @@ from support.wait import WAIT, wait_until
 from semcache import SemanticKV
 from semcache.testing import FakeOpenAIServer, fake_answer
 
+# Real gateway processes with the real model: not in the quick loop.
+pytestmark = [pytest.mark.slow, pytest.mark.model]
+
 MODEL = "gpt-4o-mini"
 
 
