@@ -34,7 +34,7 @@ from ._plan import Plan
 from ._shapes import completion_to_chunks
 from ._streams import Replay, ReplayAsyncStream, ReplayStream
 
-__all__ = ["answer_for", "cache_info", "is_cached", "payload_of", "zeroed_usage"]
+__all__ = ["answer_for", "cache_info", "is_cached", "marker_of", "payload_of", "zeroed_usage"]
 
 log = logging.getLogger("semcache.integrations.openai")
 
@@ -85,15 +85,7 @@ def hit_of_answer(answer: Any) -> CacheHit | None:
 def _build(plan: Plan, hit: CacheHit, front: CacheFront[Any], *, asynchronous: bool) -> Any:
     """The answer for ``hit`` built from its record (see :func:`answer_for`)."""
     payload = hit.response
-    marker = {
-        "hit": True,
-        "exact": hit.exact,
-        "similarity": round(float(hit.similarity), 6),
-        "cached_prompt": hit.cached_prompt,
-        "key": hit.key,
-        "prompt": hit.prompt,
-        "score": None if hit.score is None else round(float(hit.score), 6),
-    }
+    marker = marker_of(hit)
     kind = payload.get("type") if isinstance(payload, dict) else None
     if kind == "chat.completion":
         completion = {**payload["completion"], "usage": zeroed_usage(payload["completion"].get("usage"))}
@@ -110,6 +102,19 @@ def _build(plan: Plan, hit: CacheHit, front: CacheFront[Any], *, asynchronous: b
         return _fresh(front, hit, None, payload["value"])
     log.warning("semcache: entry %s is not an OpenAI adapter record; treating it as a miss", hit.key)
     return None
+
+
+def marker_of(hit: CacheHit) -> dict[str, Any]:
+    """The ``semcache`` marker a cached answer carries (what :func:`cache_info` returns); the gateway adds it too."""
+    return {
+        "hit": True,
+        "exact": hit.exact,
+        "similarity": round(float(hit.similarity), 6),
+        "cached_prompt": hit.cached_prompt,
+        "key": hit.key,
+        "prompt": hit.prompt,
+        "score": None if hit.score is None else round(float(hit.score), 6),
+    }
 
 
 def _fresh(front: CacheFront[Any], hit: CacheHit, cls: Any, data: Any) -> Any:

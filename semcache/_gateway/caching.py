@@ -23,7 +23,7 @@ from semcache._cache.decision import ThresholdDecision, choose_decision
 from semcache._cache.lookup import exact_hit
 from semcache.embeddings import as_embedding
 from semcache.errors import ConfigurationError, InvalidInputError
-from semcache.integrations.openai._answers import zeroed_usage
+from semcache.integrations.openai._answers import marker_of, zeroed_usage
 from semcache.integrations.openai._shapes import completion_to_chunks
 
 from .config import CacheSettings, Tenant
@@ -68,29 +68,17 @@ def record_of(endpoint: str, answer: Mapping[str, Any]) -> dict[str, Any] | None
     return {"type": "response", "response": dict(answer)}
 
 
-def _marker(hit: CacheHit) -> dict[str, Any]:
-    return {
-        "hit": True,
-        "exact": hit.exact,
-        "similarity": round(float(hit.similarity), 6),
-        "cached_prompt": hit.cached_prompt,
-        "key": hit.key,
-        "prompt": hit.prompt,
-        "score": None if hit.score is None else round(float(hit.score), 6),
-    }
-
-
 def hit_json(hit: CacheHit) -> dict[str, Any] | None:
     """The JSON answer of a hit (usage zeroed, the ``semcache`` marker added), or None for a foreign record."""
     record = hit.response
     kind = record.get("type") if isinstance(record, dict) else None
     if kind == "chat.completion":
         completion = record["completion"]
-        return {**completion, "usage": zeroed_usage(completion.get("usage")), "semcache": _marker(hit)}
+        return {**completion, "usage": zeroed_usage(completion.get("usage")), "semcache": marker_of(hit)}
     if kind == "response":
         response = record["response"]
         usage = response.get("usage")
-        return {**response, "usage": None if usage is None else zeroed_usage(usage), "semcache": _marker(hit)}
+        return {**response, "usage": None if usage is None else zeroed_usage(usage), "semcache": marker_of(hit)}
     return None
 
 
